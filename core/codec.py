@@ -1,0 +1,125 @@
+"""Stream entries <-> ``Event`` envelopes; payloads in msgpack (DESIGN §4).
+
+An entry's fields (short names: they are stored once per event, millions of times)::
+
+    r   run id ("" for a conversation event)      s   seq
+    t   event type                                p   payload, msgpack
+    ts  unix time, ms                             a   attempt
+    vis visibility                                v   schema version
+    c   conversation id ("" when none)
+
+The Lua scripts write ``s``, ``ts`` and ``a`` themselves; Python encodes the payload. Old
+schema versions are upcast on read, one function per version step, never rewritten.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import enum
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import msgpack
+
+from agentstream.core.errors import CorruptEntry, EventEncodingError
+from agentstream.core.events import SCHEMA_VERSION, Event, Visibility
+
+DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
+
+# version n -> function taking (type, payload) of version n and returning those of n + 1.
+Upcaster = Callable[[str, dict[str, Any]], tuple[str, dict[str, Any]]]
+UPCASTERS: dict[int, Upcaster] = {}
+
+
+def _default(value: object) -> object:
+    """Values that have one obvious wire form; everything else is refused."""
+    if isinstance(value, uuid.UUID | decimal.Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=repr)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def encode_payload(
+    event_type: str, payload: Mapping[str, Any], max_bytes: int = DEFAULT_MAX_EVENT_BYTES
+) -> bytes:
+    """msgpack bytes of a payload, or ``EventEncodingError`` naming the type and the bad key."""
+    if not isinstance(payload, Mapping):
+        raise EventEncodingError(
+            f"{event_type}: payload must be a dict, got {type(payload).__name__}"
+        )
+    try:
+        data: bytes = msgpack.packb(payload, default=_default, use_bin_type=True, strict_types=False)
+    except (TypeError, ValueError, OverflowError) as exc:
+        where = _find_unencodable(payload, "payload") or "payload"
+        raise EventEncodingError(
+            f"{event_type}: {where} cannot be encoded ({exc}); use JSON-like values "
+            "(str, int, float, bool, None, list, dict)"
+        ) from None
+    if len(data) > max_bytes:
+        raise EventEncodingError(
+            f"{event_type}: payload is {len(data)} bytes, over MAX_EVENT_BYTES={max_bytes}; "
+            "store large data elsewhere and emit a reference"
+        )
+    return data
+
+
+def _find_unencodable(value: object, path: str) -> str | None:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str | int | float | bool) and key is not None:
+                return f"{path} key {key!r}"
+            found = _find_unencodable(item, f"{path}[{key!r}]")
+            if found:
+                return found
+        return None
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _find_unencodable(item, f"{path}[{index}]")
+            if found:
+                return found
+        return None
+    try:
+        msgpack.packb(value, default=_default, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError):
+        return f"{path} ({type(value).__name__})"
+    return None
+
+
+def decode_payload(data: bytes) -> dict[str, Any]:
+    value = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    if not isinstance(value, dict):
+        raise CorruptEntry(f"payload is a {type(value).__name__}, not a map")
+    return value
+
+
+def decode_entry(fields: Mapping[bytes, bytes], run_id: str = "") -> Event:
+    """An ``Event`` from a stream entry's fields; ``CorruptEntry`` when they do not decode."""
+    try:
+        version = int(fields.get(b"v", b"1"))
+        event_type = fields[b"t"].decode()
+        payload = decode_payload(fields[b"p"]) if b"p" in fields else {}
+        while version < SCHEMA_VERSION:
+            event_type, payload = UPCASTERS[version](event_type, payload)
+            version += 1
+        return Event(
+            run_id=fields[b"r"].decode() if b"r" in fields else run_id,
+            seq=int(fields[b"s"]),
+            type=event_type,
+            payload=payload,
+            ts_ms=int(fields.get(b"ts", b"0")),
+            attempt=int(fields.get(b"a", b"0")),
+            visibility=Visibility(fields.get(b"vis", b"user").decode()),
+            v=version,
+            conversation_id=fields.get(b"c", b"").decode(),
+        )
+    except CorruptEntry:
+        raise
+    except Exception as exc:  # anything a hand-written entry can make go wrong
+        raise CorruptEntry(f"stream entry does not decode: {type(exc).__name__}: {exc}") from None

@@ -1,0 +1,45 @@
+"""Run and conversation identifiers, and the partition each one lives in (DESIGN §2).
+
+A partition is derivable from an id alone: ``crc32(id) % partitions``. Runs of a conversation
+must live in the conversation's partition, so their ids are drawn until one lands there
+(uuid4, rejection-sampled: about ``partitions`` draws, a few microseconds).
+"""
+
+from __future__ import annotations
+
+import uuid
+import zlib
+
+
+def partition_of(identifier: str, partitions: int) -> int:
+    """The partition an id (or an ``owner:key`` idempotency scope) belongs to."""
+    return zlib.crc32(identifier.encode()) % partitions
+
+
+def new_conversation_id() -> str:
+    return str(uuid.uuid4())
+
+
+def new_run_id(partitions: int, partition: int | None = None) -> str:
+    """A fresh run id; with ``partition`` set, one whose partition is exactly that."""
+    if partition is None:
+        return str(uuid.uuid4())
+    if not 0 <= partition < partitions:
+        raise ValueError(f"partition {partition} is outside 0..{partitions - 1}")
+    while True:
+        candidate = str(uuid.uuid4())
+        if partition_of(candidate, partitions) == partition:
+            return candidate
+
+
+def idempotency_partition(owner: str, key: str, partitions: int) -> int:
+    """Where a submit with an idempotency key and no conversation lives: key and run share it."""
+    return partition_of(f"{owner}:{key}", partitions)
+
+
+def is_valid_id(value: str) -> bool:
+    """True for the canonical uuid text form the API accepts as a run or conversation id."""
+    try:
+        return str(uuid.UUID(value)) == value
+    except (ValueError, AttributeError, TypeError):
+        return False

@@ -1,0 +1,86 @@
+"""Every Redis key agentstream uses. Nothing else in the code base spells a key.
+
+Prefix ``P`` = setting ``KEY_PREFIX`` (default ``as``); ``{p}`` is the partition number used as
+the Redis Cluster hash tag, so every key one run touches hashes to one slot.
+
+========================== ======== ==========================================================
+key                        type     what
+========================== ======== ==========================================================
+P:{p}:run:<id>             stream   the run's events; entry id ``0-<seq>``, so seq IS the SSE id
+P:{p}:run:<id>:s           hash     the run's folded state (status, attempt, seq, owner, ...)
+P:{p}:conv:<id>            hash     conversation state (owner, active run, seq, deleted)
+P:{p}:conv:<id>:w          list     runs of the conversation waiting for the active one
+P:{p}:log                  stream   partition log: every state event of the partition, in order
+P:{p}:q:<agent_key>        stream   job queue of one agent key; consumer group ``workers``
+P:{p}:delayed              zset     retries and scheduled runs (member run id, score due ms)
+P:{p}:dead                 stream   dead-lettered jobs with reason and delivery count
+P:{p}:idem:<owner>:<key>   string   idempotency key -> ``run_id|fingerprint`` (TTL)
+P:{p}:agents               set      agent keys that have a queue in this partition
+P:cancel                   channel  pub/sub: run ids whose cancellation was requested
+========================== ======== ==========================================================
+
+The Lua scripts in ``core/lua`` receive these names from here (KEYS / ARGV); they never build a
+key themselves except the few per-run keys derived from a prefix passed in ARGV, which
+carry the same hash tag and so stay on the same slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agentstream.core.ids import partition_of
+
+WORKERS_GROUP = "workers"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "as"
+    partitions: int = 16
+
+    def tag(self, partition: int) -> str:
+        return f"{self.prefix}:{{{partition}}}"
+
+    def run_partition(self, run_id: str) -> int:
+        return partition_of(run_id, self.partitions)
+
+    def run_stream(self, run_id: str) -> str:
+        return f"{self.tag(self.run_partition(run_id))}:run:{run_id}"
+
+    def run_state(self, run_id: str) -> str:
+        return f"{self.run_stream(run_id)}:s"
+
+    def conversation(self, conversation_id: str) -> str:
+        return f"{self.tag(partition_of(conversation_id, self.partitions))}:conv:{conversation_id}"
+
+    def conversation_waiting(self, conversation_id: str) -> str:
+        return f"{self.conversation(conversation_id)}:w"
+
+    def log(self, partition: int) -> str:
+        return f"{self.tag(partition)}:log"
+
+    def queue(self, partition: int, agent_key: str) -> str:
+        return f"{self.tag(partition)}:q:{agent_key}"
+
+    def queue_prefix(self, partition: int) -> str:
+        """What ``queue()`` puts before the agent key; the scripts append the key themselves."""
+        return f"{self.tag(partition)}:q:"
+
+    def delayed(self, partition: int) -> str:
+        return f"{self.tag(partition)}:delayed"
+
+    def dead(self, partition: int) -> str:
+        return f"{self.tag(partition)}:dead"
+
+    def idempotency(self, partition: int, owner: str, key: str) -> str:
+        return f"{self.tag(partition)}:idem:{owner}:{key}"
+
+    def agents(self, partition: int) -> str:
+        return f"{self.tag(partition)}:agents"
+
+    def run_prefix(self, partition: int) -> str:
+        """What ``run_stream()`` puts before the run id, for scripts that touch sibling runs."""
+        return f"{self.tag(partition)}:run:"
+
+    def cancel_channel(self) -> str:
+        return f"{self.prefix}:cancel"

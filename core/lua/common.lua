@@ -1,0 +1,128 @@
+--[[ agentstream: helpers shared by every script (prepended to each one).
+
+Key layout (mirrors core/keys.py; TAG = "<prefix>:{<partition>}:"):
+
+  TAG run:<id>            stream  the run's events, entry id 0-<seq>
+  TAG run:<id>:s          hash    folded run state
+  TAG conv:<id>           hash    conversation state (owner, active, seq, deleted)
+  TAG conv:<id>:w         list    runs waiting for the conversation's active run
+  TAG log                 stream  partition log of state events
+  TAG q:<agent_key>       stream  job queue, consumer group "workers"
+  TAG delayed             zset    run id scored by due time (ms)
+  TAG dead                stream  dead letters
+  TAG agents              set     agent keys with a queue in this partition
+
+Every key a script touches shares TAG, hence one Cluster slot. Replies are tables whose first
+element is a status word; scripts never raise for an expected refusal.
+]]
+
+local TAG = ARGV[1]
+local GROUP = 'workers'
+
+local TERMINAL = { succeeded = true, failed = true, cancelled = true, timed_out = true }
+local STATUS_OF = {
+  ['run.succeeded'] = 'succeeded', ['run.failed'] = 'failed',
+  ['run.cancelled'] = 'cancelled', ['run.timed_out'] = 'timed_out',
+}
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function state_key(run_id) return TAG .. 'run:' .. run_id .. ':s' end
+local function stream_key(run_id) return TAG .. 'run:' .. run_id end
+local function conv_key(conv_id) return TAG .. 'conv:' .. conv_id end
+local LOG = TAG .. 'log'
+local DELAYED = TAG .. 'delayed'
+local DEAD = TAG .. 'dead'
+
+-- One event: the run stream always; the partition log unless the event is ephemeral.
+local function write_event(run_id, seq, etype, payload, ts, attempt, vis, conv, to_log)
+  redis.call('XADD', stream_key(run_id), '0-' .. seq,
+    'r', run_id, 's', seq, 't', etype, 'p', payload, 'ts', ts, 'a', attempt, 'vis', vis, 'c', conv)
+  if to_log then
+    redis.call('XADD', LOG, '*',
+      'r', run_id, 's', seq, 't', etype, 'p', payload, 'ts', ts, 'a', attempt, 'vis', vis, 'c', conv)
+  end
+end
+
+-- Next seq of a run, stored back at once (lifecycle scripts write one event at a time).
+local function next_seq(st)
+  return redis.call('HINCRBY', st, 'seq', 1)
+end
+
+-- Put a queued run where a worker finds it: the job queue, or the delayed zset if not yet due.
+local function dispatch(run_id, now)
+  local st = state_key(run_id)
+  local f = redis.call('HMGET', st, 'agent', 'due')
+  local due = tonumber(f[2]) or 0
+  if due > now then
+    redis.call('ZADD', DELAYED, due, run_id)
+    return
+  end
+  local queue = TAG .. 'q:' .. f[1]
+  if redis.call('SADD', TAG .. 'agents', f[1]) == 1 then
+    redis.pcall('XGROUP', 'CREATE', queue, GROUP, '0', 'MKSTREAM')
+  end
+  local job = redis.call('XADD', queue, '*', 'r', run_id)
+  redis.call('HSET', st, 'job', job)
+end
+
+-- The conversation's active run ended: hand the conversation to the next waiting run.
+local function release_conversation(conv_id, run_id, now)
+  local ck = conv_key(conv_id)
+  redis.call('LREM', ck .. ':w', 0, run_id)
+  if redis.call('HGET', ck, 'active') ~= run_id then return end
+  while true do
+    local next_id = redis.call('LPOP', ck .. ':w')
+    if not next_id then
+      redis.call('HDEL', ck, 'active')
+      return
+    end
+    if redis.call('HGET', state_key(next_id), 'status') == 'queued' then
+      redis.call('HSET', ck, 'active', next_id)
+      dispatch(next_id, now)
+      return
+    end
+  end
+end
+
+-- Drop the run's job entry from its queue: acknowledged and deleted, so XLEN is the backlog.
+local function drop_job(st)
+  local f = redis.call('HMGET', st, 'job', 'agent')
+  if f[1] and f[1] ~= '' then
+    local queue = TAG .. 'q:' .. f[2]
+    redis.call('XACK', queue, GROUP, f[1])
+    redis.call('XDEL', queue, f[1])
+    redis.call('HSET', st, 'job', '')
+  end
+end
+
+-- Any terminal transition: event, status, job dropped, conversation released, keys expire.
+local function terminate(run_id, etype, payload, vis, retention_s, now)
+  local st = state_key(run_id)
+  local seq = next_seq(st)
+  local f = redis.call('HMGET', st, 'attempt', 'conv')
+  local conv = f[2] or ''
+  write_event(run_id, seq, etype, payload, now, f[1] or '0', vis, conv, true)
+  redis.call('HSET', st, 'status', STATUS_OF[etype], 'finished', now)
+  drop_job(st)
+  redis.call('ZREM', DELAYED, run_id)
+  if conv ~= '' then release_conversation(conv, run_id, now) end
+  if tonumber(retention_s) > 0 then
+    redis.call('EXPIRE', st, retention_s)
+    redis.call('EXPIRE', stream_key(run_id), retention_s)
+  end
+  return seq
+end
+
+-- nil when `attempt` is the run's current, running attempt; otherwise a refusal reply.
+local function refuse_unless_current(st, attempt)
+  local f = redis.call('HMGET', st, 'status', 'attempt')
+  if not f[1] then return { 'no_run' } end
+  if TERMINAL[f[1]] then return { 'terminal', f[1] } end
+  if tonumber(f[2]) ~= tonumber(attempt) then return { 'fenced', f[2] } end
+  if f[1] ~= 'running' then return { 'not_running', f[1] } end
+  return nil
+end

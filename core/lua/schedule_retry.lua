@@ -1,0 +1,24 @@
+--[[ schedule_retry: running -> queued with a due time in the delayed zset; or, when the run
+has used every attempt, run.failed and a dead letter instead.
+KEYS: 1 run state, 2 run stream
+ARGV: 1 TAG, 2 run_id, 3 attempt, 4 delay_ms, 5 vis run.retrying, 6 payload run.retrying,
+      7 vis run.failed, 8 payload run.failed, 9 retention_s
+Replies: {retrying, seq, due_ms} | {failed, seq} | refusals as in append
+]]
+local st, run_id = KEYS[1], ARGV[2]
+local refusal = refuse_unless_current(st, ARGV[3])
+if refusal then return refusal end
+local now = now_ms()
+local f = redis.call('HMGET', st, 'attempt', 'max_attempts', 'conv', 'job')
+if tonumber(f[1]) >= tonumber(f[2]) then
+  local seq = terminate(run_id, 'run.failed', ARGV[8], ARGV[7], ARGV[9], now)
+  redis.call('XADD', DEAD, '*', 'r', run_id, 'job', f[4] or '', 'reason', 'retries exhausted', 'attempts', f[1], 'ts', now)
+  return { 'failed', seq }
+end
+local seq = next_seq(st)
+write_event(run_id, seq, 'run.retrying', ARGV[6], now, f[1], ARGV[5], f[3] or '', true)
+drop_job(st)
+local due = now + tonumber(ARGV[4])
+redis.call('HSET', st, 'status', 'queued', 'due', due)
+redis.call('ZADD', DELAYED, due, run_id)
+return { 'retrying', seq, due }

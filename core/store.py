@@ -1,0 +1,612 @@
+"""The event store on Redis Streams: the only module of ``core`` that talks to Redis.
+
+Every write is one Lua script on one partition (see ``core/lua``); every read is a plain
+stream or hash read. Works the same on Redis 7.0+, Redis Cluster (hash tags) and fakeredis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from agentstream.core import scripts
+from agentstream.core.codec import decode_entry, decode_payload, encode_payload
+from agentstream.core.errors import (
+    ConversationBusy,
+    FencedOut,
+    IdempotencyConflict,
+    IllegalTransition,
+    NotFound,
+    RunTerminal,
+)
+from agentstream.core.events import (
+    EPHEMERAL_TYPES,
+    Event,
+    EventType,
+    NewEvent,
+    Visibility,
+    visibility_of,
+)
+from agentstream.core.ids import idempotency_partition, new_run_id, partition_of
+from agentstream.core.keys import WORKERS_GROUP, Keys
+from agentstream.core.settings import POLICIES, Settings
+from agentstream.core.state import RunState, RunStatus
+
+Redis = aioredis.Redis
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitRequest:
+    agent_key: str
+    owner: str
+    messages: Sequence[Mapping[str, Any]] = ()
+    params: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    conversation_id: str | None = None
+    idempotency_key: str | None = None
+    max_attempts: int | None = None
+    run_at_ms: int | None = None
+    timeout_s: float | None = None
+    policy: str | None = None
+
+    def fingerprint(self) -> str:
+        """What makes two submits with one idempotency key "the same request"."""
+        body = {
+            "agent_key": self.agent_key,
+            "messages": list(self.messages),
+            "params": dict(self.params),
+            "metadata": dict(self.metadata),
+            "conversation_id": self.conversation_id,
+            "max_attempts": self.max_attempts,
+            "run_at_ms": self.run_at_ms,
+            "timeout_s": self.timeout_s,
+        }
+        return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    run_id: str
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A run a worker may now execute, as attempt ``attempt``."""
+
+    run_id: str
+    attempt: int
+    seq: int
+    input: Mapping[str, Any]
+    cancel_requested: bool
+    timeout_s: float | None
+    conversation_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """The job needed no run (already ended, stale, or its run expired); it was acked."""
+
+    run_id: str
+    reason: str
+    dead_lettered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    first_seq: int
+    last_seq: int
+    cancel_requested: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RetryOutcome:
+    retrying: bool  # False: attempts were exhausted and the run failed (dead-lettered)
+    seq: int
+    due_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOutcome:
+    cancelled: bool  # True: cancelled at once (it was queued); False: requested from its worker
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    entry_id: str
+    event: Event
+
+
+def redis_from_url(url: str) -> Redis:
+    """A client for ``redis://``, ``rediss://``, ``unix://``, or ``fakeredis://<name>``.
+
+    ``fakeredis://`` is the embedded default: an in-process Redis with Lua, shared by every
+    client in the process that names the same server.
+    """
+    if url.startswith("fakeredis://"):
+        import fakeredis
+
+        server = _fake_servers.setdefault(url, fakeredis.FakeServer())
+        return fakeredis.FakeAsyncRedis(server=server)
+    client: Redis = aioredis.Redis.from_url(url, health_check_interval=30)
+    return client
+
+
+_fake_servers: dict[str, Any] = {}
+
+
+class EventStore:
+    """Submit, claim, append, finish, cancel and read runs. One instance per process is plenty."""
+
+    def __init__(self, client: Redis, settings: Settings | None = None) -> None:
+        self.redis = client
+        self.settings = settings or Settings()
+        self.keys: Keys = self.settings.keys
+        self._scripts: dict[str, AsyncScript] = {
+            name: client.register_script(scripts.source(name)) for name in scripts.NAMES
+        }
+        overrides = self.settings.EVENT_VISIBILITY
+        self._vis: dict[str, str] = {t.value: visibility_of(t, overrides).value for t in EventType}
+        self._retention = str(self.settings.RUN_RETENTION_SECONDS)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def visibility(self, event_type: str) -> str:
+        found = self._vis.get(event_type)
+        if found is None:
+            found = visibility_of(event_type, self.settings.EVENT_VISIBILITY).value
+        return found
+
+    def _encode(self, event_type: str, payload: Mapping[str, Any]) -> bytes:
+        return encode_payload(event_type, payload, self.settings.MAX_EVENT_BYTES)
+
+    def _tag(self, run_id: str) -> str:
+        return self.keys.tag(self.keys.run_partition(run_id)) + ":"
+
+    async def _run_script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return await self._scripts[name](keys=list(keys), args=list(args))
+
+    @staticmethod
+    def _raise_refusal(run_id: str, reply: Sequence[Any]) -> None:
+        word = _s(reply[0])
+        detail = _s(reply[1]) if len(reply) > 1 else ""
+        if word == "no_run":
+            raise NotFound(f"run {run_id} does not exist")
+        if word == "terminal":
+            raise RunTerminal(f"run {run_id} already ended ({detail})")
+        if word == "fenced":
+            raise FencedOut(
+                f"run {run_id}: this worker's attempt was superseded by attempt {detail}; "
+                "its lease expired and another worker took the run over"
+            )
+        if word == "not_running":
+            raise IllegalTransition(f"run {run_id} is {detail}, not running")
+        if word == "illegal":
+            raise IllegalTransition(
+                f"run {run_id}: {detail} is written by the runtime itself, not appended"
+            )
+        raise IllegalTransition(f"run {run_id}: unexpected reply {reply!r}")
+
+    # -- submit and conversations --------------------------------------------------------------
+
+    async def submit(self, request: SubmitRequest) -> SubmitResult:
+        """Create a queued run (or find the one its idempotency key names)."""
+        s = self.settings
+        policy = request.policy or s.DEFAULT_CONVERSATION_POLICY
+        if policy not in POLICIES:
+            raise ValueError(f"multitask_strategy {policy!r}; use one of {', '.join(POLICIES)}")
+        conv = request.conversation_id or ""
+        if conv:
+            partition = partition_of(conv, s.PARTITIONS)
+        elif request.idempotency_key:
+            partition = idempotency_partition(request.owner, request.idempotency_key, s.PARTITIONS)
+        else:
+            partition = None
+        run_id = new_run_id(s.PARTITIONS, partition)
+        max_attempts = request.max_attempts or s.MAX_RETRIES
+        timeout_s = request.timeout_s or s.RUN_TIMEOUT_SECONDS
+        payload = self._encode(
+            EventType.RUN_QUEUED,
+            {
+                "agent_key": request.agent_key,
+                "owner": request.owner,
+                "conversation_id": request.conversation_id,
+                "messages": list(request.messages),
+                "params": dict(request.params),
+                "metadata": dict(request.metadata),
+                "max_attempts": max_attempts,
+                "run_at_ms": request.run_at_ms,
+                "timeout_s": timeout_s,
+                "idempotency_key": request.idempotency_key,
+                "policy": policy,
+            },
+        )
+        state_key = self.keys.run_state(run_id)
+        idem_key = (
+            self.keys.idempotency(self.keys.run_partition(run_id), request.owner, request.idempotency_key)
+            if request.idempotency_key
+            else state_key
+        )
+        conv_key = self.keys.conversation(conv) if conv else state_key
+        interrupt_payload = self._encode(
+            EventType.RUN_CANCELLED, {"reason": "interrupted by a newer run", "by": run_id}
+        )
+        reply = await self._run_script(
+            "submit",
+            [state_key, self.keys.run_stream(run_id), idem_key, conv_key],
+            [
+                self._tag(run_id),
+                run_id,
+                request.owner,
+                request.agent_key,
+                conv,
+                policy,
+                max_attempts,
+                request.run_at_ms or 0,
+                int(timeout_s * 1000),
+                payload,
+                request.fingerprint(),
+                s.IDEMPOTENCY_TTL_SECONDS,
+                1 if request.idempotency_key else 0,
+                self.visibility(EventType.RUN_QUEUED),
+                self.visibility(EventType.RUN_CANCELLED),
+                self.visibility(EventType.RUN_CANCEL_REQUESTED),
+                interrupt_payload,
+                self.keys.cancel_channel(),
+                self._retention,
+            ],
+        )
+        word = _s(reply[0])
+        if word == "created":
+            return SubmitResult(run_id, created=True)
+        if word == "existing":
+            return SubmitResult(_s(reply[1]), created=False)
+        if word == "idem_conflict":
+            raise IdempotencyConflict(
+                f"idempotency key {request.idempotency_key!r} already names run {_s(reply[1])} "
+                "with a different request; use a new key for a new request"
+            )
+        if word == "busy":
+            raise ConversationBusy(
+                f"conversation {conv} has an active run {_s(reply[1])} and the policy is "
+                "'reject'; wait for it, cancel it, or submit with 'enqueue' or 'interrupt'"
+            )
+        if word == "conversation_deleted":
+            raise NotFound(f"conversation {conv} was deleted")
+        raise NotFound(f"conversation {conv} does not exist")
+
+    async def create_conversation(
+        self,
+        owner: str,
+        *,
+        agent_key: str = "",
+        title: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        conversation_id: str | None = None,
+    ) -> str:
+        from agentstream.core.ids import new_conversation_id
+
+        conv = conversation_id or new_conversation_id()
+        payload = {"owner": owner, "agent_key": agent_key, "title": title, "metadata": dict(metadata or {})}
+        reply = await self._conversation_event(conv, owner, EventType.CONVERSATION_CREATED, payload, agent_key)
+        if _s(reply[0]) == "exists":
+            raise IllegalTransition(f"conversation {conv} already exists")
+        return conv
+
+    async def update_conversation(
+        self, conversation_id: str, owner: str, *, title: str | None = None, metadata: Mapping[str, Any] | None = None
+    ) -> int:
+        payload: dict[str, Any] = {}
+        if title is not None:
+            payload["title"] = title
+        if metadata is not None:
+            payload["metadata"] = dict(metadata)
+        return await self._conversation_change(conversation_id, owner, EventType.CONVERSATION_UPDATED, payload)
+
+    async def delete_conversation(self, conversation_id: str, owner: str) -> int:
+        return await self._conversation_change(conversation_id, owner, EventType.CONVERSATION_DELETED, {})
+
+    async def _conversation_change(
+        self, conversation_id: str, owner: str, event_type: str, payload: Mapping[str, Any]
+    ) -> int:
+        reply = await self._conversation_event(conversation_id, owner, event_type, payload, "")
+        word = _s(reply[0])
+        if word == "ok":
+            return int(reply[1])
+        if word == "conversation_deleted":
+            raise NotFound(f"conversation {conversation_id} was deleted")
+        raise NotFound(f"conversation {conversation_id} does not exist")
+
+    async def _conversation_event(
+        self, conv: str, owner: str, event_type: str, payload: Mapping[str, Any], agent_key: str
+    ) -> Any:
+        partition = partition_of(conv, self.settings.PARTITIONS)
+        return await self._run_script(
+            "conversation",
+            [self.keys.conversation(conv), self.keys.log(partition)],
+            [
+                self.keys.tag(partition) + ":",
+                conv,
+                owner,
+                event_type,
+                self._encode(event_type, payload),
+                self.visibility(event_type),
+                agent_key,
+            ],
+        )
+
+    async def conversation_owner(self, conversation_id: str) -> str | None:
+        owner = await self.redis.hget(self.keys.conversation(conversation_id), "owner")
+        return _s(owner) if owner is not None else None
+
+    # -- the worker's side -----------------------------------------------------------------
+
+    async def begin_attempt(self, run_id: str, job_id: str, worker_id: str, agent_key: str) -> Claim | Dropped:
+        """Start the next attempt of a claimed job; its number fences every older attempt out."""
+        partition = self.keys.run_partition(run_id)
+        reply = await self._run_script(
+            "begin_attempt",
+            [self.keys.run_state(run_id), self.keys.run_stream(run_id), self.keys.queue(partition, agent_key)],
+            [
+                self._tag(run_id),
+                run_id,
+                job_id,
+                worker_id,
+                self.visibility(EventType.RUN_STARTED),
+                self._encode(EventType.RUN_STARTED, {"worker": worker_id}),
+                self.visibility(EventType.RUN_FAILED),
+                self._encode(
+                    EventType.RUN_FAILED,
+                    {
+                        "error": {
+                            "type": "MaxAttemptsExceeded",
+                            "message": "every allowed attempt started and none finished "
+                            "(the run keeps killing or stalling its workers); dead-lettered",
+                            "retriable": False,
+                        }
+                    },
+                ),
+                self._retention,
+            ],
+        )
+        word = _s(reply[0])
+        if word == "started":
+            timeout_ms = int(reply[5])
+            return Claim(
+                run_id=run_id,
+                attempt=int(reply[1]),
+                seq=int(reply[2]),
+                input=decode_payload(reply[3]) if reply[3] else {},
+                cancel_requested=_s(reply[4]) == "1",
+                timeout_s=timeout_ms / 1000 if timeout_ms else None,
+                conversation_id=_s(reply[6]),
+            )
+        if word == "dead":
+            return Dropped(run_id, "max attempts exceeded", dead_lettered=True)
+        return Dropped(run_id, _s(reply[1]), dead_lettered=_s(reply[1]) == "no_run")
+
+    async def append(
+        self, run_id: str, attempt: int, event_type: str, payload: Mapping[str, Any] | None = None,
+        visibility: Visibility | None = None,
+    ) -> int:
+        result = await self.append_many(run_id, attempt, [NewEvent(event_type, payload or {}, visibility)])
+        return result.last_seq
+
+    async def append_many(self, run_id: str, attempt: int, events: Iterable[NewEvent]) -> AppendResult:
+        """Append a batch of one attempt's events in one call; seqs are consecutive."""
+        args: list[Any] = [self._tag(run_id), run_id, attempt, 0]
+        persist_deltas = self.settings.PERSIST_TOKEN_DELTAS
+        n = 0
+        for event in events:
+            kind = str(event.type)
+            vis = event.visibility.value if event.visibility else self.visibility(kind)
+            to_log = persist_deltas or kind not in EPHEMERAL_TYPES
+            args += [kind, vis, self._encode(kind, event.payload), 1 if to_log else 0]
+            n += 1
+        args[3] = n
+        if n == 0:
+            raise ValueError("append_many needs at least one event")
+        reply = await self._run_script("append", [self.keys.run_state(run_id), self.keys.run_stream(run_id)], args)
+        if _s(reply[0]) != "ok":
+            self._raise_refusal(run_id, reply)
+        return AppendResult(int(reply[1]), int(reply[2]), _s(reply[3]) == "1")
+
+    async def finish(
+        self, run_id: str, attempt: int, event_type: str, payload: Mapping[str, Any] | None = None
+    ) -> int:
+        """The attempt's terminal event: succeeded, failed, cancelled or timed_out."""
+        reply = await self._run_script(
+            "finish",
+            [self.keys.run_state(run_id), self.keys.run_stream(run_id)],
+            [
+                self._tag(run_id),
+                run_id,
+                attempt,
+                str(event_type),
+                self.visibility(event_type),
+                self._encode(event_type, payload or {}),
+                self._retention,
+            ],
+        )
+        if _s(reply[0]) != "ok":
+            self._raise_refusal(run_id, reply)
+        return int(reply[1])
+
+    async def schedule_retry(
+        self, run_id: str, attempt: int, delay_s: float, error: Mapping[str, Any]
+    ) -> RetryOutcome:
+        """Back to queued after ``delay_s``; or run.failed + dead letter when attempts ran out."""
+        reply = await self._run_script(
+            "schedule_retry",
+            [self.keys.run_state(run_id), self.keys.run_stream(run_id)],
+            [
+                self._tag(run_id),
+                run_id,
+                attempt,
+                max(0, int(delay_s * 1000)),
+                self.visibility(EventType.RUN_RETRYING),
+                self._encode(EventType.RUN_RETRYING, {"error": dict(error), "delay_s": delay_s}),
+                self.visibility(EventType.RUN_FAILED),
+                self._encode(EventType.RUN_FAILED, {"error": dict(error)}),
+                self._retention,
+            ],
+        )
+        word = _s(reply[0])
+        if word == "retrying":
+            return RetryOutcome(True, int(reply[1]), int(reply[2]))
+        if word == "failed":
+            return RetryOutcome(False, int(reply[1]))
+        self._raise_refusal(run_id, reply)
+        raise AssertionError("unreachable")
+
+    async def cancel(self, run_id: str, *, owner: str | None = None, reason: str = "") -> CancelOutcome:
+        """Cancel a run: at once if queued, through its worker if running (``RunTerminal`` if over)."""
+        reply = await self._run_script(
+            "cancel",
+            [self.keys.run_state(run_id), self.keys.run_stream(run_id)],
+            [
+                self._tag(run_id),
+                run_id,
+                owner or "",
+                self.visibility(EventType.RUN_CANCELLED),
+                self.visibility(EventType.RUN_CANCEL_REQUESTED),
+                self._encode(EventType.RUN_CANCEL_REQUESTED, {"reason": reason}),
+                self.keys.cancel_channel(),
+                self._retention,
+            ],
+        )
+        word = _s(reply[0])
+        if word == "cancelled":
+            return CancelOutcome(True, int(reply[1]))
+        if word == "requested":
+            return CancelOutcome(False, int(reply[1]))
+        self._raise_refusal(run_id, reply)
+        raise AssertionError("unreachable")
+
+    async def heartbeat(
+        self, partition: int, agent_key: str, worker_id: str, jobs: Sequence[tuple[str, int, str]]
+    ) -> list[str]:
+        """Renew leases of ``(run_id, attempt, job_id)``; per job: ok | cancel | fenced | gone."""
+        if not jobs:
+            return []
+        args: list[Any] = [self.keys.tag(partition) + ":", worker_id, len(jobs)]
+        for run_id, attempt, job_id in jobs:
+            args += [run_id, attempt, job_id]
+        reply = await self._run_script("heartbeat", [self.keys.queue(partition, agent_key)], args)
+        return [_s(r) for r in reply]
+
+    async def promote_due(self, partition: int, limit: int = 500) -> int:
+        """Dispatch the partition's retries and scheduled runs whose time has come."""
+        tag = self.keys.tag(partition) + ":"
+        return int(await self._run_script("promote_due", [self.keys.delayed(partition)], [tag, limit]))
+
+    async def dead_letter(
+        self,
+        partition: int,
+        agent_key: str,
+        job_id: str,
+        reason: str,
+        *,
+        deliveries: int = 0,
+        run_id: str = "",
+        raw_entry: Mapping[bytes, bytes] | None = None,
+    ) -> int:
+        """Ack and record a job that cannot run; its run (if any) fails with ``reason``."""
+        error = {"type": "DeadLettered", "message": reason, "retriable": False}
+        reply = await self._run_script(
+            "dead_letter",
+            [self.keys.queue(partition, agent_key), self.keys.dead(partition)],
+            [
+                self.keys.tag(partition) + ":",
+                job_id,
+                reason,
+                deliveries,
+                run_id,
+                self.visibility(EventType.RUN_FAILED),
+                self._encode(EventType.RUN_FAILED, {"error": error}),
+                self._retention,
+                repr(dict(raw_entry or {}))[:4096],
+            ],
+        )
+        return int(reply[1])
+
+    async def ensure_groups(self, agent_keys: Iterable[str]) -> None:
+        """Create the ``workers`` group on every queue of these agent keys (idempotent)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for agent_key in agent_keys:
+                for partition in range(self.settings.PARTITIONS):
+                    pipe.xgroup_create(self.keys.queue(partition, agent_key), WORKERS_GROUP, id="0", mkstream=True)
+                    pipe.sadd(self.keys.agents(partition), agent_key)
+            for result in await pipe.execute(raise_on_error=False):
+                if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
+                    raise result
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def run_state(self, run_id: str) -> RunState | None:
+        """The run's folded state as Redis holds it (``None`` when unknown or expired)."""
+        raw = await self.redis.hgetall(self.keys.run_state(run_id))
+        return _state_from_hash(run_id, raw) if raw else None
+
+    async def read_run(self, run_id: str, after_seq: int = 0, count: int | None = None) -> list[Event]:
+        """The run's events with seq > ``after_seq``, in order."""
+        entries = await self.redis.xrange(self.keys.run_stream(run_id), min=f"({after_seq_id(after_seq)}", count=count)
+        return [decode_entry(fields, run_id) for _, fields in entries]
+
+    async def tail(
+        self, cursors: Mapping[str, int], *, block_ms: int = 5000, count: int = 500
+    ) -> dict[str, list[Event]]:
+        """One blocking XREAD over many runs: ``{run_id: events after its cursor}``."""
+        if not cursors:
+            return {}
+        streams = {self.keys.run_stream(r): after_seq_id(seq) for r, seq in cursors.items()}
+        reply = await self.redis.xread(streams, count=count, block=block_ms)
+        out: dict[str, list[Event]] = {}
+        for key, entries in reply or []:
+            run_id = _s(key).rsplit(":", 1)[-1]
+            out[run_id] = [decode_entry(fields, run_id) for _, fields in entries]
+        return out
+
+    async def read_log(self, partition: int, after_id: str = "0-0", count: int = 1000) -> list[LogEntry]:
+        """Partition log entries after ``after_id`` (state events of every run, in order)."""
+        entries = await self.redis.xrange(self.keys.log(partition), min=f"({after_id}", count=count)
+        return [LogEntry(_s(entry_id), decode_entry(fields)) for entry_id, fields in entries]
+
+
+def after_seq_id(seq: int) -> str:
+    """The stream entry id of seq ``seq`` in a run stream."""
+    return f"0-{seq}"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _state_from_hash(run_id: str, raw: Mapping[bytes, bytes]) -> RunState:
+    h = {_s(k): _s(v) for k, v in raw.items()}
+    return RunState(
+        run_id=run_id,
+        status=RunStatus(h["status"]),
+        seq=int(h.get("seq", 0)),
+        attempt=int(h.get("attempt", 0)),
+        agent_key=h.get("agent", ""),
+        owner=h.get("owner", ""),
+        conversation_id=h.get("conv", ""),
+        max_attempts=int(h.get("max_attempts", 1)),
+        cancel_requested=h.get("cancel") == "1",
+        created_ms=int(h.get("created", 0)),
+        started_ms=int(h.get("started", 0)),
+        finished_ms=int(h.get("finished", 0)),
+    )

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from agentstream.core.settings import Settings
+from agentstream.core.store import EventStore, Redis, redis_from_url
+from tests.services import REDIS_UP, REDIS_URL, require
+
+
+@pytest.fixture(params=["fakeredis", "redis"])
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """Every contract test runs twice: on fakeredis (the embedded twin) and on real Redis."""
+    if request.param == "redis":
+        require("Redis", REDIS_UP)
+        return REDIS_URL
+    return f"fakeredis://{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def settings_factory() -> type[Settings]:
+    return Settings
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
+    client = redis_from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A prefix of this test's own, so tests never see each other's keys on a shared Redis."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def store(redis_client: Redis, key_prefix: str) -> AsyncIterator[EventStore]:
+    settings = Settings(KEY_PREFIX=key_prefix, PARTITIONS=4, RETRY_BACKOFF_BASE=0.01)
+    yield EventStore(redis_client, settings)
+    await delete_prefix(redis_client, key_prefix)
+
+
+async def delete_prefix(client: Redis, prefix: str) -> None:
+    batch: list[bytes] = []
+    async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        batch.append(key)
+        if len(batch) >= 500:
+            await client.delete(*batch)
+            batch.clear()
+    if batch:
+        await client.delete(*batch)

@@ -1,0 +1,37 @@
+"""Real services for tests: found at REDIS_URL / DATABASE_URL, skipped locally when absent,
+and a failure (never a skip) when CI is set."""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlparse
+
+import pytest
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+DATABASE_URL = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def reachable(url: str, default_port: int) -> bool:
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or default_port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+REDIS_UP = reachable(REDIS_URL, 6379)
+POSTGRES_UP = reachable(DATABASE_URL, 5432)
+
+
+def require(service: str, up: bool) -> None:
+    """Skip (locally) or fail (in CI) when a real service the test needs is not there."""
+    if up:
+        return
+    message = f"{service} is not reachable; start it or set its URL (see README)"
+    if IN_CI:
+        pytest.fail(f"CI requires real services: {message}")
+    pytest.skip(message)
