@@ -1,0 +1,1 @@
+"""Benchmarks: programs, not timed tests. ``python -m benchmarks SCENARIO ... [--quick]``."""

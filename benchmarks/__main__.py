@@ -1,0 +1,37 @@
+"""``python -m benchmarks [SCENARIO ...] [--quick] [--n N] [--rounds R]``; no scenario: all."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+
+from benchmarks.common import Options, Record, save, table
+
+SCENARIOS = ["limit", "append"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("scenarios", nargs="*", help=f"any of: {', '.join(SCENARIOS)} (default: all)")
+    parser.add_argument("--quick", action="store_true", help="small sizes; finishes in under 2 minutes")
+    parser.add_argument("--n", type=int, default=None, help="override the scenario's size")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per system (>= 3)")
+    args = parser.parse_args(argv)
+    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    opts = Options(quick=args.quick, n=args.n, rounds=max(1, args.rounds))
+    records: list[Record] = []
+    for name in args.scenarios or SCENARIOS:
+        module = importlib.import_module(f"benchmarks.{name.replace('-', '_')}")
+        got: list[Record] = asyncio.run(module.main(opts))
+        print(table(got), flush=True)
+        records += got
+    save(records)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

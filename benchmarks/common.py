@@ -1,0 +1,96 @@
+"""What every scenario shares: options, records, the side-by-side rounds, and the results file.
+
+A scenario is a module ``benchmarks/<name>.py`` (dashes become underscores) with
+``async def main(opts: Options) -> list[Record]``. It measures our system and its comparison in
+ONE run, alternating, for ``opts.rounds`` rounds, and reports medians with min and max.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).parent / "results"
+LATEST = RESULTS_DIR / "latest.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    quick: bool = False
+    n: int | None = None
+    rounds: int = 3
+    redis_url: str = field(default_factory=lambda: os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    database_url: str = field(
+        default_factory=lambda: os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
+    )
+
+    def size(self, full: int, quick: int) -> int:
+        """The scenario's N: ``--n`` if given, else its full or quick default."""
+        return self.n or (quick if self.quick else full)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    scenario: str
+    system: str
+    metric: str
+    value: float
+    unit: str
+    n: int
+    when: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    min: float | None = None
+    max: float | None = None
+    rounds: int = 1
+
+
+def summarize(scenario: str, system: str, metric: str, unit: str, n: int, samples: Iterable[float]) -> Record:
+    """Median of the rounds, with their min and max."""
+    values = list(samples)
+    return Record(
+        scenario=scenario,
+        system=system,
+        metric=metric,
+        value=round(statistics.median(values), 3),
+        unit=unit,
+        n=n,
+        min=round(min(values), 3),
+        max=round(max(values), 3),
+        rounds=len(values),
+    )
+
+
+def machine() -> dict[str, str | int]:
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count() or 0,
+    }
+
+
+def save(records: list[Record]) -> None:
+    """Merge into results/latest.json: this run's scenarios replace their older records."""
+    RESULTS_DIR.mkdir(exist_ok=True)
+    old: list[dict[str, object]] = []
+    if LATEST.exists():
+        old = json.loads(LATEST.read_text()).get("records", [])
+    fresh = {r.scenario for r in records}
+    kept = [r for r in old if r.get("scenario") not in fresh]
+    data = {"machine": machine(), "records": kept + [asdict(r) for r in records]}
+    LATEST.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def table(records: list[Record]) -> str:
+    rows = [("scenario", "system", "metric", "median", "min–max", "unit", "n")]
+    for r in records:
+        spread = f"{r.min:g}–{r.max:g}" if r.min is not None and r.max is not None else ""
+        rows.append((r.scenario, r.system, r.metric, f"{r.value:g}", spread, r.unit, str(r.n)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
