@@ -43,3 +43,25 @@ def is_valid_id(value: str) -> bool:
         return str(uuid.UUID(value)) == value
     except (ValueError, AttributeError, TypeError):
         return False
+
+
+# Owners: every run and conversation has exactly one, a user or an anonymous session.
+# Stored as text in Redis and in the events: "user:<pk>" or "anon:<session id>".
+USER_OWNER = "user"
+ANONYMOUS_OWNER = "anon"
+
+
+def user_owner(user_pk: object) -> str:
+    return f"{USER_OWNER}:{user_pk}"
+
+
+def anonymous_owner(session_id: object) -> str:
+    return f"{ANONYMOUS_OWNER}:{session_id}"
+
+
+def parse_owner(owner: str) -> tuple[str, str]:
+    """``("user", pk)`` or ``("anon", session id)``; ValueError for anything else."""
+    kind, sep, ident = owner.partition(":")
+    if not sep or not ident or kind not in (USER_OWNER, ANONYMOUS_OWNER):
+        raise ValueError(f"owner {owner!r} is neither 'user:<pk>' nor 'anon:<session id>'")
+    return kind, ident
