@@ -6,6 +6,7 @@ stream or hash read. Works the same on Redis 7.0+, Redis Cluster (hash tags) and
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -15,6 +16,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from agentstream.core import scripts
 from agentstream.core.codec import decode_entry, decode_payload, encode_payload
@@ -146,13 +148,17 @@ _fake_servers: dict[str, Any] = {}
 class EventStore:
     """Submit, claim, append, finish, cancel and read runs. One instance per process is plenty."""
 
-    def __init__(self, client: Redis, settings: Settings | None = None) -> None:
+    def __init__(
+        self, client: Redis, settings: Settings | None = None, *, pipeline_scripts: bool = False
+    ) -> None:
         self.redis = client
         self.settings = settings or Settings()
         self.keys: Keys = self.settings.keys
         self._scripts: dict[str, AsyncScript] = {
             name: client.register_script(scripts.source(name)) for name in scripts.NAMES
         }
+        # Workers turn this on: the script calls of many concurrent runs share round trips.
+        self._batcher = ScriptBatcher(client, self._scripts) if pipeline_scripts else None
         overrides = self.settings.EVENT_VISIBILITY
         self._vis: dict[str, str] = {t.value: visibility_of(t, overrides).value for t in EventType}
         self._retention = str(self.settings.RUN_RETENTION_SECONDS)
@@ -172,6 +178,8 @@ class EventStore:
         return self.keys.tag(self.keys.run_partition(run_id)) + ":"
 
     async def _run_script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        if self._batcher is not None:
+            return await self._batcher.call(name, keys, args)
         return await self._scripts[name](keys=list(keys), args=list(args))
 
     @staticmethod
@@ -579,6 +587,71 @@ class EventStore:
         """Partition log entries after ``after_id`` (state events of every run, in order)."""
         entries = await self.redis.xrange(self.keys.log(partition), min=f"({after_id}", count=count)
         return [LogEntry(_s(entry_id), decode_entry(fields)) for entry_id, fields in entries]
+
+
+class ScriptBatcher:
+    """Sends the script calls made during one event-loop tick as ONE pipeline (no MULTI).
+
+    Calls keep their order inside a pipeline; a caller that awaits one call before making the
+    next (append, then finish) is ordered by causality. A script the server does not know
+    (NOSCRIPT: a restarted or different Redis) is loaded and the call retried once.
+    """
+
+    def __init__(
+        self, client: Redis, named_scripts: Mapping[str, AsyncScript], max_batch: int = 2000
+    ) -> None:
+        self._client = client
+        self._scripts = named_scripts
+        self._max_batch = max_batch
+        self._pending: list[tuple[str, Sequence[str], Sequence[Any], asyncio.Future[Any]]] = []
+        self._flush_scheduled = False
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    async def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((name, keys, args, future))
+        if len(self._pending) >= self._max_batch:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._in_flight.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _send(self, batch: list[tuple[str, Sequence[str], Sequence[Any], asyncio.Future[Any]]]) -> None:
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for name, keys, args, _ in batch:
+                    pipe.execute_command("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
+                results = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:  # the connection failed: every caller sees it
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception) else ConnectionError(str(exc)))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (name, keys, args, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, NoScriptError):
+                try:
+                    result = await self._scripts[name](keys=list(keys), args=list(args))
+                except Exception as exc:
+                    result = exc
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
 
 def after_seq_id(seq: int) -> str:

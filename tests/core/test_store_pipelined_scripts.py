@@ -1,0 +1,53 @@
+"""The opt-in ScriptBatcher: many concurrent script calls share one pipeline, same results."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from agentstream.core.errors import FencedOut
+from agentstream.core.store import Claim, EventStore, SubmitRequest
+
+
+@pytest.fixture
+def pipelined(store: EventStore) -> EventStore:
+    return EventStore(store.redis, store.settings, pipeline_scripts=True)
+
+
+async def test_concurrent_submits_claims_and_finishes_share_round_trips_and_all_land(
+    pipelined: EventStore,
+) -> None:
+    sent: list[int] = []
+    original = pipelined.redis.pipeline
+
+    def counting_pipeline(*args: object, **kwargs: object) -> object:
+        sent.append(1)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    pipelined.redis.pipeline = counting_pipeline  # type: ignore[method-assign]
+    results = await asyncio.gather(*(pipelined.submit(SubmitRequest("echo", "user:1")) for _ in range(50)))
+    assert len({r.run_id for r in results}) == 50
+    assert len(sent) <= 2  # one tick's worth of calls, one round trip (plus a NOSCRIPT retry at most)
+
+    await pipelined.ensure_groups(["echo"])
+    claims = await asyncio.gather(*(pipelined.begin_attempt(r.run_id, "1-1", "w", "echo") for r in results))
+    # the job id "1-1" is stale for every run: each is dropped, none started
+    assert all(not isinstance(c, Claim) for c in claims)
+
+
+async def test_a_refusal_inside_a_batch_fails_only_its_own_caller(pipelined: EventStore) -> None:
+    run = await pipelined.submit(SubmitRequest("echo", "user:1"))
+    state = await pipelined.run_state(run.run_id)
+    assert state is not None
+    job = (await pipelined.redis.hget(pipelined.keys.run_state(run.run_id), "job")).decode()
+    claim = await pipelined.begin_attempt(run.run_id, job, "w", "echo")
+    assert isinstance(claim, Claim)
+    good, bad = await asyncio.gather(
+        pipelined.append(run.run_id, claim.attempt, "assistant.message", {"content": "hi"}),
+        pipelined.append(run.run_id, claim.attempt + 7, "assistant.message", {"content": "zombie"}),
+        return_exceptions=True,
+    )
+    assert good == claim.seq + 1
+    assert isinstance(bad, FencedOut)
+    events = await pipelined.read_run(run.run_id)
+    assert [e.payload.get("content") for e in events if e.type == "assistant.message"] == ["hi"]
