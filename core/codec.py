@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgpack
-
 from agentstream.core.errors import CorruptEntry, EventEncodingError
 from agentstream.core.events import SCHEMA_VERSION, Event, Visibility
 
@@ -51,9 +50,7 @@ def encode_payload(
 ) -> bytes:
     """msgpack bytes of a payload, or ``EventEncodingError`` naming the type and the bad key."""
     if not isinstance(payload, Mapping):
-        raise EventEncodingError(
-            f"{event_type}: payload must be a dict, got {type(payload).__name__}"
-        )
+        raise EventEncodingError(f"{event_type}: payload must be a dict, got {type(payload).__name__}")
     try:
         data: bytes = msgpack.packb(payload, default=_default, use_bin_type=True, strict_types=False)
     except (TypeError, ValueError, OverflowError) as exc:

@@ -100,7 +100,10 @@ class Settings:
             self.DEFAULT_CONVERSATION_POLICY in POLICIES,
             f"DEFAULT_CONVERSATION_POLICY must be one of {', '.join(POLICIES)}",
         )
-        _check(":" not in self.KEY_PREFIX and "{" not in self.KEY_PREFIX, "KEY_PREFIX must not contain ':' or '{'")
+        _check(
+            ":" not in self.KEY_PREFIX and "{" not in self.KEY_PREFIX,
+            "KEY_PREFIX must not contain ':' or '{'",
+        )
         for event_type, level in self.EVENT_VISIBILITY.items():
             _check(
                 level in Visibility.__members__.values(),
@@ -140,7 +143,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str], prefix: str = "AGENTSTREAM_") -> Settings:
         """``AGENTSTREAM_<KEY>`` variables (``REDIS_URL`` also unprefixed, as users expect)."""
-        values = {k[len(prefix):]: v for k, v in environ.items() if k.startswith(prefix)}
+        values = {k[len(prefix) :]: v for k, v in environ.items() if k.startswith(prefix)}
         values.pop("DEMO_TOKEN", None)  # the demo's own variable, not a runtime setting
         if "REDIS_URL" in environ and "REDIS_URL" not in values:
             values["REDIS_URL"] = environ["REDIS_URL"]
@@ -172,7 +175,7 @@ def _coerce(name: str, hint: Any, raw: Any) -> Any:
                 return raw.lower() in ("1", "true", "yes", "on")
             raise ValueError
         if hint is int:
-            if isinstance(raw, bool) or isinstance(raw, float):
+            if isinstance(raw, bool | float):
                 raise ValueError
             return int(raw)
         if hint is float:

@@ -76,13 +76,9 @@ def evolve(state: RunState | None, event: Event) -> RunState:
     if state is None:
         return _first(event)
     if event.seq != state.seq + 1:
-        raise IllegalTransition(
-            f"run {state.run_id}: event seq {event.seq} does not follow seq {state.seq}"
-        )
+        raise IllegalTransition(f"run {state.run_id}: event seq {event.seq} does not follow seq {state.seq}")
     if state.status.is_terminal:
-        raise RunTerminal(
-            f"run {state.run_id} is {state.status}; {event.type} is not allowed after it ends"
-        )
+        raise RunTerminal(f"run {state.run_id} is {state.status}; {event.type} is not allowed after it ends")
     kind = event.type
     if kind == EventType.RUN_STARTED:
         if event.attempt != state.attempt + 1:
@@ -99,15 +95,12 @@ def evolve(state: RunState | None, event: Event) -> RunState:
         )
     if event.attempt != state.attempt:
         raise FencedOut(
-            f"run {state.run_id}: event of attempt {event.attempt}, "
-            f"current attempt is {state.attempt}"
+            f"run {state.run_id}: event of attempt {event.attempt}, current attempt is {state.attempt}"
         )
     if kind == EventType.RUN_CANCELLED and state.status is RunStatus.QUEUED:
         return _terminal(state, event, RunStatus.CANCELLED)
     if state.status is not RunStatus.RUNNING:
-        raise IllegalTransition(
-            f"run {state.run_id}: {kind} is not allowed while the run is {state.status}"
-        )
+        raise IllegalTransition(f"run {state.run_id}: {kind} is not allowed while the run is {state.status}")
     if kind in _TERMINAL_STATUS_OF:
         return _terminal(state, event, _TERMINAL_STATUS_OF[kind])
     if kind == EventType.RUN_RETRYING:
@@ -204,6 +197,4 @@ def evolve_conversation(state: ConversationState | None, event: Event) -> Conver
         )
     if event.type == EventType.CONVERSATION_DELETED:
         return dataclasses.replace(state, seq=event.seq, deleted=True, updated_ms=event.ts_ms)
-    raise IllegalTransition(
-        f"conversation {state.conversation_id}: {event.type} is not a conversation event"
-    )
+    raise IllegalTransition(f"conversation {state.conversation_id}: {event.type} is not a conversation event")

@@ -11,13 +11,10 @@ import hashlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
-
 from agentstream.core import scripts
 from agentstream.core.codec import decode_entry, decode_payload, encode_payload
 from agentstream.core.errors import (
@@ -40,8 +37,13 @@ from agentstream.core.ids import idempotency_partition, new_run_id, partition_of
 from agentstream.core.keys import WORKERS_GROUP, Keys
 from agentstream.core.settings import POLICIES, Settings
 from agentstream.core.state import RunState, RunStatus
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 Redis = aioredis.Redis
+# What the stream reads return with decode_responses=False (redis-py's stubs are looser).
+Fields = dict[bytes, bytes]
+Entries = list[tuple[bytes, Fields]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,9 +200,7 @@ class EventStore:
         if word == "not_running":
             raise IllegalTransition(f"run {run_id} is {detail}, not running")
         if word == "illegal":
-            raise IllegalTransition(
-                f"run {run_id}: {detail} is written by the runtime itself, not appended"
-            )
+            raise IllegalTransition(f"run {run_id}: {detail} is written by the runtime itself, not appended")
         raise IllegalTransition(f"run {run_id}: unexpected reply {reply!r}")
 
     # -- submit and conversations --------------------------------------------------------------
@@ -304,20 +304,29 @@ class EventStore:
 
         conv = conversation_id or new_conversation_id()
         payload = {"owner": owner, "agent_key": agent_key, "title": title, "metadata": dict(metadata or {})}
-        reply = await self._conversation_event(conv, owner, EventType.CONVERSATION_CREATED, payload, agent_key)
+        reply = await self._conversation_event(
+            conv, owner, EventType.CONVERSATION_CREATED, payload, agent_key
+        )
         if _s(reply[0]) == "exists":
             raise IllegalTransition(f"conversation {conv} already exists")
         return conv
 
     async def update_conversation(
-        self, conversation_id: str, owner: str, *, title: str | None = None, metadata: Mapping[str, Any] | None = None
+        self,
+        conversation_id: str,
+        owner: str,
+        *,
+        title: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> int:
         payload: dict[str, Any] = {}
         if title is not None:
             payload["title"] = title
         if metadata is not None:
             payload["metadata"] = dict(metadata)
-        return await self._conversation_change(conversation_id, owner, EventType.CONVERSATION_UPDATED, payload)
+        return await self._conversation_change(
+            conversation_id, owner, EventType.CONVERSATION_UPDATED, payload
+        )
 
     async def delete_conversation(self, conversation_id: str, owner: str) -> int:
         return await self._conversation_change(conversation_id, owner, EventType.CONVERSATION_DELETED, {})
@@ -357,12 +366,18 @@ class EventStore:
 
     # -- the worker's side -----------------------------------------------------------------
 
-    async def begin_attempt(self, run_id: str, job_id: str, worker_id: str, agent_key: str) -> Claim | Dropped:
+    async def begin_attempt(
+        self, run_id: str, job_id: str, worker_id: str, agent_key: str
+    ) -> Claim | Dropped:
         """Start the next attempt of a claimed job; its number fences every older attempt out."""
         partition = self.keys.run_partition(run_id)
         reply = await self._run_script(
             "begin_attempt",
-            [self.keys.run_state(run_id), self.keys.run_stream(run_id), self.keys.queue(partition, agent_key)],
+            [
+                self.keys.run_state(run_id),
+                self.keys.run_stream(run_id),
+                self.keys.queue(partition, agent_key),
+            ],
             [
                 self._tag(run_id),
                 run_id,
@@ -402,7 +417,11 @@ class EventStore:
         return Dropped(run_id, _s(reply[1]), dead_lettered=_s(reply[1]) == "no_run")
 
     async def append(
-        self, run_id: str, attempt: int, event_type: str, payload: Mapping[str, Any] | None = None,
+        self,
+        run_id: str,
+        attempt: int,
+        event_type: str,
+        payload: Mapping[str, Any] | None = None,
         visibility: Visibility | None = None,
     ) -> int:
         result = await self.append_many(run_id, attempt, [NewEvent(event_type, payload or {}, visibility)])
@@ -422,7 +441,9 @@ class EventStore:
         args[3] = n
         if n == 0:
             raise ValueError("append_many needs at least one event")
-        reply = await self._run_script("append", [self.keys.run_state(run_id), self.keys.run_stream(run_id)], args)
+        reply = await self._run_script(
+            "append", [self.keys.run_state(run_id), self.keys.run_stream(run_id)], args
+        )
         if _s(reply[0]) != "ok":
             self._raise_refusal(run_id, reply)
         return AppendResult(int(reply[1]), int(reply[2]), _s(reply[3]) == "1")
@@ -551,7 +572,9 @@ class EventStore:
         async with self.redis.pipeline(transaction=False) as pipe:
             for agent_key in agent_keys:
                 for partition in range(self.settings.PARTITIONS):
-                    pipe.xgroup_create(self.keys.queue(partition, agent_key), WORKERS_GROUP, id="0", mkstream=True)
+                    pipe.xgroup_create(
+                        self.keys.queue(partition, agent_key), WORKERS_GROUP, id="0", mkstream=True
+                    )
                     pipe.sadd(self.keys.agents(partition), agent_key)
             for result in await pipe.execute(raise_on_error=False):
                 if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
@@ -561,12 +584,13 @@ class EventStore:
 
     async def run_state(self, run_id: str) -> RunState | None:
         """The run's folded state as Redis holds it (``None`` when unknown or expired)."""
-        raw = await self.redis.hgetall(self.keys.run_state(run_id))
+        raw = cast(Fields, await self.redis.hgetall(self.keys.run_state(run_id)))
         return _state_from_hash(run_id, raw) if raw else None
 
     async def read_run(self, run_id: str, after_seq: int = 0, count: int | None = None) -> list[Event]:
         """The run's events with seq > ``after_seq``, in order."""
-        entries = await self.redis.xrange(self.keys.run_stream(run_id), min=f"({after_seq_id(after_seq)}", count=count)
+        key = self.keys.run_stream(run_id)
+        entries = cast(Entries, await self.redis.xrange(key, min=f"({after_seq_id(after_seq)}", count=count))
         return [decode_entry(fields, run_id) for _, fields in entries]
 
     async def tail(
@@ -575,8 +599,10 @@ class EventStore:
         """One blocking XREAD over many runs: ``{run_id: events after its cursor}``."""
         if not cursors:
             return {}
-        streams = {self.keys.run_stream(r): after_seq_id(seq) for r, seq in cursors.items()}
-        reply = await self.redis.xread(streams, count=count, block=block_ms)
+        streams: dict[Any, Any] = {self.keys.run_stream(r): after_seq_id(seq) for r, seq in cursors.items()}
+        reply = cast(
+            list[tuple[bytes, Entries]], await self.redis.xread(streams, count=count, block=block_ms)
+        )
         out: dict[str, list[Event]] = {}
         for key, entries in reply or []:
             run_id = _s(key).rsplit(":", 1)[-1]
@@ -585,7 +611,9 @@ class EventStore:
 
     async def read_log(self, partition: int, after_id: str = "0-0", count: int = 1000) -> list[LogEntry]:
         """Partition log entries after ``after_id`` (state events of every run, in order)."""
-        entries = await self.redis.xrange(self.keys.log(partition), min=f"({after_id}", count=count)
+        entries = cast(
+            Entries, await self.redis.xrange(self.keys.log(partition), min=f"({after_id}", count=count)
+        )
         return [LogEntry(_s(entry_id), decode_entry(fields)) for entry_id, fields in entries]
 
 

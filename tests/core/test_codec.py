@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+from agentstream.core import codec
+from agentstream.core.codec import decode_entry, encode_payload
+from agentstream.core.errors import CorruptEntry, EventEncodingError
+from agentstream.core.events import Visibility
+
+
+def entry(**overrides: bytes) -> dict[bytes, bytes]:
+    fields = {
+        b"r": b"run-1",
+        b"s": b"3",
+        b"t": b"tool.call",
+        b"p": encode_payload("tool.call", {"name": "clock"}),
+        b"ts": b"1700000000000",
+        b"a": b"2",
+        b"vis": b"debug",
+        b"v": b"1",
+        b"c": b"",
+    }
+    fields.update({k.encode(): v for k, v in overrides.items()})
+    return fields
+
+
+def test_an_entry_decodes_to_its_envelope() -> None:
+    event = decode_entry(entry())
+    assert (event.run_id, event.seq, event.type, event.attempt) == ("run-1", 3, "tool.call", 2)
+    assert event.payload == {"name": "clock"}
+    assert event.visibility is Visibility.DEBUG
+
+
+def test_common_python_values_encode_to_their_obvious_form() -> None:
+    when = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    ident = uuid.uuid4()
+    decoded = codec.decode_payload(encode_payload("x", {"when": when, "id": ident, "tags": {"b", "a"}}))
+    assert decoded == {"when": when.isoformat(), "id": str(ident), "tags": ["a", "b"]}
+
+
+def test_an_unencodable_payload_names_the_event_type_and_the_key() -> None:
+    with pytest.raises(EventEncodingError, match=r"tool\.result: payload\['result'\]\['handle'\]"):
+        encode_payload("tool.result", {"result": {"handle": object()}})
+
+
+def test_a_payload_that_is_not_a_dict_is_refused() -> None:
+    with pytest.raises(EventEncodingError, match="must be a dict"):
+        encode_payload("x", ["a"])  # type: ignore[arg-type]
+
+
+def test_a_payload_over_the_size_limit_is_refused() -> None:
+    with pytest.raises(EventEncodingError, match="MAX_EVENT_BYTES=2048"):
+        encode_payload("assistant.message", {"content": "x" * 4096}, max_bytes=2048)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {b"t": b"x"},
+        entry(p=b"\xc1\xc1"),
+        entry(s=b"not-a-number"),
+        entry(vis=b"secret"),
+        entry(p=b"\x93\x01\x02\x03"),  # a msgpack array, not a map
+    ],
+)
+def test_garbage_entries_raise_corrupt_entry(fields: dict[bytes, bytes]) -> None:
+    with pytest.raises(CorruptEntry):
+        decode_entry(fields)
+
+
+def test_old_versions_are_upcast_on_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(codec, "SCHEMA_VERSION", 2)
+    monkeypatch.setitem(codec.UPCASTERS, 1, lambda kind, payload: (kind, {**payload, "upcast": True}))
+    event = decode_entry(entry(v=b"1"))
+    assert event.payload == {"name": "clock", "upcast": True}
+    assert event.v == 2

@@ -1,0 +1,354 @@
+"""The event store's contract, on fakeredis AND real Redis (the ``store`` fixture runs both)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from agentstream.core.errors import (
+    ConversationBusy,
+    FencedOut,
+    IdempotencyConflict,
+    IllegalTransition,
+    NotFound,
+    RunTerminal,
+)
+from agentstream.core.events import EventType, NewEvent
+from agentstream.core.ids import partition_of
+from agentstream.core.keys import WORKERS_GROUP
+from agentstream.core.state import RunStatus, fold
+from agentstream.core.store import Claim, Dropped, EventStore, SubmitRequest
+
+from tests.core.storetools import begin_again, claim, job_of, read_jobs
+
+
+def request(**kw: object) -> SubmitRequest:
+    base: dict[str, object] = {
+        "agent_key": "a",
+        "owner": "user:1",
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    base.update(kw)
+    return SubmitRequest(**base)  # type: ignore[arg-type]
+
+
+async def statuses(store: EventStore, *run_ids: str) -> list[str]:
+    states = [await store.run_state(r) for r in run_ids]
+    return [s.status.value if s else "missing" for s in states]
+
+
+async def test_a_submitted_run_is_queued_with_its_input_and_a_job(store: EventStore) -> None:
+    run_id = (await store.submit(request(params={"x": 1}))).run_id
+    [queued] = await store.read_run(run_id)
+    assert queued.type == EventType.RUN_QUEUED and queued.seq == 1
+    assert queued.payload["messages"] == [{"role": "user", "content": "hi"}]
+    c = await claim(store, run_id)
+    assert c.attempt == 1 and c.input["params"] == {"x": 1}
+
+
+async def test_the_whole_history_folds_to_the_state_redis_holds(store: EventStore) -> None:
+    run_id = (await store.submit(request())).run_id
+    c = await claim(store, run_id)
+    await store.append_many(
+        run_id, c.attempt, [NewEvent("assistant.delta", {"delta": "h"}), NewEvent("tool.call", {"name": "t"})]
+    )
+    await store.finish(run_id, c.attempt, EventType.RUN_SUCCEEDED, {"output": {"a": 1}})
+    folded = fold(await store.read_run(run_id))
+    held = await store.run_state(run_id)
+    assert folded is not None and held is not None
+    assert (
+        (folded.status, folded.seq, folded.attempt)
+        == (held.status, held.seq, held.attempt)
+        == (RunStatus.SUCCEEDED, 5, 1)
+    )
+    assert folded.output == {"a": 1}
+
+
+async def test_state_events_reach_the_partition_log_and_deltas_do_not(store: EventStore) -> None:
+    run_id = (await store.submit(request())).run_id
+    c = await claim(store, run_id)
+    await store.append_many(
+        run_id,
+        c.attempt,
+        [NewEvent("assistant.delta", {"delta": "x"}), NewEvent("assistant.message", {"content": "x"})],
+    )
+    log = await store.read_log(store.keys.run_partition(run_id))
+    assert [e.event.type for e in log if e.event.run_id == run_id] == [
+        "run.queued",
+        "run.started",
+        "assistant.message",
+    ]
+
+
+async def test_concurrent_appenders_get_dense_unique_seqs(store: EventStore) -> None:
+    run_id = (await store.submit(request())).run_id
+    c = await claim(store, run_id)
+
+    async def appender(i: int) -> None:
+        for j in range(100):
+            await store.append(run_id, c.attempt, "tool.result", {"w": i, "j": j})
+
+    await asyncio.gather(*(appender(i) for i in range(100)))
+    events = await store.read_run(run_id)
+    seqs = [e.seq for e in events]
+    assert seqs == list(range(1, 10_003))  # queued, started, then exactly 1..10000 more
+    per_writer = {}
+    for e in events[2:]:
+        per_writer.setdefault(e.payload["w"], []).append(e.payload["j"])
+    assert all(js == list(range(100)) for js in per_writer.values())  # each writer's order kept
+
+
+async def test_a_zombie_worker_cannot_append_after_another_begins_an_attempt(store: EventStore) -> None:
+    run_id = (await store.submit(request())).run_id
+    old = await claim(store, run_id)
+    new = await begin_again(store, run_id)
+    assert isinstance(new, Claim) and new.attempt == old.attempt + 1
+    with pytest.raises(FencedOut, match="superseded by attempt 2"):
+        await store.append(run_id, old.attempt, "assistant.message", {"content": "late"})
+    with pytest.raises(FencedOut):
+        await store.finish(run_id, old.attempt, EventType.RUN_SUCCEEDED, {})
+    await store.append(run_id, new.attempt, "assistant.message", {"content": "ok"})
+    events = await store.read_run(run_id)
+    assert [e.attempt for e in events] == [0, 1, 2, 2]
+    assert all(e.payload.get("content") != "late" for e in events)
+
+
+async def test_the_heartbeat_renews_only_current_attempts(store: EventStore) -> None:
+    run_id = (await store.submit(request())).run_id
+    old = await claim(store, run_id)
+    partition = store.keys.run_partition(run_id)
+    job = await job_of(store, run_id)
+    assert await store.heartbeat(partition, "a", "w1", [(run_id, old.attempt, job)]) == ["ok"]
+    await begin_again(store, run_id)
+    assert await store.heartbeat(partition, "a", "w1", [(run_id, old.attempt, job)]) == ["fenced"]
+
+
+async def test_idempotent_submit_is_scoped_per_owner(store: EventStore) -> None:
+    a1 = await store.submit(request(owner="user:1", idempotency_key="k"))
+    a2 = await store.submit(request(owner="user:1", idempotency_key="k"))
+    b1 = await store.submit(request(owner="user:2", idempotency_key="k"))
+    assert a1.created and not a2.created and a1.run_id == a2.run_id
+    assert b1.created and b1.run_id != a1.run_id
+
+
+async def test_the_same_idempotency_key_with_another_body_is_a_conflict(store: EventStore) -> None:
+    first = await store.submit(request(idempotency_key="k"))
+    with pytest.raises(IdempotencyConflict, match=first.run_id):
+        await store.submit(request(idempotency_key="k", messages=[{"role": "user", "content": "other"}]))
+
+
+async def test_cancelling_a_queued_run_cancels_it_at_once_and_it_never_starts(store: EventStore) -> None:
+    run_id = (await store.submit(request())).run_id
+    outcome = await store.cancel(run_id)
+    assert outcome.cancelled
+    assert await statuses(store, run_id) == ["cancelled"]
+    partition = store.keys.run_partition(run_id)
+    assert await read_jobs(store, partition, "a") == []  # the job is gone from the queue
+
+
+async def test_a_job_read_before_its_cancel_is_dropped_at_begin(store: EventStore) -> None:
+    run_id = (await store.submit(request())).run_id
+    [(job, _)] = await read_jobs(store, store.keys.run_partition(run_id), "a")
+    await store.cancel(run_id)
+    result = await store.begin_attempt(run_id, job, "w1", "a")
+    assert isinstance(result, Dropped) and result.reason == "cancelled"
+    pending = await store.redis.xpending(
+        store.keys.queue(store.keys.run_partition(run_id), "a"), WORKERS_GROUP
+    )
+    assert pending["pending"] == 0
+
+
+async def test_cancelling_a_running_run_asks_its_worker_and_broadcasts(store: EventStore) -> None:
+    run_id = (await store.submit(request())).run_id
+    c = await claim(store, run_id)
+    pubsub = store.redis.pubsub()
+    await pubsub.subscribe(store.keys.cancel_channel())
+    await pubsub.get_message(timeout=1)  # the subscribe confirmation
+    outcome = await store.cancel(run_id, reason="user asked")
+    assert not outcome.cancelled
+    message = None
+    for _ in range(50):
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if message:
+            break
+    await pubsub.aclose()
+    assert message is not None and message["data"] == run_id.encode()
+    result = await store.append_many(
+        run_id, c.attempt, [NewEvent("assistant.message", {"content": "partial"})]
+    )
+    assert result.cancel_requested
+    await store.finish(run_id, c.attempt, EventType.RUN_CANCELLED, {"partial_output": "partial"})
+    assert await statuses(store, run_id) == ["cancelled"]
+
+
+async def test_a_terminal_run_refuses_every_further_event(store: EventStore) -> None:
+    run_id = (await store.submit(request())).run_id
+    c = await claim(store, run_id)
+    await store.finish(run_id, c.attempt, EventType.RUN_FAILED, {"error": {"message": "x"}})
+    with pytest.raises(RunTerminal):
+        await store.append(run_id, c.attempt, "assistant.message", {})
+    with pytest.raises(RunTerminal):
+        await store.finish(run_id, c.attempt, EventType.RUN_SUCCEEDED, {})
+    with pytest.raises(RunTerminal):
+        await store.cancel(run_id)
+    with pytest.raises(RunTerminal):
+        await store.schedule_retry(run_id, c.attempt, 0, {"message": "x"})
+
+
+async def test_a_worker_cannot_append_lifecycle_events(store: EventStore) -> None:
+    run_id = (await store.submit(request())).run_id
+    c = await claim(store, run_id)
+    for kind in ("run.succeeded", "run.queued", "run.started", "run.retrying"):
+        with pytest.raises(IllegalTransition, match="written by the runtime"):
+            await store.append(run_id, c.attempt, kind, {})
+    assert len(await store.read_run(run_id)) == 2
+
+
+async def test_unknown_runs_are_not_found(store: EventStore) -> None:
+    with pytest.raises(NotFound):
+        await store.append("00000000-0000-4000-8000-000000000000", 1, "x", {})
+    with pytest.raises(NotFound):
+        await store.cancel("00000000-0000-4000-8000-000000000000")
+    assert await store.run_state("00000000-0000-4000-8000-000000000000") is None
+
+
+async def test_cancel_by_another_owner_is_not_found(store: EventStore) -> None:
+    run_id = (await store.submit(request(owner="user:1"))).run_id
+    with pytest.raises(NotFound):
+        await store.cancel(run_id, owner="user:2")
+    assert await statuses(store, run_id) == ["queued"]
+
+
+async def test_a_retry_waits_in_the_delayed_set_then_runs_as_the_next_attempt(store: EventStore) -> None:
+    run_id = (await store.submit(request(max_attempts=2))).run_id
+    c = await claim(store, run_id)
+    outcome = await store.schedule_retry(run_id, c.attempt, 0.0, {"type": "Boom", "message": "x"})
+    assert outcome.retrying and await statuses(store, run_id) == ["queued"]
+    assert await store.promote_due(store.keys.run_partition(run_id)) == 1
+    again = await claim(store, run_id)
+    assert again.attempt == 2
+    last = await store.schedule_retry(run_id, again.attempt, 0.0, {"type": "Boom", "message": "x"})
+    assert not last.retrying
+    assert await statuses(store, run_id) == ["failed"]
+    dead = await store.redis.xrange(store.keys.dead(store.keys.run_partition(run_id)))
+    assert [f[b"reason"] for _, f in dead] == [b"retries exhausted"]
+
+
+async def test_a_retry_is_not_promoted_before_it_is_due(store: EventStore) -> None:
+    run_id = (await store.submit(request())).run_id
+    c = await claim(store, run_id)
+    await store.schedule_retry(run_id, c.attempt, 60.0, {"message": "later"})
+    assert await store.promote_due(store.keys.run_partition(run_id)) == 0
+
+
+async def test_a_run_that_keeps_killing_its_workers_is_dead_lettered(store: EventStore) -> None:
+    run_id = (await store.submit(request(max_attempts=2))).run_id
+    await claim(store, run_id)  # attempt 1 dies
+    second = await begin_again(store, run_id)  # attempt 2 dies too
+    assert isinstance(second, Claim) and second.attempt == 2
+    third = await begin_again(store, run_id, worker="w3")
+    assert isinstance(third, Dropped) and third.dead_lettered
+    state = fold(await store.read_run(run_id))
+    assert state is not None and state.status is RunStatus.FAILED
+    assert state.error["type"] == "MaxAttemptsExceeded"
+
+
+async def test_a_scheduled_run_waits_until_run_at(store: EventStore) -> None:
+    run_id = (await store.submit(request(run_at_ms=2**41))).run_id  # far in the future
+    partition = store.keys.run_partition(run_id)
+    assert await read_jobs(store, partition, "a") == []
+    assert await store.promote_due(partition) == 0
+    assert await store.redis.zscore(store.keys.delayed(partition), run_id) == 2**41
+
+
+async def test_garbage_jobs_are_dead_lettered_with_the_reason(store: EventStore) -> None:
+    await store.ensure_groups(["a"])
+    queue = store.keys.queue(0, "a")
+    await store.redis.xadd(queue, {"junk": "\xff"})
+    [(job, _)] = [(j, "") for j, _ in await _raw_jobs(store, queue)]
+    await store.dead_letter(0, "a", job, "entry has no run id", raw_entry={b"junk": b"x"})
+    dead = await store.redis.xrange(store.keys.dead(0))
+    assert dead[0][1][b"reason"] == b"entry has no run id"
+    assert (await store.redis.xpending(queue, WORKERS_GROUP))["pending"] == 0
+
+
+async def _raw_jobs(store: EventStore, queue: str) -> list[tuple[str, dict[bytes, bytes]]]:
+    reply = await store.redis.xreadgroup(WORKERS_GROUP, "w1", {queue: ">"}, count=10)
+    return [(j.decode(), f) for _, entries in reply for j, f in entries]
+
+
+class TestConversations:
+    async def test_enqueue_runs_one_at_a_time_in_submit_order(self, store: EventStore) -> None:
+        conv = await store.create_conversation("user:1", agent_key="a")
+        runs = [(await store.submit(request(conversation_id=conv))).run_id for _ in range(5)]
+        partition = store.keys.run_partition(runs[0])
+        order = []
+        for _ in runs:
+            jobs = await read_jobs(store, partition, "a")
+            assert len(jobs) == 1  # only the conversation's active run is ever dispatched
+            job, run_id = jobs[0]
+            c = await store.begin_attempt(run_id, job, "w1", "a")
+            assert isinstance(c, Claim)
+            await store.finish(run_id, c.attempt, EventType.RUN_SUCCEEDED, {})
+            order.append(run_id)
+        assert order == runs
+
+    async def test_reject_refuses_a_run_while_one_is_active(self, store: EventStore) -> None:
+        conv = await store.create_conversation("user:1")
+        first = (await store.submit(request(conversation_id=conv))).run_id
+        with pytest.raises(ConversationBusy, match=first):
+            await store.submit(request(conversation_id=conv, policy="reject"))
+
+    async def test_interrupt_cancels_a_queued_active_run_and_starts_the_new_one(
+        self, store: EventStore
+    ) -> None:
+        conv = await store.create_conversation("user:1")
+        first = (await store.submit(request(conversation_id=conv))).run_id
+        second = (await store.submit(request(conversation_id=conv, policy="interrupt"))).run_id
+        assert await statuses(store, first, second) == ["cancelled", "queued"]
+        assert [r for _, r in await read_jobs(store, store.keys.run_partition(first), "a")] == [second]
+
+    async def test_interrupt_asks_a_running_active_run_to_cancel_and_the_new_one_goes_next(
+        self, store: EventStore
+    ) -> None:
+        conv = await store.create_conversation("user:1")
+        first = (await store.submit(request(conversation_id=conv))).run_id
+        waiting = (await store.submit(request(conversation_id=conv))).run_id
+        c = await claim(store, first)
+        urgent = (await store.submit(request(conversation_id=conv, policy="interrupt"))).run_id
+        state = await store.run_state(first)
+        assert state is not None and state.cancel_requested
+        await store.finish(first, c.attempt, EventType.RUN_CANCELLED, {})
+        jobs = await read_jobs(store, store.keys.run_partition(first), "a")
+        assert [r for _, r in jobs] == [urgent]
+        assert await statuses(store, waiting) == ["queued"]
+
+    async def test_cancelling_a_waiting_run_removes_it_from_the_line(self, store: EventStore) -> None:
+        conv = await store.create_conversation("user:1")
+        first = (await store.submit(request(conversation_id=conv))).run_id
+        waiting = (await store.submit(request(conversation_id=conv))).run_id
+        third = (await store.submit(request(conversation_id=conv))).run_id
+        await store.cancel(waiting)
+        c = await claim(store, first)
+        await store.finish(first, c.attempt, EventType.RUN_SUCCEEDED, {})
+        assert [r for _, r in await read_jobs(store, store.keys.run_partition(first), "a")] == [third]
+
+    async def test_another_owner_cannot_submit_into_a_conversation(self, store: EventStore) -> None:
+        conv = await store.create_conversation("user:1")
+        with pytest.raises(NotFound):
+            await store.submit(request(conversation_id=conv, owner="user:2"))
+        with pytest.raises(NotFound):
+            await store.update_conversation(conv, "user:2", title="mine")
+
+    async def test_a_deleted_conversation_takes_no_new_runs(self, store: EventStore) -> None:
+        conv = await store.create_conversation("user:1")
+        await store.update_conversation(conv, "user:1", title="renamed")
+        await store.delete_conversation(conv, "user:1")
+        with pytest.raises(NotFound, match="deleted"):
+            await store.submit(request(conversation_id=conv))
+        log = await store.read_log(partition_of(conv, store.settings.PARTITIONS))
+        assert [e.event.type for e in log] == [
+            "conversation.created",
+            "conversation.updated",
+            "conversation.deleted",
+        ]
