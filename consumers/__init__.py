@@ -1,0 +1,39 @@
+"""agentstream.consumers: the worker runtime (agents, RunContext, the job queue engine).
+
+An agent author needs only what this module exports::
+
+    from agentstream.consumers import AgentRuntime, RunContext, RunResult, register_runtime
+
+    @register_runtime
+    class Echo(AgentRuntime):
+        key = "echo"
+
+        async def run(self, ctx: RunContext) -> RunResult:
+            await ctx.emit_user_message(ctx.input_messages[-1]["content"])
+            return RunResult(final_output={"echoed": True})
+"""
+
+from agentstream.consumers.context import RunContext
+from agentstream.consumers.errors import AgentFailure, ConsumerError, PermanentFailure, RegistryError, Retry
+from agentstream.consumers.registry import RuntimeRegistry, default_registry, get_runtime, register_runtime
+from agentstream.consumers.runtime import AgentRuntime, ErrorInfo, RunResult
+from agentstream.consumers.worker import Worker
+from agentstream.core.events import EventType
+
+__all__ = [
+    "AgentFailure",
+    "AgentRuntime",
+    "ConsumerError",
+    "ErrorInfo",
+    "EventType",
+    "PermanentFailure",
+    "RegistryError",
+    "Retry",
+    "RunContext",
+    "RunResult",
+    "RuntimeRegistry",
+    "Worker",
+    "default_registry",
+    "get_runtime",
+    "register_runtime",
+]

@@ -1,0 +1,51 @@
+"""One pub/sub subscription per process to the cancel channel (DESIGN §6).
+
+The store PUBLISHes a run id when its cancellation is requested; the listener hands it to the
+worker at once, which cancels the run's task if it holds it. Pub/sub is fire-and-forget, so the
+heartbeat's ``cancel`` answer is the fallback when a message is missed (reconnect, restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from agentstream.core.store import Redis
+
+log = logging.getLogger("agentstream.worker")
+
+
+class CancelListener:
+    def __init__(self, client: Redis, channel: str, on_cancel: Callable[[str], None]) -> None:
+        self._client = client
+        self._channel = channel
+        self._on_cancel = on_cancel
+        self.ready = asyncio.Event()  # subscribed: requests from now on are heard
+
+    async def run(self) -> None:
+        """Listen until cancelled; reconnect after a lost connection."""
+        delay_s = 0.1
+        while True:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel)
+                self.ready.set()
+                delay_s = 0.1
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        data = message["data"]
+                        self._on_cancel(data.decode() if isinstance(data, bytes) else str(data))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.ready.clear()
+                log.warning("cancel listener lost its connection (%s); heartbeats cover the gap", exc)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 5.0)
+            finally:
+                try:
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                except Exception:
+                    pass

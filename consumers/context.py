@@ -1,0 +1,201 @@
+"""``RunContext``: what an agent sees of its run, and the buffer that makes emitting cheap.
+
+Emitting is the hot path (many ``assistant.delta`` per second), so events are coalesced into
+``append_many`` calls: a batch leaves after ``flush_interval_s``, at ``max_batch`` events, or
+before any lifecycle transition (the engine flushes before it finishes the run). Order is kept:
+one flush at a time. A flush the store refuses with ``FencedOut`` (this attempt was superseded)
+is remembered, raised from the next ``emit`` and reported to the engine, which stops the task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from agentstream.core.codec import encode_payload
+from agentstream.core.errors import FencedOut
+from agentstream.core.events import LIFECYCLE_TYPES, EventType, NewEvent, Visibility
+from agentstream.core.store import Claim, EventStore
+
+log = logging.getLogger("agentstream.worker")
+
+Usage = Mapping[str, int | float]
+
+
+class RunContext:
+    """One attempt of one run, as its agent sees it."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        claim: Claim,
+        *,
+        agent_key: str = "",
+        flush_interval_s: float = 0.02,
+        max_batch: int = 200,
+        on_cancel_requested: Callable[[], None] | None = None,
+        on_fenced: Callable[[FencedOut], None] | None = None,
+    ) -> None:
+        queued = claim.input
+        self.run_id: str = claim.run_id
+        self.conversation_id: str | None = claim.conversation_id or None
+        self.attempt: int = claim.attempt
+        self.agent_key: str = agent_key or str(queued.get("agent_key", ""))
+        self.owner: str = str(queued.get("owner", ""))
+        self.input_messages: list[dict[str, Any]] = [dict(m) for m in queued.get("messages") or []]
+        self.params: dict[str, Any] = dict(queued.get("params") or {})
+        self.metadata: dict[str, Any] = dict(queued.get("metadata") or {})
+        self._store = store
+        self._flush_interval_s = flush_interval_s
+        self._max_batch = max_batch
+        self._on_cancel_requested = on_cancel_requested
+        self._on_fenced = on_fenced
+        self._buffer: list[NewEvent] = []
+        self._flush_lock = asyncio.Lock()
+        self._timer: asyncio.TimerHandle | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._fenced: FencedOut | None = None
+        self._cancel_requested = claim.cancel_requested
+        self._usage: dict[str, int | float] = {}
+        self._state: dict[str, Any] | None = None
+        self._messages: list[dict[str, Any]] = []
+        self._pending_text: list[str] = []
+        self.last_seq: int = claim.seq
+
+    # -- the agent's API ---------------------------------------------------------------------
+
+    async def emit(
+        self, event_type: str | EventType, payload: Mapping[str, Any], *, visibility: str | None = None
+    ) -> None:
+        """Append an event to the run (buffered; sent within ``flush_interval_s``).
+
+        ``visibility``: ``internal`` | ``debug`` | ``user``; default: EVENT_VISIBILITY's.
+        """
+        if self._fenced is not None:
+            raise self._fenced
+        kind = str(event_type)
+        if kind in LIFECYCLE_TYPES:
+            raise ValueError(
+                f"{kind} is written by the runtime itself; return a RunResult or raise instead of emitting it"
+            )
+        encode_payload(kind, payload, self._store.settings.MAX_EVENT_BYTES)  # fail here, not in a later flush
+        self._remember(kind, payload)
+        self._buffer.append(NewEvent(kind, payload, Visibility(visibility) if visibility else None))
+        if len(self._buffer) >= self._max_batch:
+            await self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(
+                self._flush_interval_s, self._flush_in_background
+            )
+
+    async def emit_user_message(self, content: str) -> None:
+        await self.emit(EventType.ASSISTANT_MESSAGE, {"role": "assistant", "content": content})
+
+    async def emit_error(self, message: str, **details: Any) -> None:
+        await self.emit(EventType.ERROR, {"message": message, **details})
+
+    async def checkpoint(self, state: Mapping[str, Any]) -> None:
+        """Save state a retried attempt resumes from (``get_state``); written before returning."""
+        await self.emit(EventType.STATE_CHECKPOINT, {"state": dict(state)})
+        await self.flush()
+        self._state = dict(state)
+
+    async def get_state(self) -> dict[str, Any] | None:
+        """The last checkpoint of this run, from this attempt or an earlier one."""
+        if self._state is not None:
+            return dict(self._state)
+        for event in reversed(await self._store.read_run(self.run_id)):
+            if event.type == EventType.STATE_CHECKPOINT:
+                state = event.payload.get("state")
+                return dict(state) if isinstance(state, Mapping) else None
+        return None
+
+    def cancelled(self) -> bool:
+        """True once cancellation was requested (the task is being cancelled too)."""
+        return self._cancel_requested
+
+    def record_usage(self, usage: Usage) -> None:
+        """Add token counts (or costs) into this attempt's usage, reported with its outcome."""
+        for name, amount in usage.items():
+            if isinstance(amount, int | float) and not isinstance(amount, bool):
+                self._usage[name] = self._usage.get(name, 0) + amount
+
+    # -- the engine's side -------------------------------------------------------------------
+
+    @property
+    def usage(self) -> dict[str, int | float]:
+        return dict(self._usage)
+
+    @property
+    def emitted_messages(self) -> list[dict[str, Any]]:
+        return list(self._messages)
+
+    @property
+    def partial_text(self) -> str:
+        """Text streamed as deltas since the last full message (what a cancel cut short)."""
+        return "".join(self._pending_text)
+
+    @property
+    def fenced(self) -> FencedOut | None:
+        return self._fenced
+
+    def mark_cancel_requested(self) -> None:
+        self._cancel_requested = True
+
+    async def flush(self) -> None:
+        """Send every buffered event, in order; raises ``FencedOut`` if the attempt was superseded."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        async with self._flush_lock:
+            if self._fenced is not None:
+                raise self._fenced
+            if not self._buffer:
+                return
+            batch, self._buffer = self._buffer, []
+            try:
+                result = await self._store.append_many(self.run_id, self.attempt, batch)
+            except FencedOut as exc:
+                self._fenced = exc
+                if self._on_fenced is not None:
+                    self._on_fenced(exc)
+                raise
+            except BaseException:
+                self._buffer[:0] = batch  # not written: keep them for the next flush
+                raise
+            self.last_seq = result.last_seq
+            if result.cancel_requested and not self._cancel_requested:
+                self._cancel_requested = True
+                if self._on_cancel_requested is not None:
+                    self._on_cancel_requested()
+
+    def discard_buffer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._buffer.clear()
+
+    def _flush_in_background(self) -> None:
+        self._timer = None
+        task = asyncio.get_running_loop().create_task(self._quiet_flush())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _quiet_flush(self) -> None:
+        try:
+            await self.flush()
+        except FencedOut:
+            pass  # reported through on_fenced; the engine stops the attempt
+        except Exception as exc:  # Redis unreachable: the events stay buffered, try again soon
+            log.warning("run %s: could not append events yet (%s); retrying", self.run_id, exc)
+            if self._timer is None and self._buffer:
+                self._timer = asyncio.get_running_loop().call_later(0.5, self._flush_in_background)
+
+    def _remember(self, kind: str, payload: Mapping[str, Any]) -> None:
+        if kind == EventType.ASSISTANT_MESSAGE:
+            self._messages.append(dict(payload))
+            self._pending_text.clear()
+        elif kind == EventType.ASSISTANT_DELTA and isinstance(payload.get("delta"), str):
+            self._pending_text.append(payload["delta"])

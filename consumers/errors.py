@@ -1,0 +1,46 @@
+"""Errors of agentstream.consumers: what an agent raises to steer its run, and registry failures.
+
+::
+
+    AgentStreamError (agentstream.core.errors)
+    └── ConsumerError
+        ├── AgentFailure              raised BY an agent to say how its run should end
+        │   ├── Retry                 try again (after ``delay_s``, else the configured backoff)
+        │   └── PermanentFailure      fail now; retrying would fail the same way
+        └── RegistryError             a runtime could not be registered, or no runtime has the key
+
+Any other exception from an agent is classified by its runtime's ``on_error`` hook (default:
+retriable), so a flaky HTTP call is retried and a bug is not retried forever (``max_attempts``).
+"""
+
+from __future__ import annotations
+
+from agentstream.core.errors import AgentStreamError
+
+
+class ConsumerError(AgentStreamError):
+    """Base of the consumers package's errors."""
+
+
+class AgentFailure(ConsumerError):
+    """Raised by an agent to end its attempt in a chosen way."""
+
+
+class Retry(AgentFailure):
+    """Try the run again, after ``delay_s`` seconds (``None``: the exponential backoff)."""
+
+    def __init__(
+        self, message: str = "retry requested by the agent", *, delay_s: float | None = None
+    ) -> None:
+        super().__init__(message)
+        if delay_s is not None and delay_s < 0:
+            raise ValueError(f"Retry(delay_s={delay_s}): the delay must be zero or positive")
+        self.delay_s = delay_s
+
+
+class PermanentFailure(AgentFailure):
+    """Fail the run at once: no retry, whatever attempts are left."""
+
+
+class RegistryError(ConsumerError, LookupError):
+    pass

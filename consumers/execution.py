@@ -1,0 +1,240 @@
+"""One attempt of one run: start the agent's task, watch it, and write how it ended.
+
+The worker owns the job (queue entry); an ``Attempt`` owns the agent's task. Three things stop
+the task from outside: a cancel request (-> ``run.cancelled``, after the agent's ``cancel``
+hook), the run's timeout (-> ``run.timed_out``), and a *stop* (fenced out, run gone, worker
+shutting down), after which this attempt writes nothing: the run belongs to someone else, or
+goes back to the queue for another worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis.exceptions
+from agentstream.consumers.context import RunContext
+from agentstream.consumers.outcome import FailureDecision, Outcome, decide_failure
+from agentstream.consumers.runtime import AgentRuntime, ErrorInfo, RunResult
+from agentstream.core.errors import FencedOut, IllegalTransition, NotFound, RetryableError
+from agentstream.core.events import EventType
+from agentstream.core.store import Claim, EventStore
+
+log = logging.getLogger("agentstream.worker")
+
+HOOK_TIMEOUT_S = 5.0
+TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError, RetryableError)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptOptions:
+    timeout_s: float
+    backoff_base: float
+    backoff_max_s: float
+    flush_interval_s: float = 0.02
+
+
+class Attempt:
+    def __init__(
+        self, store: EventStore, runtime: AgentRuntime, claim: Claim, agent_key: str, options: AttemptOptions
+    ) -> None:
+        self.store = store
+        self.runtime = runtime
+        self.claim = claim
+        self.agent_key = agent_key
+        self.options = options
+        self.ctx = RunContext(
+            store,
+            claim,
+            agent_key=agent_key,
+            flush_interval_s=options.flush_interval_s,
+            on_cancel_requested=lambda: self.request_cancel("cancel requested"),
+            on_fenced=lambda exc: self.stop(Outcome.FENCED),
+        )
+        self.task: asyncio.Task[RunResult | None] | None = None
+        self.cancel_reason: str | None = "cancel requested" if claim.cancel_requested else None
+        self.stop_reason: Outcome | None = None
+        self.cancel_requested_at: float | None = None  # monotonic, for the log line
+
+    @property
+    def run_id(self) -> str:
+        return self.claim.run_id
+
+    def request_cancel(self, reason: str) -> None:
+        """Cancel the agent's task now; the attempt ends with ``run.cancelled``."""
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+            self.cancel_requested_at = time.monotonic()
+        self.ctx.mark_cancel_requested()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    def stop(self, why: Outcome) -> None:
+        """Cancel the agent's task and write nothing more (fenced, gone, or shutting down)."""
+        if self.stop_reason is None:
+            self.stop_reason = why
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    async def execute(self) -> Outcome:
+        if self.cancel_reason is not None:  # requested before this attempt began
+            return await self._end_cancelled()
+        self.task = asyncio.get_running_loop().create_task(self.runtime.run(self.ctx))
+        done, _ = await asyncio.wait({self.task}, timeout=self.options.timeout_s)
+        if not done:
+            self.task.cancel()
+            await asyncio.wait({self.task}, timeout=HOOK_TIMEOUT_S)
+            if self.stop_reason is not None:
+                return self.stop_reason
+            return await self._end_timed_out()
+        if self.stop_reason is not None:
+            return self.stop_reason
+        if self.cancel_reason is not None:
+            return await self._end_cancelled()
+        if self.task.cancelled():  # the agent cancelled itself: treat as a cancellation
+            self.cancel_reason = "the agent's task was cancelled"
+            return await self._end_cancelled()
+        exc = self.task.exception()
+        if isinstance(exc, FencedOut):
+            return Outcome.FENCED
+        if exc is not None:
+            return await self._end_failed(exc)
+        result = self.task.result()
+        if result is None:
+            result = RunResult()
+        if not isinstance(result, RunResult):
+            failure = TypeError(
+                f"{type(self.runtime).__name__}.run returned {type(result).__name__}; return a RunResult"
+            )
+            return await self._end_failed(failure)
+        return await self._end_succeeded(result)
+
+    # -- endings -------------------------------------------------------------------------------
+
+    async def _end_succeeded(self, result: RunResult) -> Outcome:
+        usage = _merge_usage(result.usage, self.ctx.usage)
+        payload = {
+            "output": dict(result.final_output),
+            "final_messages": [dict(m) for m in result.final_messages] or self.ctx.emitted_messages,
+            "usage": usage,
+            "artifacts": dict(result.artifacts),
+        }
+        return await self._finish(EventType.RUN_SUCCEEDED, payload, Outcome.SUCCEEDED)
+
+    async def _end_failed(self, exc: BaseException) -> Outcome:
+        classified = await self._hook(self.runtime.on_error(self.ctx, exc), "on_error")
+        decision = decide_failure(
+            exc,
+            classified if isinstance(classified, ErrorInfo) else None,
+            attempt=self.claim.attempt,
+            base=self.options.backoff_base,
+            max_s=self.options.backoff_max_s,
+        )
+        return await self._retry_or_fail(decision)
+
+    async def _retry_or_fail(self, decision: FailureDecision) -> Outcome:
+        error = decision.error.to_payload()
+        error_usage = {"usage": self.ctx.usage} if self.ctx.usage else {}
+        if not decision.retry:
+            return await self._finish(EventType.RUN_FAILED, {"error": error, **error_usage}, Outcome.FAILED)
+        if not await self._flush_or_stop():
+            return self.stop_reason or Outcome.FENCED
+        try:
+            outcome = await _with_retries(
+                lambda: self.store.schedule_retry(self.run_id, self.claim.attempt, decision.delay_s, error)
+            )
+        except FencedOut:
+            return Outcome.FENCED
+        except IllegalTransition:
+            return Outcome.GONE
+        if outcome.retrying:
+            log.info(
+                "run %s retrying in %.2fs after attempt %d: %s",
+                self.run_id,
+                decision.delay_s,
+                self.claim.attempt,
+                decision.error.message,
+            )
+            return Outcome.RETRYING
+        return Outcome.FAILED
+
+    async def _end_cancelled(self) -> Outcome:
+        if self.task is not None:
+            await self._hook(self.runtime.cancel(self.ctx), "cancel")
+        payload: dict[str, Any] = {"reason": self.cancel_reason or ""}
+        if self.ctx.partial_text:
+            payload["partial_output"] = {"content": self.ctx.partial_text}
+        if self.ctx.emitted_messages:
+            payload["final_messages"] = self.ctx.emitted_messages
+        if self.ctx.usage:
+            payload["usage"] = self.ctx.usage
+        return await self._finish(EventType.RUN_CANCELLED, payload, Outcome.CANCELLED)
+
+    async def _end_timed_out(self) -> Outcome:
+        error = ErrorInfo(
+            "RunTimeout",
+            f"the run did not finish within {self.options.timeout_s:g}s "
+            "(RUN_TIMEOUT_SECONDS or the run's timeout); raise it for longer runs",
+            retriable=False,
+        ).to_payload()
+        payload: dict[str, Any] = {"error": error}
+        if self.ctx.usage:
+            payload["usage"] = self.ctx.usage
+        return await self._finish(EventType.RUN_TIMED_OUT, payload, Outcome.TIMED_OUT)
+
+    async def _finish(self, event_type: EventType, payload: dict[str, Any], outcome: Outcome) -> Outcome:
+        if not await self._flush_or_stop():
+            return self.stop_reason or Outcome.FENCED
+        try:
+            await _with_retries(
+                lambda: self.store.finish(self.run_id, self.claim.attempt, event_type, payload)
+            )
+        except FencedOut:
+            return Outcome.FENCED
+        except (IllegalTransition, NotFound):
+            return Outcome.GONE
+        return outcome
+
+    async def _flush_or_stop(self) -> bool:
+        """Write what the agent emitted before the lifecycle event; False if fenced out."""
+        try:
+            await _with_retries(self.ctx.flush)
+        except FencedOut:
+            self.stop_reason = self.stop_reason or Outcome.FENCED
+            return False
+        except (IllegalTransition, NotFound):
+            self.stop_reason = self.stop_reason or Outcome.GONE
+            return False
+        return True
+
+    async def _hook(self, call: Awaitable[T], name: str) -> T | None:
+        try:
+            return await asyncio.wait_for(call, HOOK_TIMEOUT_S)
+        except Exception:
+            log.exception("run %s: the runtime's %s hook raised; ignoring it", self.run_id, name)
+            return None
+
+
+async def _with_retries(call: Callable[[], Awaitable[T]], tries: int = 4) -> T:
+    """Ride out a short Redis hiccup (connection reset, failover) on lifecycle writes."""
+    for n in range(tries - 1):
+        try:
+            return await call()
+        except TRANSIENT as exc:
+            log.warning("redis unavailable (%s); retrying", exc)
+            await asyncio.sleep(0.2 * 2**n)
+    return await call()
+
+
+def _merge_usage(*parts: Any) -> dict[str, int | float]:
+    out: dict[str, int | float] = {}
+    for part in parts:
+        for name, amount in dict(part).items():
+            if isinstance(amount, int | float) and not isinstance(amount, bool):
+                out[name] = out.get(name, 0) + amount
+    return out

@@ -1,0 +1,72 @@
+"""Run N worker processes (multiprocessing *spawn*) and keep them running.
+
+A child that dies unexpectedly is restarted (with a short backoff, so a crash loop does not
+spin); SIGTERM/SIGINT are forwarded to every child, which drain as a single worker does, and
+the supervisor returns when all have exited. In burst mode children are not restarted.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import time
+from collections.abc import Callable
+from multiprocessing.process import BaseProcess
+from types import FrameType
+from typing import Any
+
+log = logging.getLogger("agentstream.worker")
+
+
+def supervise(
+    target: Callable[..., Any], args: tuple[Any, ...], processes: int, *, restart: bool = True
+) -> int:
+    """Run ``target(*args)`` in ``processes`` spawned children; returns the worst exit code."""
+    ctx = multiprocessing.get_context("spawn")
+    stopping = False
+    children: dict[int, BaseProcess] = {}
+    restarts: dict[int, float] = {}
+
+    def start(slot: int) -> None:
+        proc = ctx.Process(target=target, args=args, name=f"agentstream-worker-{slot}", daemon=False)
+        proc.start()
+        children[slot] = proc
+        log.info("worker process %d started (pid %s)", slot, proc.pid)
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in children.values():
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    worst = 0
+    try:
+        for slot in range(processes):
+            start(slot)
+        while children:
+            multiprocessing.connection.wait([p.sentinel for p in children.values()], timeout=1.0)
+            for slot, proc in list(children.items()):
+                if proc.is_alive():
+                    continue
+                proc.join()
+                code = proc.exitcode or 0
+                del children[slot]
+                if stopping or not restart or code == 0:
+                    worst = max(worst, abs(code))
+                    continue
+                log.error("worker process %d exited with %s; restarting it", slot, code)
+                since = time.monotonic() - restarts.get(slot, 0.0)
+                if since < 5.0:
+                    time.sleep(1.0)  # a crash loop: do not spin
+                restarts[slot] = time.monotonic()
+                if not stopping:
+                    start(slot)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return worst

@@ -1,0 +1,470 @@
+"""The worker engine: read jobs -> begin an attempt -> run the agent -> finish (DESIGN §6).
+
+One readable loop and a few timers::
+
+    claim loop    XREADGROUP over the queues of the served agent keys, in every partition,
+                  never more jobs than free slots (FIFO per queue); each job: begin_attempt,
+                  then an ``Attempt`` runs the agent and writes how it ended (that acks it)
+    heartbeat     every LEASE_TTL_SECONDS/3: renews the leases (PEL idle) of current attempts;
+                  'cancel' / 'fenced' / 'gone' answers cancel or stop the attempt
+    reclaim       XAUTOCLAIM of jobs idle past the lease (their worker died or stalled);
+                  begin_attempt then fences the old worker out
+    promote       the delayed zsets (retries, scheduled runs) -> queues, per partition
+    cancel        one pub/sub subscription; a request cancels the run's task at once
+
+SIGTERM/SIGINT (or ``stop()``): stop claiming, let running attempts finish for
+SHUTDOWN_GRACE_SECONDS, then stop the rest and hand their jobs back (pending, marked idle, so
+another worker reclaims them at once). A second signal skips the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agentstream.consumers.cancel_listener import CancelListener
+from agentstream.consumers.errors import RegistryError
+from agentstream.consumers.execution import TRANSIENT, Attempt, AttemptOptions
+from agentstream.consumers.outcome import Outcome
+from agentstream.consumers.registry import RuntimeRegistry
+from agentstream.core.keys import WORKERS_GROUP
+from agentstream.core.store import Claim, EventStore
+
+log = logging.getLogger("agentstream.worker")
+
+
+def new_worker_id() -> str:
+    """``<hostname>:<pid>:<random>``: unique per process and host, readable in XINFO."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One queue entry: the run it names and where it came from."""
+
+    partition: int
+    agent_key: str
+    job_id: str
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    partition: int
+    agent_key: str
+    key: str
+
+
+class Worker:
+    def __init__(
+        self,
+        store: EventStore,
+        registry: RuntimeRegistry,
+        *,
+        agent_keys: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        burst: bool = False,
+        handle_signals: bool = True,
+        block_ms: int = 1000,
+        worker_id: str | None = None,
+        grace_s: float | None = None,
+        promote_interval_s: float = 0.1,
+        flush_interval_s: float = 0.02,
+    ) -> None:
+        settings = store.settings
+        self.store = store
+        self.registry = registry
+        self.agent_keys = list(agent_keys) if agent_keys else registry.keys()
+        if not self.agent_keys:
+            raise RegistryError("no agent keys to serve: register a runtime or pass agent_keys")
+        for key in self.agent_keys:
+            registry.get(key)  # fail at start, not on the first job
+        self.concurrency = concurrency or settings.DEFAULT_CONCURRENCY
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency={self.concurrency}; it must be at least 1")
+        self.burst = burst
+        self.handle_signals = handle_signals
+        self.block_ms = block_ms
+        self.worker_id = worker_id or new_worker_id()
+        self.grace_s = settings.SHUTDOWN_GRACE_SECONDS if grace_s is None else grace_s
+        self.lease_ms = settings.lease_ttl_ms
+        self.promote_interval_s = promote_interval_s
+        self.queues = [
+            Queue(p, key, store.keys.queue(p, key))
+            for key in self.agent_keys
+            for p in range(settings.PARTITIONS)
+        ]
+        self.attempt_options = AttemptOptions(
+            timeout_s=settings.RUN_TIMEOUT_SECONDS,
+            backoff_base=settings.RETRY_BACKOFF_BASE,
+            backoff_max_s=settings.RETRY_BACKOFF_MAX,
+            flush_interval_s=flush_interval_s,
+        )
+        self.attempts: dict[str, tuple[Job, Attempt]] = {}  # run id -> what runs it
+        self.outcomes: dict[Outcome, int] = {}
+        self._jobs: set[asyncio.Task[None]] = set()
+        self._backlog: deque[Job] = deque()  # read but not started (a blocking read over-delivered)
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._stop_now = asyncio.Event()
+        self._rotation = 0
+        self.cancel_listener = CancelListener(store.redis, store.keys.cancel_channel(), self._on_cancel)
+        self.ready = asyncio.Event()  # reading jobs and listening for cancels
+
+    # -- public ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until ``stop()``, a signal, or (``burst``) until the queues are drained."""
+        await self.store.ensure_groups(self.agent_keys)
+        self._install_signals()
+        timers = [
+            asyncio.create_task(self.cancel_listener.run(), name="cancel-listener"),
+            asyncio.create_task(self._every(self.lease_ms / 3000, self._heartbeat), name="heartbeat"),
+            asyncio.create_task(self._every(min(1.0, self.lease_ms / 2000), self._reclaim), name="reclaim"),
+            asyncio.create_task(self._every(self.promote_interval_s, self._promote), name="promote"),
+        ]
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.cancel_listener.ready.wait(), 5.0)
+        log.info(
+            "worker %s serving %s (concurrency %d, %d queues)",
+            self.worker_id,
+            ",".join(self.agent_keys),
+            self.concurrency,
+            len(self.queues),
+        )
+        claim_loop = asyncio.create_task(self._claim_loop(), name="claim-loop")
+        stopping = asyncio.create_task(self._stopping.wait())
+        self.ready.set()
+        try:
+            await asyncio.wait({claim_loop, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            claim_loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await claim_loop  # re-raises what crashed it, after the drain below
+        finally:
+            await self._drain()
+            for timer in timers:
+                timer.cancel()
+            await asyncio.gather(*timers, return_exceptions=True)
+            self._remove_signals()
+            log.info("worker %s stopped: %s", self.worker_id, self._summary())
+
+    def stop(self, *, grace: bool = True) -> None:
+        """Stop claiming; running attempts get the grace period unless ``grace=False``."""
+        if self._stopping.is_set() or not grace:
+            self._stop_now.set()
+        self._stopping.set()
+
+    @property
+    def running(self) -> int:
+        return len(self._jobs)
+
+    # -- the claim loop --------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        idle_reads = 0
+        while not self._stopping.is_set():
+            free = self.concurrency - len(self._jobs)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            while self._backlog and free > 0:
+                self._start(self._backlog.popleft())
+                free -= 1
+            if free <= 0:
+                continue
+            try:
+                jobs = await self._read(free, block=False)
+            except TRANSIENT as exc:
+                log.warning("cannot read jobs (%s); retrying in 1s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            if not jobs:
+                if self.burst:
+                    if await self._drained():
+                        idle_reads += 1
+                        if idle_reads >= 2:  # twice in a row: nothing was in flight between
+                            return
+                    await self._wait_for_progress()
+                    continue
+                try:
+                    jobs = await self._read(free, block=True)
+                except TRANSIENT as exc:
+                    log.warning("cannot read jobs (%s); retrying in 1s", exc)
+                    await asyncio.sleep(1.0)
+                    continue
+            idle_reads = 0
+            for job in jobs:
+                if len(self._jobs) < self.concurrency:
+                    self._start(job)
+                else:
+                    self._backlog.append(job)
+
+    async def _read(self, free: int, *, block: bool) -> list[Job]:
+        """Up to ``free`` jobs (a blocking read may return a few more; they wait in the backlog).
+
+        XREADGROUP's COUNT is per stream, so a non-blocking read asks ``free // n`` of each of
+        ``n = min(free, queues)`` queues, taken in rotation so that every queue gets its turn.
+        A blocking read waits on every queue for one job (usually one stream wakes it).
+        """
+        queues = self.queues
+        if block:
+            chosen, count = queues, 1
+        else:
+            n = min(free, len(queues))
+            start = self._rotation % len(queues)
+            self._rotation += n
+            chosen = [queues[(start + i) % len(queues)] for i in range(n)]
+            count = free // n
+        by_key = {q.key: q for q in chosen}
+        streams: dict[Any, Any] = {q.key: ">" for q in chosen}
+        reply: Any = await self.store.redis.xreadgroup(
+            WORKERS_GROUP,
+            self.worker_id,
+            streams,
+            count=count,
+            block=self.block_ms if block else None,
+        )
+        jobs: list[Job] = []
+        for stream, entries in reply or []:
+            queue = by_key[_s(stream)]
+            for entry_id, fields in entries:
+                jobs.append(self._job(queue, _s(entry_id), fields))
+        return jobs
+
+    def _job(self, queue: Queue, entry_id: str, fields: Any) -> Job:
+        run_id = fields.get(b"r", b"") if fields else b""
+        return Job(queue.partition, queue.agent_key, entry_id, _s(run_id))
+
+    async def _drained(self) -> bool:
+        """Burst mode: nothing running, nothing queued for us, nothing delayed."""
+        if self._jobs or self._backlog:
+            return False
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for q in self.queues:
+                pipe.xlen(q.key)
+            for p in range(self.store.settings.PARTITIONS):
+                pipe.zcard(self.store.keys.delayed(p))
+            sizes = await pipe.execute()
+        return not any(sizes)
+
+    async def _wait_for_progress(self) -> None:
+        self._slot_freed.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._slot_freed.wait(), self.promote_interval_s)
+
+    # -- one job ---------------------------------------------------------------------------
+
+    def _start(self, job: Job) -> None:
+        task = asyncio.get_running_loop().create_task(self._handle(job), name=f"run {job.run_id}")
+        self._jobs.add(task)
+        task.add_done_callback(self._job_done)
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        self._jobs.discard(task)
+        self._slot_freed.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job task crashed", exc_info=task.exception())
+
+    async def _handle(self, job: Job) -> None:
+        if not job.run_id:
+            await self.store.dead_letter(job.partition, job.agent_key, job.job_id, "job entry names no run")
+            return
+        claim = await self.store.begin_attempt(job.run_id, job.job_id, self.worker_id, job.agent_key)
+        if not isinstance(claim, Claim):
+            level = logging.WARNING if claim.dead_lettered else logging.DEBUG
+            log.log(level, "run %s not started: %s", job.run_id, claim.reason)
+            self._count(Outcome.DROPPED)
+            return
+        attempt = Attempt(
+            self.store,
+            self.registry.get(job.agent_key),
+            claim,
+            job.agent_key,
+            _with_timeout(self.attempt_options, claim.timeout_s),
+        )
+        self.attempts[job.run_id] = (job, attempt)
+        log.info("run %s started: attempt %d on %s", job.run_id, claim.attempt, self.worker_id)
+        try:
+            outcome = await attempt.execute()
+        finally:
+            self.attempts.pop(job.run_id, None)
+        self._count(outcome)
+        if outcome is Outcome.HANDED_BACK:
+            await self._hand_back([job])
+        elif outcome is Outcome.CANCELLED and attempt.cancel_requested_at is not None:
+            took_ms = (time.monotonic() - attempt.cancel_requested_at) * 1000
+            log.info("run %s cancelled (%.1f ms after the request reached the worker)", job.run_id, took_ms)
+        elif outcome is not Outcome.RETRYING:
+            log.info("run %s %s (attempt %d)", job.run_id, outcome.value.replace("_", " "), claim.attempt)
+
+    def _count(self, outcome: Outcome) -> None:
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
+    def _on_cancel(self, run_id: str) -> None:
+        held = self.attempts.get(run_id)
+        if held is not None:
+            held[1].request_cancel("cancel requested")
+
+    # -- timers ----------------------------------------------------------------------------
+
+    async def _every(self, interval_s: float, tick: Any) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "%s failed (%s); trying again in %.1fs", tick.__name__.strip("_"), exc, interval_s
+                )
+
+    async def _heartbeat(self) -> None:
+        groups: dict[tuple[int, str], list[tuple[Job, Attempt]]] = {}
+        for job, attempt in list(self.attempts.values()):
+            groups.setdefault((job.partition, job.agent_key), []).append((job, attempt))
+        calls = [
+            self.store.heartbeat(
+                p, key, self.worker_id, [(j.run_id, a.claim.attempt, j.job_id) for j, a in held]
+            )
+            for (p, key), held in groups.items()
+        ]
+        answers = await asyncio.gather(*calls)
+        for held, statuses in zip(groups.values(), answers, strict=True):
+            for (job, attempt), status in zip(held, statuses, strict=True):
+                if status == "cancel":
+                    attempt.request_cancel("cancel requested")
+                elif status == "fenced":
+                    log.warning(
+                        "run %s: attempt %d was taken over; stopping it", job.run_id, attempt.claim.attempt
+                    )
+                    attempt.stop(Outcome.FENCED)
+                elif status == "gone":
+                    attempt.stop(Outcome.GONE)
+        if self._backlog:
+            await self._renew([j for j in self._backlog])
+
+    async def _renew(self, jobs: Iterable[Job]) -> None:
+        """Reset the idle time of jobs read but not started yet, so nobody reclaims them."""
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                pipe.xclaim(
+                    self.store.keys.queue(job.partition, job.agent_key),
+                    WORKERS_GROUP,
+                    self.worker_id,
+                    0,
+                    [job.job_id],
+                    justid=True,
+                )
+            await pipe.execute(raise_on_error=False)
+
+    async def _reclaim(self) -> None:
+        """XAUTOCLAIM jobs idle past the lease, up to the free slots; they start new attempts."""
+        if self._stopping.is_set():
+            return
+        for queue in self.queues:
+            free = self.concurrency - len(self._jobs) - len(self._backlog)
+            if free <= 0:
+                return
+            reply: Any = await self.store.redis.xautoclaim(
+                queue.key, WORKERS_GROUP, self.worker_id, self.lease_ms, "0-0", count=free
+            )
+            for entry_id, fields in reply[1]:
+                if fields is None:
+                    continue  # deleted meanwhile; XAUTOCLAIM drops it from the PEL
+                job = self._job(queue, _s(entry_id), fields)
+                log.info("run %s reclaimed from an expired lease (job %s)", job.run_id, job.job_id)
+                self._start(job)
+
+    async def _promote(self) -> None:
+        await asyncio.gather(*(self.store.promote_due(p) for p in range(self.store.settings.PARTITIONS)))
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._jobs and not self._stop_now.is_set():
+            log.info(
+                "worker %s draining %d running attempts (grace %gs)",
+                self.worker_id,
+                len(self._jobs),
+                self.grace_s,
+            )
+            deadline = loop.time() + self.grace_s
+            stop_now = asyncio.create_task(self._stop_now.wait())
+            while self._jobs and not self._stop_now.is_set() and loop.time() < deadline:
+                await asyncio.wait(
+                    {*self._jobs, stop_now},
+                    timeout=deadline - loop.time(),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            stop_now.cancel()
+        for _, attempt in list(self.attempts.values()):
+            attempt.stop(Outcome.HANDED_BACK)
+        if self._jobs:
+            await asyncio.wait(set(self._jobs), timeout=10.0)
+        if self._backlog:
+            await self._hand_back(list(self._backlog))
+            self._backlog.clear()
+
+    async def _hand_back(self, jobs: Sequence[Job]) -> None:
+        """Leave the jobs pending but idle past the lease: the next XAUTOCLAIM takes them."""
+        idle_ms = self.lease_ms * 10
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                pipe.xclaim(
+                    self.store.keys.queue(job.partition, job.agent_key),
+                    WORKERS_GROUP,
+                    self.worker_id,
+                    0,
+                    [job.job_id],
+                    idle=idle_ms,
+                    justid=True,
+                )
+            await pipe.execute(raise_on_error=False)
+        for job in jobs:
+            log.info("run %s handed back (job %s)", job.run_id, job.job_id)
+
+    def _install_signals(self) -> None:
+        if not self.handle_signals:
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _remove_signals(self) -> None:
+        if not self.handle_signals:
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        again = self._stopping.is_set()
+        log.info("worker %s got %s: %s", self.worker_id, sig.name, "stopping now" if again else "draining")
+        self.stop(grace=not again)
+
+    def _summary(self) -> str:
+        return ", ".join(f"{k.value} {v}" for k, v in sorted(self.outcomes.items())) or "no runs"
+
+
+def _with_timeout(options: AttemptOptions, timeout_s: float | None) -> AttemptOptions:
+    if not timeout_s:
+        return options
+    return AttemptOptions(timeout_s, options.backoff_base, options.backoff_max_s, options.flush_interval_s)
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,133 @@
+"""``python -m agentstream.consumers.worker_main``: a worker without Django.
+
+Settings come from ``AGENTSTREAM_<KEY>`` environment variables (``REDIS_URL`` too); runtimes
+from ``AGENTSTREAM_RUNTIME_REGISTRY`` and ``--registry``. ``runagent`` is the Django way to
+start the same worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from agentstream.consumers.registry import RuntimeRegistry, default_registry
+from agentstream.consumers.supervisor import supervise
+from agentstream.consumers.worker import Worker
+from agentstream.core.settings import Settings
+from agentstream.core.store import EventStore, redis_from_url
+
+log = logging.getLogger("agentstream.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """What one worker process needs; picklable, so spawned children get it as is."""
+
+    settings: Settings
+    agent_keys: tuple[str, ...] = ()
+    concurrency: int | None = None
+    burst: bool = False
+    block_ms: int = 1000
+    registry_paths: tuple[str, ...] = ()
+    log_level: str = "INFO"
+    handle_signals: bool = True
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--processes", type=int, default=None, help="worker processes (default DEFAULT_PROCESSES)"
+    )
+    parser.add_argument("--concurrency", type=int, default=None, help="runs at once per process")
+    parser.add_argument("--agent-keys", default="", help="comma-separated agent keys to serve (default: all)")
+    parser.add_argument(
+        "--queue-poll-interval", type=float, default=1.0, help="seconds a blocking read waits for a job"
+    )
+    parser.add_argument("--burst", action="store_true", help="drain the queues, then exit")
+
+
+def split_keys(value: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in value.split(",") if k.strip())
+
+
+def load_registry(paths: Sequence[str], registry: RuntimeRegistry = default_registry) -> RuntimeRegistry:
+    """Discover runtimes; exit with every registration error (and its traceback) printed."""
+    registry.discover(paths)
+    if registry.errors:
+        for error in registry.errors:
+            print(
+                f"agentstream: could not register runtimes from {error.source}: {error.message}",
+                file=sys.stderr,
+            )
+            print(error.traceback, file=sys.stderr)
+        raise SystemExit(1)
+    return registry
+
+
+def run_worker_process(config: WorkerConfig) -> None:
+    """The body of one worker process (also a spawned child's target)."""
+    logging.basicConfig(
+        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
+    )
+    registry = load_registry([*config.settings.RUNTIME_REGISTRY, *config.registry_paths])
+    run_async(serve(config, registry))
+
+
+async def serve(config: WorkerConfig, registry: RuntimeRegistry) -> Worker:
+    client = redis_from_url(config.settings.REDIS_URL)
+    store = EventStore(client, config.settings, pipeline_scripts=True)
+    worker = Worker(
+        store,
+        registry,
+        agent_keys=config.agent_keys or None,
+        concurrency=config.concurrency,
+        burst=config.burst,
+        handle_signals=config.handle_signals,
+        block_ms=config.block_ms,
+    )
+    try:
+        await worker.run()
+    finally:
+        await client.aclose()
+    return worker
+
+
+def run_async(main: object) -> None:
+    """``asyncio.run`` on uvloop when it is installed."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        asyncio.run(main)  # type: ignore[arg-type]
+        return
+    uvloop.run(main)  # type: ignore[arg-type]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agentstream.consumers.worker_main", description=__doc__)
+    add_worker_arguments(parser)
+    parser.add_argument("--registry", action="append", default=[], help="pkg.mod:attr registering runtimes")
+    parser.add_argument("--log-level", default=os.environ.get("AGENTSTREAM_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    settings = Settings.from_env(os.environ)
+    config = WorkerConfig(
+        settings=settings,
+        agent_keys=split_keys(args.agent_keys),
+        concurrency=args.concurrency,
+        burst=args.burst,
+        block_ms=max(1, int(args.queue_poll_interval * 1000)),
+        registry_paths=tuple(args.registry),
+        log_level=args.log_level,
+    )
+    processes = args.processes or settings.DEFAULT_PROCESSES
+    if processes > 1:
+        return supervise(run_worker_process, (config,), processes, restart=not args.burst)
+    run_worker_process(config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
