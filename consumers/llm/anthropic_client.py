@@ -1,0 +1,107 @@
+"""The ``anthropic`` provider (extra ``agentstream[anthropic]``); mapping in ``anthropic_format``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from typing import Any
+
+from agentstream.consumers.llm.anthropic_format import (
+    StreamAssembler,
+    response_from_anthropic,
+    to_anthropic,
+    tools_to_anthropic,
+)
+from agentstream.consumers.llm.config import missing_extra
+from agentstream.consumers.llm.errors import raise_mapped
+from agentstream.consumers.llm.types import LLMChunk, LLMResponse, ToolSpec
+from agentstream.core.errors import ConfigurationError
+from agentstream.core.settings import Settings
+
+DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; override per call with max_tokens=
+
+
+def request_args(
+    messages: Sequence[Mapping[str, Any]],
+    model: str,
+    tools: Sequence[ToolSpec] | None,
+    kwargs: Mapping[str, Any],
+) -> dict[str, Any]:
+    system, converted = to_anthropic(messages)
+    args: dict[str, Any] = {"model": model, "messages": converted, "max_tokens": DEFAULT_MAX_TOKENS, **kwargs}
+    if system:
+        args["system"] = system
+    if tools:
+        args["tools"] = tools_to_anthropic(tools)
+    return args
+
+
+class AnthropicClient:
+    provider = "anthropic"
+
+    def __init__(self, client: Any, model: str) -> None:
+        self._client = client
+        self.default_model = model
+
+    @classmethod
+    def from_settings(cls, settings: Settings, model: str, **options: Any) -> AnthropicClient:
+        try:
+            import anthropic
+        except ImportError as exc:
+            raise missing_extra("anthropic", "anthropic") from exc
+        api_key = settings.ANTHROPIC_API_KEY or os.environ.get("ANTHROPIC_API_KEY")
+        if not api_key:
+            raise ConfigurationError(
+                "the anthropic provider needs an API key: set ANTHROPIC_API_KEY (setting or environment)"
+            )
+        client = anthropic.AsyncAnthropic(
+            api_key=api_key,
+            max_retries=0,  # the runtime retries, with backoff and an attempt cap
+            timeout=options.pop("timeout_s", settings.STEP_TIMEOUT_SECONDS),
+            **options,
+        )
+        return cls(client, model)
+
+    async def generate(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        model: str | None = None,
+        tools: Sequence[ToolSpec] | None = None,
+        **kwargs: Any,
+    ) -> LLMResponse:
+        model = model or self.default_model
+        try:
+            message = await self._client.messages.create(**request_args(messages, model, tools, kwargs))
+        except Exception as exc:
+            raise_mapped("anthropic", exc)
+            raise
+        return response_from_anthropic(message.model_dump(), model)
+
+    async def stream(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        model: str | None = None,
+        tools: Sequence[ToolSpec] | None = None,
+        **kwargs: Any,
+    ) -> AsyncGenerator[LLMChunk, None]:
+        args = request_args(messages, model or self.default_model, tools, kwargs)
+        assembler = StreamAssembler()
+        try:
+            events = await self._client.messages.create(stream=True, **args)
+        except Exception as exc:
+            raise_mapped("anthropic", exc)
+            raise
+        try:
+            async for event in events:
+                for chunk in assembler.feed(event.model_dump()):
+                    yield chunk
+        except Exception as exc:
+            raise_mapped("anthropic", exc)
+            raise
+        finally:
+            await events.close()  # on cancellation too: the provider stops generating at once
+
+    async def aclose(self) -> None:
+        await self._client.close()

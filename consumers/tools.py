@@ -1,0 +1,592 @@
+"""Tools an agent's model can call: schemas from type hints, safe execution, the tool loop.
+
+- ``Tool.from_function(fn)``: the name, the description (docstring's first paragraph), and a JSON
+  schema of the parameters from their type hints (str, int, float, bool, None, Optional/unions,
+  Literal, Enum, list/tuple/set, dict[str, X], TypedDict, dataclass, Any); a parameter with a
+  default is not required; ``Args:`` entries of the docstring describe the parameters.
+- ``ToolRegistry.execute(name, arguments)`` takes the model's JSON text (or a dict), validates it
+  against the same type hints (and converts: Enum members, dataclass instances), runs sync
+  functions in a thread and awaits async ones, under a per-tool timeout. Whatever goes wrong
+  becomes a ``ToolResult`` with an ``error`` the model can read and act on, never a crashed run.
+  The runtime's own ``RetryableError`` / ``PermanentError`` (e.g. ``Retry``) and cancellation pass
+  through on purpose: they are decisions about the run, not answers for the model.
+- ``run_tool_loop(ctx, llm, tools, messages)``: ask the model, run the calls it makes, feed the
+  results back, until it answers without tools or ``max_steps`` model calls were made.
+
+A timed-out sync function keeps its thread until it returns (Python cannot kill a thread); the
+run goes on without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import functools
+import inspect
+import json
+import re
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from agentstream.consumers.llm.streaming import EmittingContext, stream_completion
+from agentstream.consumers.llm.types import LLMClient, Message, ToolCall, Usage
+from agentstream.core.errors import PermanentError, RetryableError
+
+JSON = dict[str, Any]
+DEFAULT_TOOL_TIMEOUT_S = 30.0
+
+
+class ToolDefinitionError(TypeError):
+    """A function that cannot become a tool (no type hint, ``*args``, an unsupported type)."""
+
+
+class ArgumentError(ValueError):
+    """The model's arguments do not fit the tool's parameters; the message says where and why."""
+
+
+# ---------------------------------------------------------------------------------------------
+# schemas from type hints
+
+
+def schema_for(hint: Any) -> JSON:
+    """The JSON schema of one type hint (raises ``ToolDefinitionError`` for an unsupported one)."""
+    if hint is Any or hint is object:
+        return {}
+    if hint is type(None) or hint is None:
+        return {"type": "null"}
+    if hint is bool:
+        return {"type": "boolean"}
+    if hint is int:
+        return {"type": "integer"}
+    if hint is float:
+        return {"type": "number"}
+    if hint is str:
+        return {"type": "string"}
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Annotated:
+        inner = schema_for(args[0])
+        description = next((a for a in args[1:] if isinstance(a, str)), None)
+        return {**inner, "description": description} if description else inner
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X or null
+            inner = schema_for(options[0])
+            if "type" in inner and isinstance(inner["type"], str) and "enum" not in inner:
+                return {**inner, "type": [inner["type"], "null"]}
+            return {"anyOf": [inner, {"type": "null"}]}
+        return {"anyOf": [schema_for(a) for a in args]}
+    if origin is Literal:
+        return {**_literal_type(args), "enum": list(args)}
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        values = [member.value for member in hint]
+        return {**_literal_type(tuple(values)), "enum": values}
+    if origin in (list, set, frozenset, Sequence, typing.Sequence) or hint in (list, set, frozenset):
+        schema: JSON = {"type": "array", "items": schema_for(args[0]) if args else {}}
+        if origin in (set, frozenset):
+            schema["uniqueItems"] = True
+        return schema
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return {"type": "array", "items": schema_for(args[0])}
+        return {
+            "type": "array",
+            "prefixItems": [schema_for(a) for a in args],
+            "minItems": len(args),
+            "maxItems": len(args),
+        }
+    if origin in (dict, Mapping, typing.Mapping) or hint is dict:
+        if args and args[0] is not str:
+            raise ToolDefinitionError(
+                f"dict keys must be str in a tool schema (JSON objects), not {args[0]!r}"
+            )
+        return {"type": "object", "additionalProperties": schema_for(args[1]) if args else {}}
+    if typing.is_typeddict(hint):
+        hints = typing.get_type_hints(hint, include_extras=True)
+        required = sorted(getattr(hint, "__required_keys__", hints))
+        return _object_schema({k: schema_for(v) for k, v in hints.items()}, required)
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        hints = typing.get_type_hints(hint, include_extras=True)
+        properties: dict[str, JSON] = {}
+        required = []
+        for f in dataclasses.fields(hint):
+            properties[f.name] = schema_for(hints[f.name])
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                required.append(f.name)
+        return _object_schema(properties, required)
+    raise ToolDefinitionError(
+        f"type {hint!r} is not supported in tool parameters; use str, int, float, bool, Optional, "
+        "Literal, Enum, list, dict[str, X], a TypedDict or a dataclass"
+    )
+
+
+def _literal_type(values: tuple[Any, ...]) -> JSON:
+    kinds = {type(v) for v in values}
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null"}
+    if len(kinds) == 1 and next(iter(kinds)) in names:
+        return {"type": names[next(iter(kinds))]}
+    return {}
+
+
+def _object_schema(properties: dict[str, JSON], required: Iterable[str]) -> JSON:
+    schema: JSON = {"type": "object", "properties": properties, "additionalProperties": False}
+    required = list(required)
+    if required:
+        schema["required"] = required
+    return schema
+
+
+# ---------------------------------------------------------------------------------------------
+# validation + conversion of the model's arguments (the same walk as the schema)
+
+
+def convert(value: Any, hint: Any, path: str) -> Any:
+    """``value`` (decoded JSON) as ``hint``, or ``ArgumentError`` naming ``path``."""
+    if hint is Any or hint is object:
+        return value
+    if hint is type(None) or hint is None:
+        if value is not None:
+            raise ArgumentError(f"{path}: expected null, got {_kind(value)}")
+        return None
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ArgumentError(f"{path}: expected a boolean, got {_kind(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)  # 3.0 from a model that writes numbers loosely
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ArgumentError(f"{path}: expected an integer, got {_kind(value)}")
+        return value
+    if hint is float:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ArgumentError(f"{path}: expected a number, got {_kind(value)}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ArgumentError(f"{path}: expected a string, got {_kind(value)}")
+        return value
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Annotated:
+        return convert(value, args[0], path)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return convert(value, option, path)
+            except ArgumentError as exc:
+                errors.append(str(exc))
+        raise ArgumentError(f"{path}: {_kind(value)} matches none of the allowed types ({'; '.join(errors)})")
+    if origin is Literal:
+        if value not in args or any(type(value) is not type(a) for a in args if a == value):
+            raise ArgumentError(f"{path}: {value!r} is not one of {list(args)!r}")
+        return value
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            raise ArgumentError(f"{path}: {value!r} is not one of {[m.value for m in hint]!r}") from None
+    if origin in (list, set, frozenset, tuple, Sequence, typing.Sequence) or hint in (list, set, frozenset):
+        if not isinstance(value, list):
+            raise ArgumentError(f"{path}: expected an array, got {_kind(value)}")
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(value) != len(args):
+                raise ArgumentError(f"{path}: expected {len(args)} items, got {len(value)}")
+            return tuple(
+                convert(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+            )
+        item = args[0] if args else Any
+        items = [convert(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+        if origin is tuple:
+            return tuple(items)
+        if origin in (set, frozenset) or hint in (set, frozenset):
+            return (frozenset if frozenset in (origin, hint) else set)(items)
+        return items
+    if origin in (dict, Mapping, typing.Mapping) or hint is dict:
+        if not isinstance(value, dict):
+            raise ArgumentError(f"{path}: expected an object, got {_kind(value)}")
+        item = args[1] if args else Any
+        return {k: convert(v, item, f"{path}.{k}") for k, v in value.items()}
+    if typing.is_typeddict(hint):
+        hints = typing.get_type_hints(hint, include_extras=True)
+        required = set(getattr(hint, "__required_keys__", hints))
+        return _convert_object(value, hints, required, path)
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        hints = typing.get_type_hints(hint, include_extras=True)
+        required = {
+            f.name
+            for f in dataclasses.fields(hint)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
+        fields = {f.name: hints[f.name] for f in dataclasses.fields(hint)}
+        return hint(**_convert_object(value, fields, required, path))
+    raise ArgumentError(f"{path}: type {hint!r} is not supported")
+
+
+def _convert_object(value: Any, hints: Mapping[str, Any], required: set[str], path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ArgumentError(f"{path}: expected an object, got {_kind(value)}")
+    missing = sorted(required - value.keys())
+    if missing:
+        raise ArgumentError(f"{path}: missing required field(s) {', '.join(missing)}")
+    extra = sorted(value.keys() - hints.keys())
+    if extra:
+        raise ArgumentError(f"{path}: unknown field(s) {', '.join(extra)}; allowed: {', '.join(hints)}")
+    return {k: convert(v, hints[k], f"{path}.{k}") for k, v in value.items()}
+
+
+def _kind(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array"}
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "an object"
+    return f"{names.get(type(value), type(value).__name__)} ({json.dumps(value, default=str)[:40]})"
+
+
+# ---------------------------------------------------------------------------------------------
+# docstrings
+
+_ARG_LINE = re.compile(r"^(\*{0,2}\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
+_SECTION = re.compile(r"^(Args|Arguments|Parameters|Returns|Return|Raises|Yields|Examples?|Notes?)\s*:\s*$")
+
+
+def parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
+    """(description, {parameter: description}) from a Google-style docstring."""
+    text = inspect.cleandoc(doc or "")
+    if not text:
+        return "", {}
+    lines = text.splitlines()
+    summary: list[str] = []
+    for line in lines:
+        if not line.strip() or _SECTION.match(line.strip()):
+            break
+        summary.append(line.strip())
+    params: dict[str, str] = {}
+    section = None
+    current: str | None = None
+    indent = 0
+    for line in lines:
+        stripped = line.strip()
+        heading = _SECTION.match(stripped)
+        if heading and len(line) - len(line.lstrip()) == 0:
+            section, current = heading.group(1), None
+            continue
+        if section not in ("Args", "Arguments", "Parameters") or not stripped:
+            continue
+        line_indent = len(line) - len(line.lstrip())
+        match = _ARG_LINE.match(stripped)
+        if match and (current is None or line_indent <= indent):
+            current, indent = match.group(1).lstrip("*"), line_indent
+            params[current] = match.group(2).strip()
+        elif current is not None:  # a continuation line
+            params[current] = f"{params[current]} {stripped}".strip()
+    return " ".join(summary), params
+
+
+# ---------------------------------------------------------------------------------------------
+# tools
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    name: str
+    result: Any = None
+    error: str | None = None
+    call_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def content(self) -> str:
+        """The ``tool`` message content the model reads."""
+        if self.error is not None:
+            return json.dumps({"error": self.error})
+        return self.result if isinstance(self.result, str) else json.dumps(self.result)
+
+    def event_payload(self) -> JSON:
+        payload: JSON = {"id": self.call_id, "name": self.name}
+        if self.error is not None:
+            payload["error"] = self.error
+        else:
+            payload["result"] = self.result
+        return payload
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+    fn: Callable[..., Any] = field(repr=False)
+    timeout_s: float | None = None
+    hints: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    required: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_function(
+        cls,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        timeout_s: float | None = None,
+    ) -> Tool:
+        tool_name: str = name or str(getattr(fn, "__name__", ""))
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", tool_name):
+            raise ToolDefinitionError(
+                f"tool name {tool_name!r} must be 1-64 letters, digits, '_' or '-'; pass name=..."
+            )
+        summary, arg_docs = parse_docstring(inspect.getdoc(fn))
+        try:
+            hints = typing.get_type_hints(fn, include_extras=True)
+        except NameError as exc:
+            raise ToolDefinitionError(f"tool {tool_name!r}: a type hint cannot be resolved ({exc})") from exc
+        properties: dict[str, JSON] = {}
+        required: list[str] = []
+        param_hints: dict[str, Any] = {}
+        for param in inspect.signature(fn).parameters.values():
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY):
+                raise ToolDefinitionError(
+                    f"tool {tool_name!r}: parameter {param.name!r} must be a named parameter (no *args, **kwargs, /)"
+                )
+            if param.name not in hints:
+                raise ToolDefinitionError(
+                    f"tool {tool_name!r}: parameter {param.name!r} needs a type hint for its schema"
+                )
+            try:
+                schema = schema_for(hints[param.name])
+            except ToolDefinitionError as exc:
+                raise ToolDefinitionError(f"tool {tool_name!r}, parameter {param.name!r}: {exc}") from None
+            if param.name in arg_docs and "description" not in schema:
+                schema = {**schema, "description": arg_docs[param.name]}
+            if param.default is inspect.Parameter.empty:
+                required.append(param.name)
+            else:
+                default = _json_default(param.default)
+                if default is not _NO_DEFAULT:
+                    schema = {**schema, "default": default}
+            properties[param.name] = schema
+            param_hints[param.name] = hints[param.name]
+        return cls(
+            name=tool_name,
+            description=description if description is not None else summary,
+            parameters=_object_schema(properties, required),
+            fn=fn,
+            timeout_s=timeout_s,
+            hints=param_hints,
+            required=frozenset(required),
+        )
+
+    def to_openai_format(self) -> JSON:
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": dict(self.parameters),
+            },
+        }
+
+    def bind(self, arguments: str | Mapping[str, Any] | None) -> dict[str, Any]:
+        """Parse and validate the model's arguments into keyword arguments (``ArgumentError`` if not)."""
+        if arguments is None or arguments == "":
+            decoded: Any = {}
+        elif isinstance(arguments, str):
+            try:
+                decoded = json.loads(arguments)
+            except json.JSONDecodeError as exc:
+                raise ArgumentError(
+                    f"arguments are not valid JSON ({exc.msg} at position {exc.pos})"
+                ) from None
+        else:
+            decoded = dict(arguments)
+        return _convert_object(decoded, self.hints, set(self.required), "arguments")
+
+
+_NO_DEFAULT = object()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        value = value.value
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return _NO_DEFAULT
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    """A tool's return value as plain JSON data (for the event payload and the model)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    return json.loads(json.dumps(value, default=_json_fallback))
+
+
+def _json_fallback(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return str(value)
+
+
+class ToolRegistry:
+    def __init__(
+        self,
+        tools: Iterable[Tool | Callable[..., Any]] = (),
+        *,
+        default_timeout_s: float = DEFAULT_TOOL_TIMEOUT_S,
+    ):
+        self.default_timeout_s = default_timeout_s
+        self._tools: dict[str, Tool] = {}
+        for tool in tools:
+            self.register(tool)
+
+    def register(self, tool: Tool | Callable[..., Any], **options: Any) -> Tool:
+        """Add a ``Tool`` (or a function, made one with ``Tool.from_function(fn, **options)``)."""
+        made = tool if isinstance(tool, Tool) else Tool.from_function(tool, **options)
+        if made.name in self._tools:
+            raise ToolDefinitionError(
+                f"a tool named {made.name!r} is registered already; pass name=... to rename"
+            )
+        self._tools[made.name] = made
+        return made
+
+    def get(self, name: str) -> Tool | None:
+        return self._tools.get(name)
+
+    def list_tools(self) -> list[Tool]:
+        return list(self._tools.values())
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def to_openai_format(self) -> list[JSON]:
+        return [tool.to_openai_format() for tool in self._tools.values()]
+
+    async def execute(
+        self, name: str, arguments: str | Mapping[str, Any] | None, *, call_id: str | None = None
+    ) -> ToolResult:
+        tool = self._tools.get(name)
+        if tool is None:
+            known = ", ".join(self._tools) or "none"
+            return ToolResult(name, error=f"unknown tool {name!r}; available tools: {known}", call_id=call_id)
+        try:
+            kwargs = tool.bind(arguments)
+        except ArgumentError as exc:
+            return ToolResult(name, error=f"invalid arguments: {exc}", call_id=call_id)
+        timeout_s = tool.timeout_s if tool.timeout_s is not None else self.default_timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                value = await _call(tool.fn, kwargs)
+        except TimeoutError:
+            return ToolResult(name, error=f"the tool did not finish within {timeout_s:g} s", call_id=call_id)
+        except (RetryableError, PermanentError):
+            raise
+        except Exception as exc:
+            return ToolResult(name, error=f"{type(exc).__name__}: {exc}", call_id=call_id)
+        try:
+            result = _jsonable(value)
+        except (TypeError, ValueError) as exc:
+            return ToolResult(name, error=f"the tool's result is not JSON data: {exc}", call_id=call_id)
+        return ToolResult(name, result=result, call_id=call_id)
+
+
+async def _call(fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> Any:
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):  # noqa: B004
+        return await fn(**kwargs)
+    # A sync function would block the event loop (and every other run of this worker).
+    value = await asyncio.to_thread(functools.partial(fn, **kwargs))
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# the tool loop
+
+
+@dataclass(frozen=True, slots=True)
+class ToolLoopResult:
+    message: Message  # the last assistant message
+    messages: list[Message]  # the whole conversation, inputs included
+    steps: int  # model calls made
+    usage: Usage
+    stop_reason: Literal["answered", "max_steps"]
+
+    @property
+    def content(self) -> str:
+        return str(self.message.get("content") or "")
+
+
+async def run_tool_loop(
+    ctx: EmittingContext,
+    llm: LLMClient,
+    tools: ToolRegistry | Iterable[Tool | Callable[..., Any]],
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    max_steps: int = 8,
+    model: str | None = None,
+    **kwargs: Any,
+) -> ToolLoopResult:
+    """Ask, run the requested tools, answer, until the model replies without tools.
+
+    Emits ``assistant.delta``/``assistant.message`` (through ``stream_completion``), then per
+    call ``tool.call`` {id, name, arguments} and ``tool.result`` {id, name, result | error}.
+    Calls of one turn run concurrently; their events keep the model's order. After ``max_steps``
+    model calls the loop stops (``stop_reason="max_steps"``), with every requested tool answered
+    so the history stays valid for the next turn.
+    """
+    if max_steps < 1:
+        raise ValueError("max_steps must be at least 1")
+    registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
+    specs = registry.to_openai_format() or None
+    history: list[Message] = [dict(m) for m in messages]
+    usage = Usage()
+    for step in range(1, max_steps + 1):
+        response = await stream_completion(ctx, llm, history, model=model, tools=specs, **kwargs)
+        usage = usage + response.usage
+        history.append(dict(response.message))
+        if not response.tool_calls:
+            return ToolLoopResult(response.message, history, step, usage, "answered")
+        history.extend(await _run_calls(ctx, registry, response.tool_calls))
+    return ToolLoopResult(response.message, history, max_steps, usage, "max_steps")
+
+
+async def _run_calls(
+    ctx: EmittingContext, registry: ToolRegistry, calls: Sequence[ToolCall]
+) -> list[Message]:
+    for call in calls:
+        await ctx.emit("tool.call", {"id": call.id, "name": call.name, "arguments": _arguments_payload(call)})
+    tasks = [asyncio.ensure_future(registry.execute(c.name, c.arguments, call_id=c.id)) for c in calls]
+    try:
+        results = await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:  # one call raised a runtime error (Retry, ...): stop the others too
+            task.cancel()
+        raise
+    out: list[Message] = []
+    for result in results:
+        await ctx.emit("tool.result", result.event_payload())
+        out.append(
+            {"role": "tool", "tool_call_id": result.call_id, "name": result.name, "content": result.content()}
+        )
+    return out
+
+
+def _arguments_payload(call: ToolCall) -> Any:
+    """Parsed arguments for the event (readable in the UI), the raw text when it is not JSON."""
+    try:
+        return json.loads(call.arguments or "{}")
+    except json.JSONDecodeError:
+        return call.arguments

@@ -1,0 +1,166 @@
+"""The real ``openai`` client against a local OpenAI-compatible server started by the test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+from agentstream.consumers.errors import PermanentFailure, Retry
+from agentstream.consumers.llm import get_llm_client, stream_completion
+from agentstream.consumers.llm.openai_client import OpenAIClient
+from agentstream.consumers.llm.types import LLMClient, ToolCall, Usage
+from agentstream.core.errors import ConfigurationError
+from agentstream.core.settings import Settings
+
+from tests.consumers.fake_openai_server import GREETING, FakeOpenAIServer, Reply
+from tests.consumers.llm_fakes import RecordingContext
+
+
+@pytest.fixture
+def server() -> Iterator[FakeOpenAIServer]:
+    server = FakeOpenAIServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(server: FakeOpenAIServer) -> Settings:
+    return Settings(MODEL_PROVIDER="openai", DEFAULT_MODEL="local-model", OPENAI_BASE_URL=server.base_url)
+
+
+@pytest.fixture
+async def llm(settings: Settings) -> OpenAIClient:
+    client = get_llm_client(settings=settings)
+    assert isinstance(client, OpenAIClient)
+    return client
+
+
+async def test_get_llm_client_honours_model_provider_base_url_and_default_model(
+    llm: OpenAIClient, server: FakeOpenAIServer
+) -> None:
+    assert isinstance(llm, LLMClient)
+    response = await llm.generate([{"role": "user", "content": "hi"}])
+    assert response.content == GREETING
+    assert server.requests[0].path == "/v1/chat/completions"
+    assert server.requests[0].body["model"] == "local-model"
+    assert response.usage == Usage(11, 5, 16)
+    assert response.finish_reason == "stop"
+    await llm.aclose()
+
+
+async def test_streamed_completion_asks_for_usage_and_reports_it(
+    llm: OpenAIClient, server: FakeOpenAIServer
+) -> None:
+    chunks = [chunk async for chunk in llm.stream([{"role": "user", "content": "hi"}], model="other-model")]
+    assert "".join(c.delta for c in chunks) == GREETING
+    assert server.requests[0].body["stream_options"] == {"include_usage": True}
+    assert server.requests[0].body["model"] == "other-model"
+    usages = [c.usage for c in chunks if c.usage is not None]
+    assert usages == [Usage(11, 5, 16)]
+    await llm.aclose()
+
+
+async def test_streamed_tool_call_fragments_are_joined_into_whole_calls(
+    llm: OpenAIClient, server: FakeOpenAIServer
+) -> None:
+    server.replies.append(Reply(tool_calls=(("add", {"a": 2, "b": 40}), ("clock", {"timezone": "UTC"}))))
+    tools = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
+    chunks = [c async for c in llm.stream([{"role": "user", "content": "2+40?"}], tools=tools)]
+    calls = [call for c in chunks for call in c.tool_calls]
+    assert calls == [
+        ToolCall("call_0", "add", json.dumps({"a": 2, "b": 40})),
+        ToolCall("call_1", "clock", json.dumps({"timezone": "UTC"})),
+    ]
+    assert [c.finish_reason for c in chunks if c.finish_reason] == ["tool_calls"]
+    assert server.requests[0].body["tools"] == tools
+    await llm.aclose()
+
+
+async def test_generate_maps_tool_calls_into_the_assistant_message(
+    llm: OpenAIClient, server: FakeOpenAIServer
+) -> None:
+    server.replies.append(Reply(tool_calls=(("add", {"a": 1, "b": 2}),)))
+    response = await llm.generate([{"role": "user", "content": "1+2?"}])
+    assert response.tool_calls == (ToolCall("call_0", "add", '{"a": 1, "b": 2}'),)
+    assert response.message == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "call_0", "type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}
+        ],
+    }
+    await llm.aclose()
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_429_is_retriable_after_the_retry_after_delay_and_the_sdk_does_not_retry(
+    llm: OpenAIClient, server: FakeOpenAIServer, streamed: bool
+) -> None:
+    with pytest.raises(Retry) as caught:
+        if streamed:
+            async for _ in llm.stream([{"role": "user", "content": "hi"}], model="rate-limited"):
+                pass
+        else:
+            await llm.generate([{"role": "user", "content": "hi"}], model="rate-limited")
+    assert caught.value.delay_s == 7.0
+    assert "HTTP 429" in str(caught.value)
+    assert len(server.requests) == 1  # max_retries=0: our runtime retries, not the SDK
+    await llm.aclose()
+
+
+async def test_a_400_is_a_permanent_failure_not_retried(llm: OpenAIClient, server: FakeOpenAIServer) -> None:
+    with pytest.raises(PermanentFailure) as caught:
+        await llm.generate([{"role": "user", "content": "hi"}], model="bad-request")
+    assert "HTTP 400" in str(caught.value)
+    assert "unknown role" in str(caught.value)
+    assert len(server.requests) == 1
+    await llm.aclose()
+
+
+async def test_a_500_is_retriable_with_the_runtime_backoff(
+    llm: OpenAIClient, server: FakeOpenAIServer
+) -> None:
+    with pytest.raises(Retry) as caught:
+        await llm.generate([{"role": "user", "content": "hi"}], model="server-error")
+    assert caught.value.delay_s is None
+    await llm.aclose()
+
+
+async def test_a_refused_connection_is_retriable() -> None:
+    settings = Settings(OPENAI_BASE_URL="http://127.0.0.1:9/v1", STEP_TIMEOUT_SECONDS=5)
+    llm = get_llm_client("openai", settings=settings)
+    with pytest.raises(Retry, match="no response"):
+        await llm.generate([{"role": "user", "content": "hi"}])
+
+
+def test_the_openai_provider_without_a_key_or_base_url_says_what_to_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(ConfigurationError, match="OPENAI_API_KEY"):
+        get_llm_client("openai", settings=Settings())
+
+
+async def test_cancelling_a_run_mid_stream_closes_the_http_stream_within_100_ms(
+    llm: OpenAIClient, server: FakeOpenAIServer
+) -> None:
+    ctx = RecordingContext()
+    task = asyncio.create_task(stream_completion(ctx, llm, ctx.input_messages, model="endless"))
+    deadline = time.monotonic() + 10
+    while len(ctx.of("assistant.delta")) < 5:  # the stream is flowing
+        assert time.monotonic() < deadline, "no tokens arrived from the local server"
+        await asyncio.sleep(0.005)
+    cancelled_at = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await asyncio.to_thread(server.disconnected.wait, 5), "the server never saw the client go away"
+    elapsed_ms = (server.disconnected_at[0] - cancelled_at) * 1000
+    assert elapsed_ms < 100, f"disconnect seen {elapsed_ms:.1f} ms after the cancel"
+    assert ctx.of("assistant.message") == []  # a cut-short stream is not a message
+    await llm.aclose()
