@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgpack
+
 from agentstream.core.errors import CorruptEntry, EventEncodingError
 from agentstream.core.events import SCHEMA_VERSION, Event, Visibility
 

@@ -15,6 +15,9 @@ from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+
 from agentstream.core import scripts
 from agentstream.core.codec import decode_entry, decode_payload, encode_payload
 from agentstream.core.errors import (
@@ -37,8 +40,6 @@ from agentstream.core.ids import idempotency_partition, new_run_id, partition_of
 from agentstream.core.keys import WORKERS_GROUP, Keys
 from agentstream.core.settings import POLICIES, Settings
 from agentstream.core.state import RunState, RunStatus
-from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
 
 Redis = aioredis.Redis
 # What the stream reads return with decode_responses=False (redis-py's stubs are looser).

@@ -4,9 +4,9 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+
 from agentstream.core.settings import Settings
 from agentstream.core.store import EventStore, Redis, redis_from_url
-
 from tests.services import REDIS_UP, REDIS_URL, require
 
 

@@ -4,6 +4,7 @@ import datetime as dt
 import uuid
 
 import pytest
+
 from agentstream.core import codec
 from agentstream.core.codec import decode_entry, encode_payload
 from agentstream.core.errors import CorruptEntry, EventEncodingError

@@ -11,14 +11,14 @@ import asyncio
 import uuid
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from agentstream.core.errors import AgentStreamError, IllegalTransition
 from agentstream.core.events import Event, EventType, NewEvent
 from agentstream.core.settings import Settings
 from agentstream.core.state import RunState, evolve, fold
 from agentstream.core.store import Claim, EventStore, SubmitRequest, redis_from_url
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from tests.conftest import delete_prefix
 from tests.core.storetools import begin_again, claim
 

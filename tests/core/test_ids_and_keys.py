@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from redis.crc import key_slot
+
 from agentstream.core.ids import (
     idempotency_partition,
     is_valid_id,
@@ -10,7 +12,6 @@ from agentstream.core.ids import (
     user_owner,
 )
 from agentstream.core.keys import Keys
-from redis.crc import key_slot
 
 
 def test_a_run_id_drawn_for_a_partition_lands_in_it() -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from agentstream.core.errors import ConfigurationError
 from agentstream.core.settings import Settings
 

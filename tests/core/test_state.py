@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from agentstream.core.errors import FencedOut, IllegalTransition, RunTerminal
 from agentstream.core.events import Event, EventType
 from agentstream.core.state import RunStatus, evolve, evolve_conversation, fold

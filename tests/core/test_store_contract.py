@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from agentstream.core.errors import (
     ConversationBusy,
     FencedOut,
@@ -18,7 +19,6 @@ from agentstream.core.ids import partition_of
 from agentstream.core.keys import WORKERS_GROUP
 from agentstream.core.state import RunStatus, fold
 from agentstream.core.store import Claim, Dropped, EventStore, SubmitRequest
-
 from tests.core.storetools import begin_again, claim, job_of, read_jobs
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from agentstream.core.errors import FencedOut
 from agentstream.core.store import Claim, EventStore, SubmitRequest
 
