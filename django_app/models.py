@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentstream.core.state import RunStatus
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+
+from agentstream.core.state import RunStatus
 
 # Fields of Run/Conversation set by one kind of event keep the seq of the event that set them, so a
 # late, redelivered or reordered event never overwrites a newer value (see projections.rows).
@@ -188,6 +189,9 @@ class ProjectionCheckpoint(models.Model):
     projection = models.CharField(max_length=100)
     partition = models.IntegerField()
     last_id = models.CharField(max_length=40, default="0-0")
+    # last_id's two parts, so "newer" is a plain comparison in SQL on every engine
+    last_ms = models.BigIntegerField(default=0)
+    last_n = models.BigIntegerField(default=0)
     updated_at = models.DateTimeField()
 
     class Meta:

@@ -1,0 +1,253 @@
+"""The projector: one readable loop per projection (DESIGN §7).
+
+    read (XAUTOCLAIM what dead consumers left, else XREADGROUP every partition log)
+      -> decode (undecodable entries are recorded, never retried)
+      -> apply (one transaction, in the projection's own DB thread)
+      -> XACK (only after COMMIT)
+
+A failed apply (PostgreSQL down, a deadlock, a bug in a user's projection) is retried, the same
+batch, with exponential backoff and jitter: nothing is acked before it is committed, so nothing
+is lost. Several processes share a group; redelivery is harmless because writes are idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import connections, transaction
+
+from agentstream.core.codec import decode_entry
+from agentstream.core.errors import CorruptEntry
+from agentstream.core.events import Event
+from agentstream.core.ids import is_valid_id
+from agentstream.core.keys import Keys
+from agentstream.core.store import Redis
+from agentstream.projections.projection import Projection
+from agentstream.projections.sql import Skipped, SqlWriter
+
+log = logging.getLogger("agentstream.projections")
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectorOptions:
+    batch: int = 500
+    block_ms: int = 1000
+    claim_idle_ms: int = 30_000  # an entry pending this long belongs to a dead (or stuck) consumer
+    claim_every_s: float = 5.0
+    backoff_base_s: float = 0.1
+    backoff_max_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Log entries read in one go: what to apply, what to skip, and what to ack afterwards."""
+
+    events: list[Event] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    acks: dict[int, list[str]] = field(default_factory=dict)  # partition -> entry ids
+
+    @property
+    def size(self) -> int:
+        return sum(len(ids) for ids in self.acks.values())
+
+    def last_ids(self) -> dict[int, str]:
+        return {p: max(ids, key=_id_key) for p, ids in self.acks.items() if ids}
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, n = entry_id.partition("-")
+    return int(ms), int(n or 0)
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def decode_delivery(partition_entries: Sequence[tuple[int, Sequence[tuple[Any, Any]]]]) -> Delivery:
+    """Decode raw entries; what does not decode into a well-formed event is marked skipped."""
+    delivery = Delivery()
+    for partition, entries in partition_entries:
+        ids = delivery.acks.setdefault(partition, [])
+        for raw_id, fields in entries:
+            entry_id = _s(raw_id)
+            ids.append(entry_id)
+            if not fields:  # deleted while pending
+                continue
+            try:
+                event = decode_entry(fields)
+                if event.run_id and not is_valid_id(event.run_id):
+                    raise CorruptEntry(f"run id {event.run_id!r} is not a uuid")
+                if not event.run_id and not is_valid_id(event.conversation_id):
+                    raise CorruptEntry(f"entry has neither a run id nor a conversation id ({event.type})")
+            except CorruptEntry as exc:
+                delivery.skipped.append(Skipped(partition, entry_id, str(exc), repr(dict(fields))))
+                continue
+            delivery.events.append(event)
+    return delivery
+
+
+class Projector:
+    """Applies the partition logs to one projection through its consumer group."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        projection: Projection,
+        *,
+        database: str = "default",
+        options: ProjectorOptions | None = None,
+        consumer: str | None = None,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.projection = projection
+        self.database = database
+        self.options = options or ProjectorOptions()
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.logs = {keys.log(p): p for p in range(keys.partitions)}
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"projector-{projection.name}")
+        self._claim_cursors = dict.fromkeys(range(keys.partitions), "0-0")
+        self._next_claim_at = 0.0
+        self.applied = 0  # entries applied and acked by this process
+        self.failures = 0  # failed apply attempts (each retried)
+
+    @property
+    def group(self) -> str:
+        return self.projection.group
+
+    async def ensure_groups(self) -> None:
+        """Create the group on every partition log, from the start of the log (idempotent)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for log_key in self.logs:
+                pipe.xgroup_create(log_key, self.group, id="0", mkstream=True)
+            for result in await pipe.execute(raise_on_error=False):
+                if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
+                    raise result
+
+    async def run(self, *, burst: bool = False, stop: asyncio.Event | None = None) -> None:
+        """Project until ``stop`` is set; ``burst``: until the logs are drained, then return."""
+        stop = stop or asyncio.Event()
+        await self.ensure_groups()
+        try:
+            while not stop.is_set():
+                delivery = await self.claim_stale()
+                if delivery.size == 0:
+                    delivery = await self.read(block_ms=None if burst else self.options.block_ms)
+                if delivery.size == 0:
+                    if burst:
+                        return
+                    continue
+                if not await self.apply(delivery, stop):
+                    return  # stopped while retrying: the batch stays pending for the next consumer
+                await self.ack(delivery)
+        finally:
+            await self.close()
+
+    async def read(self, *, block_ms: int | None) -> Delivery:
+        streams: dict[Any, Any] = dict.fromkeys(self.logs, ">")
+        reply: Any = await self.redis.xreadgroup(
+            self.group, self.consumer, streams, count=self.options.batch, block=block_ms
+        )
+        return decode_delivery([(self.logs[_s(key)], entries) for key, entries in reply or []])
+
+    async def claim_stale(self, *, force: bool = False) -> Delivery:
+        """Take over entries pending past ``claim_idle_ms`` (their consumer died mid-batch)."""
+        now = time.monotonic()
+        if not force and now < self._next_claim_at:
+            return Delivery()
+        self._next_claim_at = now + self.options.claim_every_s
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for log_key, partition in self.logs.items():
+                pipe.xautoclaim(
+                    log_key,
+                    self.group,
+                    self.consumer,
+                    self.options.claim_idle_ms,
+                    start_id=self._claim_cursors[partition],
+                    count=self.options.batch,
+                )
+            replies = await pipe.execute()
+        found: list[tuple[int, Sequence[tuple[Any, Any]]]] = []
+        for (_, partition), reply in zip(self.logs.items(), replies, strict=True):
+            self._claim_cursors[partition] = _s(reply[0])
+            if reply[1]:
+                found.append((partition, reply[1]))
+        if found:
+            log.info(
+                "projection %s: took over %d stale entries",
+                self.projection.name,
+                sum(len(e) for _, e in found),
+            )
+        return decode_delivery(found)
+
+    async def apply(self, delivery: Delivery, stop: asyncio.Event | None = None) -> bool:
+        """Commit the delivery in one transaction; on failure back off and retry the same one.
+
+        False when ``stop`` was set while backing off (nothing committed, nothing to ack)."""
+        loop = asyncio.get_running_loop()
+        stop = stop or asyncio.Event()
+        failures = 0
+        while True:
+            try:
+                await loop.run_in_executor(self._db, self._apply_sync, delivery)
+                return True
+            except Exception as exc:
+                failures += 1
+                self.failures += 1
+                delay_s = min(
+                    self.options.backoff_max_s, self.options.backoff_base_s * 2 ** min(failures, 16)
+                )
+                delay_s *= random.uniform(0.5, 1.5)  # jitter: projectors do not retry in lockstep
+                log.warning(
+                    "projection %s: applying %d entries failed (%s: %s); retry %d in %.2fs",
+                    self.projection.name, delivery.size, type(exc).__name__, exc, failures, delay_s,
+                )  # fmt: skip
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=delay_s)
+                except TimeoutError:
+                    continue
+                return False
+
+    def _apply_sync(self, delivery: Delivery) -> None:
+        connection = connections[self.database]
+        try:
+            with transaction.atomic(using=self.database):
+                wanted = [e for e in delivery.events if self.projection.wants(e.type)]
+                if wanted:
+                    self.projection.handle(wanted, connection)
+                writer = SqlWriter(connection)
+                writer.record_skipped(self.projection.name, delivery.skipped)
+                writer.save_checkpoints(self.projection.name, delivery.last_ids())
+        except Exception:
+            # a broken connection is replaced on the next attempt
+            connection.close()
+            raise
+
+    async def ack(self, delivery: Delivery) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for partition, ids in delivery.acks.items():
+                if ids:
+                    pipe.xack(self.keys.log(partition), self.group, *ids)
+            await pipe.execute()
+        self.applied += delivery.size
+
+    def _close_sync(self) -> None:
+        connections[self.database].close()  # the DB thread's own connection
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._db, self._close_sync)
+        finally:
+            self._db.shutdown(wait=False)

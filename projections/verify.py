@@ -1,0 +1,271 @@
+"""Verify: fold the history afresh with ``core.state`` and compare it with the read-model rows.
+
+Drift is reported per row: ``missing`` (in the history, not in the table), ``extra`` (in the
+table, not in the history although the history reaches back to its creation), ``different``
+(the fields that disagree). Runs whose beginning was trimmed from the logs are not judged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.apps import apps
+
+from agentstream.core.codec import decode_entry
+from agentstream.core.errors import AgentStreamError, CorruptEntry
+from agentstream.core.events import Event, Visibility
+from agentstream.core.keys import Keys
+from agentstream.core.state import (
+    ConversationState,
+    RunState,
+    evolve,
+    evolve_conversation,
+)
+from agentstream.core.store import Redis
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    kind: str  # missing | extra | different | unfoldable
+    table: str  # run | conversation
+    id: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind:<10} {self.table:<12} {self.id}  {self.detail}".rstrip()
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    runs_checked: int
+    conversations_checked: int
+    drift: tuple[Drift, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.drift
+
+
+def fold_log(events: Iterable[Event]) -> RunState | None:
+    """``core.state.fold`` over a run's logged events. Ephemeral events (deltas, heartbeats) take
+    a seq but stay on the run stream, so the log skips those seqs; the fold steps over them."""
+    state: RunState | None = None
+    for event in events:
+        if state is not None and event.seq > state.seq + 1:
+            state = dataclasses.replace(state, seq=event.seq - 1)
+        state = evolve(state, event)
+    return state
+
+
+def fold_conversation(events: Iterable[Event]) -> ConversationState | None:
+    state: ConversationState | None = None
+    for event in events:
+        state = evolve_conversation(state, event)
+    return state
+
+
+async def log_events(redis: Redis, keys: Keys, page: int = 5000) -> AsyncIterator[Event]:
+    """Every decodable event of every partition log, oldest first per partition."""
+    for partition in range(keys.partitions):
+        after = "-"
+        while True:
+            entries: Any = await redis.xrange(keys.log(partition), min=after, count=page)
+            if not entries:
+                break
+            for _, fields in entries:
+                try:
+                    yield decode_entry(fields)
+                except CorruptEntry:
+                    continue
+            last = entries[-1][0]
+            after = "(" + (last.decode() if isinstance(last, bytes) else str(last))
+            if len(entries) < page:
+                break
+
+
+def archive_events(database: str, page: int = 5000) -> Iterator[Event]:
+    """Every event of the archive tables (runs, then conversations)."""
+    event_model = apps.get_model("agentstream", "Event")
+    last = 0
+    fields = ("id", "run_id", "seq", "type", "payload", "ts", "attempt", "visibility", "conversation_id")
+    while True:
+        chunk = list(
+            event_model.objects.using(database).filter(id__gt=last).order_by("id").values_list(*fields)[:page]
+        )
+        for _, run_id, seq, kind, payload, ts, attempt, vis, conv in chunk:
+            yield Event(
+                run_id=str(run_id), seq=seq, type=kind, payload=payload or {}, ts_ms=_ms(ts), attempt=attempt,
+                visibility=Visibility(vis), conversation_id=str(conv) if conv else "",
+            )  # fmt: skip
+        if len(chunk) < page:
+            break
+        last = chunk[-1][0]
+    conv_model = apps.get_model("agentstream", "ConversationEvent")
+    for conv, seq, kind, payload, ts in (
+        conv_model.objects.using(database)
+        .order_by("conversation_id", "seq")
+        .values_list("conversation_id", "seq", "type", "payload", "ts")
+    ).iterator(chunk_size=page):
+        yield Event(
+            run_id="", seq=seq, type=kind, payload=payload or {}, ts_ms=_ms(ts), conversation_id=str(conv)
+        )
+
+
+def _ms(value: dt.datetime | None) -> int:
+    return round(value.timestamp() * 1000) if value else 0
+
+
+def expected_state(
+    events: Iterable[Event],
+) -> tuple[dict[str, RunState], dict[str, ConversationState], list[Drift], int]:
+    """Fold every run and conversation; returns (runs, conversations, unfoldable, oldest ts)."""
+    by_run: dict[str, dict[int, Event]] = defaultdict(dict)
+    by_conv: dict[str, dict[int, Event]] = defaultdict(dict)
+    oldest_ms = 0
+    for e in events:
+        oldest_ms = min(oldest_ms, e.ts_ms) if oldest_ms else e.ts_ms
+        if e.run_id:
+            by_run[e.run_id][e.seq] = e
+        elif e.conversation_id:
+            by_conv[e.conversation_id][e.seq] = e
+    runs: dict[str, RunState] = {}
+    convs: dict[str, ConversationState] = {}
+    problems: list[Drift] = []
+    for run_id, seqs in by_run.items():
+        if 1 not in seqs:
+            continue  # its beginning was trimmed from the log: nothing to compare with
+        try:
+            state = fold_log(seqs[s] for s in sorted(seqs))
+        except AgentStreamError as exc:
+            problems.append(Drift("unfoldable", "run", run_id, str(exc)))
+            continue
+        if state is not None:
+            runs[run_id] = state
+    for conv_id, seqs in by_conv.items():
+        if 1 not in seqs:
+            continue
+        try:
+            cstate = fold_conversation(seqs[s] for s in sorted(seqs))
+        except AgentStreamError as exc:
+            problems.append(Drift("unfoldable", "conversation", conv_id, str(exc)))
+            continue
+        if cstate is not None:
+            convs[conv_id] = cstate
+    return runs, convs, problems, oldest_ms
+
+
+def run_differences(state: RunState, row: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Field -> (expected, found) for every field of the row the fold disagrees with."""
+    expected = {
+        "status": str(state.status),
+        "last_seq": state.seq,
+        "attempt": state.attempt,
+        "agent_key": state.agent_key,
+        "owner": state.owner,
+        "conversation_id": state.conversation_id or None,
+        "max_attempts": state.max_attempts,
+        "cancel_requested": state.cancel_requested,
+        "created_ms": state.created_ms,
+        "started_ms": state.started_ms,
+        "finished_ms": state.finished_ms,
+        "output": state.output,
+        "error": state.error,
+        "usage": dict(state.usage),
+    }
+    found = {
+        "status": row["status"],
+        "last_seq": row["last_seq"],
+        "attempt": row["attempt"],
+        "agent_key": row["agent_key"],
+        "owner": row["owner"],
+        "conversation_id": str(row["conversation_id"]) if row["conversation_id"] else None,
+        "max_attempts": row["max_attempts"],
+        "cancel_requested": row["cancel_requested_at"] is not None,
+        "created_ms": _ms(row["created_at"]),
+        "started_ms": _ms(row["started_at"]),
+        "finished_ms": _ms(row["finished_at"]),
+        "output": row["output"],
+        "error": row["error"],
+        "usage": row["usage"] or {},
+    }
+    return {k: (v, found[k]) for k, v in expected.items() if found[k] != v}
+
+
+def conversation_differences(state: ConversationState, row: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    expected = {
+        "owner": state.owner,
+        "agent_key": state.agent_key,
+        "title": state.title,
+        "metadata": dict(state.metadata),
+        "deleted": state.deleted,
+        "last_seq": state.seq,
+        "created_ms": state.created_ms,
+    }
+    found = {
+        "owner": row["owner"],
+        "agent_key": row["agent_key"],
+        "title": row["title"],
+        "metadata": row["metadata"],
+        "deleted": row["deleted_at"] is not None,
+        "last_seq": row["last_seq"],
+        "created_ms": _ms(row["created_at"]),
+    }
+    return {k: (v, found[k]) for k, v in expected.items() if found[k] != v}
+
+
+def compare(events: Iterable[Event], database: str) -> Report:
+    """Drift between a fold of ``events`` and the read-model rows in ``database``."""
+    runs, convs, drift, oldest_ms = expected_state(events)
+    run_model = apps.get_model("agentstream", "Run")
+    conv_model = apps.get_model("agentstream", "Conversation")
+    run_rows = {str(r["id"]): r for r in run_model.objects.using(database).values()}
+    conv_rows = {str(r["id"]): r for r in conv_model.objects.using(database).values()}
+    for run_id, state in sorted(runs.items()):
+        row = run_rows.get(run_id)
+        if row is None:
+            drift.append(Drift("missing", "run", run_id, f"{state.status} in the log"))
+            continue
+        diff = run_differences(state, row)
+        if diff:
+            drift.append(Drift("different", "run", run_id, _describe(diff)))
+    for run_id, row in sorted(run_rows.items()):
+        if run_id not in runs and _ms(row["created_at"]) >= oldest_ms:
+            drift.append(Drift("extra", "run", run_id, f"{row['status']} in the table, not in the history"))
+    for conv_id, cstate in sorted(convs.items()):
+        crow = conv_rows.get(conv_id)
+        if crow is None:
+            drift.append(Drift("missing", "conversation", conv_id))
+            continue
+        diff = conversation_differences(cstate, crow)
+        if diff:
+            drift.append(Drift("different", "conversation", conv_id, _describe(diff)))
+    for conv_id, crow in sorted(conv_rows.items()):
+        if conv_id not in convs and crow["created_at"] is not None and _ms(crow["created_at"]) >= oldest_ms:
+            drift.append(Drift("extra", "conversation", conv_id))
+    return Report(len(runs), len(convs), tuple(drift))
+
+
+def _describe(diff: Mapping[str, tuple[Any, Any]]) -> str:
+    return "; ".join(f"{k}: expected {e!r}, found {f!r}" for k, (e, f) in diff.items())
+
+
+async def verify_log(redis: Redis, keys: Keys, database: str) -> Report:
+    """Fold the partition logs afresh and compare (the DB part runs in a thread)."""
+    import asyncio
+
+    events = [e async for e in log_events(redis, keys)]
+    return await asyncio.to_thread(_compare_and_close, events, database)
+
+
+def _compare_and_close(events: list[Event], database: str) -> Report:
+    from django.db import connections
+
+    try:
+        return compare(events, database)
+    finally:
+        connections[database].close()

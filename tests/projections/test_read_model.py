@@ -1,0 +1,135 @@
+"""The read-model projection contract, on fakeredis and real Redis, PostgreSQL and SQLite."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from django.db import connections, transaction
+
+from agentstream.core.events import Event
+from agentstream.core.store import EventStore
+from agentstream.projections.projection import ReadModelProjection
+from agentstream.projections.verify import compare, log_events, verify_log
+from tests.projections.conftest import in_thread, make_workload, projector_for, rows
+
+pytestmark = pytest.mark.django_db(databases=["default", "embedded"], transaction=True)
+
+
+async def all_log_events(store: EventStore) -> list[Event]:
+    return [e async for e in log_events(store.redis, store.keys)]
+
+
+def apply_batches(database: str, batches: list[list[Event]]) -> None:
+    projection = ReadModelProjection()
+    for batch in batches:
+        with transaction.atomic(using=database):
+            projection.handle(batch, connections[database])
+
+
+def wipe(database: str) -> None:
+    with connections[database].cursor() as cursor:
+        for table in ("run", "conversation", "event", "conversationevent", "checkpoint"):
+            cursor.execute(f"DELETE FROM agentstream_{table}")
+
+
+async def test_projected_rows_match_a_fresh_fold_of_the_log(store: EventStore, database: str) -> None:
+    work = await make_workload(store)
+    projector = projector_for(store, database)
+    await projector.run(burst=True)
+
+    report = await verify_log(store.redis, store.keys, database)
+
+    assert report.drift == ()
+    assert report.runs_checked == len(work.run_ids)
+    assert report.conversations_checked == len(work.conversation_ids)
+
+
+async def test_a_run_row_carries_input_output_usage_and_timestamps(store: EventStore, database: str) -> None:
+    from agentstream.django_app.models import Run
+
+    work = await make_workload(store, runs=1)
+    await projector_for(store, database).run(burst=True)
+
+    run = await in_thread(lambda: Run.objects.using(database).get(id=work.run_ids[0]))
+    assert run.status == "succeeded"
+    assert run.input == {"messages": [{"role": "user", "content": "hello 0"}], "params": {"n": 0}}
+    assert run.output == {"text": "answer 0"}
+    assert run.usage == {"total_tokens": 0}
+    assert run.owner == "user:1" and run.user_id == 1 and run.anonymous_session_id is None
+    assert run.idempotency_key == "key-0"
+    assert run.attempt == 1 and run.max_attempts == 3
+    assert run.created_at and run.started_at and run.finished_at
+    assert run.created_at <= run.started_at <= run.finished_at
+
+
+async def test_conversations_count_their_runs_and_record_renames_and_deletes(
+    store: EventStore, database: str
+) -> None:
+    from agentstream.django_app.models import Conversation, Run
+
+    work = await make_workload(store)
+    await projector_for(store, database).run(burst=True)
+
+    first = await in_thread(lambda: Conversation.objects.using(database).get(id=work.conversation_ids[0]))
+    second = await in_thread(lambda: Conversation.objects.using(database).get(id=work.conversation_ids[1]))
+    assert first.title == "renamed" and first.metadata == {"k": 1} and first.deleted_at is None
+    assert second.deleted_at is not None and second.anonymous_session_id == "sess-a"
+    for conv in (first, second):
+        count = await in_thread(Run.objects.using(database).filter(conversation_id=conv.id).count)
+        assert count > 0
+        assert conv.run_count == count
+        assert conv.last_activity_at is not None and conv.last_activity_at >= conv.created_at
+
+
+async def test_shuffled_batches_with_redelivery_converge_to_the_rows_of_an_in_order_projection(
+    store: EventStore, database: str
+) -> None:
+    await make_workload(store, runs=15)
+    events = await all_log_events(store)
+    await in_thread(apply_batches, database, [events])
+    in_order = await in_thread(rows, database)
+
+    for seed in range(3):
+        await in_thread(wipe, database)
+        rng = random.Random(seed)
+        shuffled = events + rng.sample(events, len(events) // 2)  # every event, half of them twice
+        rng.shuffle(shuffled)
+        size = rng.randint(1, 9)
+        await in_thread(
+            apply_batches, database, [shuffled[i : i + size] for i in range(0, len(shuffled), size)]
+        )
+        assert await in_thread(rows, database) == in_order, f"seed {seed}"
+
+
+async def test_a_late_run_queued_does_not_regress_a_finished_run(store: EventStore, database: str) -> None:
+    from agentstream.django_app.models import Run
+
+    work = await make_workload(store, runs=1)
+    events = [e for e in await all_log_events(store) if e.run_id == work.run_ids[0]]
+    queued, rest = events[0], events[1:]
+    assert queued.type == "run.queued"
+
+    await in_thread(apply_batches, database, [list(reversed(rest)), [queued], [queued]])
+
+    run = await in_thread(lambda: Run.objects.using(database).get(id=work.run_ids[0]))
+    assert run.status == "succeeded"
+    assert run.agent_key == "echo" and run.input["params"] == {"n": 0}
+    assert (await in_thread(compare, events, database)).drift == ()
+
+
+async def test_verify_reports_a_row_that_drifted_and_a_row_that_is_missing(
+    store: EventStore, database: str
+) -> None:
+    from agentstream.django_app.models import Run
+
+    work = await make_workload(store, runs=3)
+    await projector_for(store, database).run(burst=True)
+    await in_thread(lambda: Run.objects.using(database).filter(id=work.run_ids[0]).update(status="failed"))
+    await in_thread(lambda: Run.objects.using(database).filter(id=work.run_ids[1]).delete())
+
+    report = await verify_log(store.redis, store.keys, database)
+
+    kinds = {(d.kind, d.id) for d in report.drift}
+    assert kinds == {("different", work.run_ids[0]), ("missing", work.run_ids[1])}
+    assert "status" in next(d.detail for d in report.drift if d.kind == "different")
