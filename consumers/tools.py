@@ -8,7 +8,8 @@
   against the same type hints (and converts: Enum members, dataclass instances), runs sync
   functions in a thread and awaits async ones, under a per-tool timeout. Whatever goes wrong
   becomes a ``ToolResult`` with an ``error`` the model can read and act on, never a crashed run.
-  The runtime's own ``RetryableError`` / ``PermanentError`` (e.g. ``Retry``) and cancellation pass
+  The runtime's own decisions (``Retry``, ``PermanentFailure``, core's ``RetryableError`` /
+  ``PermanentError``) and cancellation pass
   through on purpose: they are decisions about the run, not answers for the model.
 - ``run_tool_loop(ctx, llm, tools, messages)``: ask the model, run the calls it makes, feed the
   results back, until it answers without tools or ``max_steps`` model calls were made.
@@ -32,6 +33,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from agentstream.consumers.errors import AgentFailure
 from agentstream.consumers.llm.streaming import EmittingContext, stream_completion
 from agentstream.consumers.llm.types import LLMClient, Message, ToolCall, Usage
 from agentstream.core.errors import PermanentError, RetryableError
@@ -491,7 +493,7 @@ class ToolRegistry:
                 value = await _call(tool.fn, kwargs)
         except TimeoutError:
             return ToolResult(name, error=f"the tool did not finish within {timeout_s:g} s", call_id=call_id)
-        except (RetryableError, PermanentError):
+        except (AgentFailure, RetryableError, PermanentError):
             raise
         except Exception as exc:
             return ToolResult(name, error=f"{type(exc).__name__}: {exc}", call_id=call_id)

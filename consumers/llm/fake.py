@@ -96,6 +96,9 @@ class FakeLLMClient:
             self._script, responder=responder, token_delay_s=self.token_delay_s, model=self.default_model
         )
 
+    async def aclose(self) -> None:
+        return None
+
     def _next_reply(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[ToolSpec]) -> FakeReply:
         item: ScriptItem = self._script.pop(0) if self._script else self.responder(messages, tools)
         if isinstance(item, BaseException):

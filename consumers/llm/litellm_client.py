@@ -91,3 +91,6 @@ class LiteLLMClient:
                 result = close()
                 if hasattr(result, "__await__"):
                     await result
+
+    async def aclose(self) -> None:
+        return None  # litellm keeps its own module-level clients

@@ -128,6 +128,9 @@ class LLMClient(Protocol):
         **kwargs: Any,
     ) -> AsyncGenerator[LLMChunk, None]: ...
 
+    async def aclose(self) -> None:
+        """Close the client's connection pool (a worker does it at shutdown)."""
+
 
 class ResponseAssembler:
     """Folds chunks into one ``LLMResponse`` (shared by every provider's ``generate`` and the helpers)."""

@@ -8,13 +8,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
+
 from agentstream.consumers.errors import PermanentFailure, Retry
 from agentstream.consumers.llm import get_llm_client, stream_completion
 from agentstream.consumers.llm.openai_client import OpenAIClient
 from agentstream.consumers.llm.types import LLMClient, ToolCall, Usage
 from agentstream.core.errors import ConfigurationError
 from agentstream.core.settings import Settings
-
 from tests.consumers.fake_openai_server import GREETING, FakeOpenAIServer, Reply
 from tests.consumers.llm_fakes import RecordingContext
 
@@ -101,11 +101,7 @@ async def test_a_429_is_retriable_after_the_retry_after_delay_and_the_sdk_does_n
     llm: OpenAIClient, server: FakeOpenAIServer, streamed: bool
 ) -> None:
     with pytest.raises(Retry) as caught:
-        if streamed:
-            async for _ in llm.stream([{"role": "user", "content": "hi"}], model="rate-limited"):
-                pass
-        else:
-            await llm.generate([{"role": "user", "content": "hi"}], model="rate-limited")
+        await _ask(llm, "rate-limited", streamed=streamed)
     assert caught.value.delay_s == 7.0
     assert "HTTP 429" in str(caught.value)
     assert len(server.requests) == 1  # max_retries=0: our runtime retries, not the SDK
@@ -135,6 +131,7 @@ async def test_a_refused_connection_is_retriable() -> None:
     llm = get_llm_client("openai", settings=settings)
     with pytest.raises(Retry, match="no response"):
         await llm.generate([{"role": "user", "content": "hi"}])
+    await llm.aclose()
 
 
 def test_the_openai_provider_without_a_key_or_base_url_says_what_to_set(
@@ -164,3 +161,11 @@ async def test_cancelling_a_run_mid_stream_closes_the_http_stream_within_100_ms(
     assert elapsed_ms < 100, f"disconnect seen {elapsed_ms:.1f} ms after the cancel"
     assert ctx.of("assistant.message") == []  # a cut-short stream is not a message
     await llm.aclose()
+
+
+async def _ask(llm: OpenAIClient, model: str, *, streamed: bool) -> None:
+    if streamed:
+        async for _ in llm.stream([{"role": "user", "content": "hi"}], model=model):
+            pass
+    else:
+        await llm.generate([{"role": "user", "content": "hi"}], model=model)
