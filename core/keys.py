@@ -17,6 +17,7 @@ P:{p}:dead                 stream   dead-lettered jobs with reason and delivery 
 P:{p}:idem:<owner>:<key>   string   idempotency key -> ``run_id|fingerprint`` (TTL)
 P:{p}:agents               set      agent keys that have a queue in this partition
 P:cancel                   channel  pub/sub: run ids whose cancellation was requested
+P:sse:wake:<hub>           stream   wakes one SSE hub's blocking XREAD when its clients change
 ========================== ======== ==========================================================
 
 The Lua scripts in ``core/lua`` receive these names from here (KEYS / ARGV); they never build a
@@ -84,3 +85,6 @@ class Keys:
 
     def cancel_channel(self) -> str:
         return f"{self.prefix}:cancel"
+
+    def sse_wake(self, hub_id: str) -> str:
+        return f"{self.prefix}:sse:wake:{hub_id}"

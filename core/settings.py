@@ -72,6 +72,7 @@ class Settings:
     SSE_CLIENT_BUFFER: int = 1000
     MAX_REQUEST_BYTES: int = 1024 * 1024
     ANONYMOUS_SESSION_MODEL: str | None = None
+    ANONYMOUS_SESSION_TTL_SECONDS: int = 30 * 24 * 3600  # max age of a signed anonymous token
     AUTHZ_HOOK: str | None = None
     QUOTA_HOOK: str | None = None
     RUN_COMPLETED_HOOK: str | None = None
