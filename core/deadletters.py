@@ -1,0 +1,82 @@
+"""Dead-lettered jobs: list them, replay one as a new run, purge them.
+
+A run is append-only: replaying a dead letter never revives the failed run; it submits a new run
+with the same input (``metadata.retry_of`` names the old one) and removes the dead letter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+from agentstream.core.errors import NotFound
+from agentstream.core.store import Entries, EventStore, SubmitRequest
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    partition: int
+    entry_id: str
+    run_id: str
+    reason: str
+    ts_ms: int
+    fields: dict[str, str]
+
+
+async def list_dead(store: EventStore, limit_per_partition: int = 1000) -> list[DeadLetter]:
+    async with store.redis.pipeline(transaction=False) as pipe:
+        for p in range(store.settings.PARTITIONS):
+            pipe.xrange(store.keys.dead(p), count=limit_per_partition)
+        replies = cast(list[Entries], await pipe.execute())
+    found: list[DeadLetter] = []
+    for partition, entries in enumerate(replies):
+        for entry_id, raw in entries:
+            fields = {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
+            found.append(
+                DeadLetter(
+                    partition=partition,
+                    entry_id=entry_id.decode(),
+                    run_id=fields.get("r", ""),
+                    reason=fields.get("reason", ""),
+                    ts_ms=int(fields.get("ts", "0") or 0),
+                    fields=fields,
+                )
+            )
+    return sorted(found, key=lambda d: d.ts_ms)
+
+
+async def retry_dead(store: EventStore, run_id: str) -> str:
+    """Submit a new run with the dead run's input; returns the new run's id."""
+    letters = [d for d in await list_dead(store) if d.run_id == run_id]
+    if not letters:
+        raise NotFound(f"no dead letter for run {run_id}; `agentstream dead list` shows them")
+    history = await store.read_run(run_id, 0, 1)
+    if not history:
+        raise NotFound(
+            f"run {run_id} has expired from Redis (RUN_RETENTION_SECONDS); its input is in the event archive"
+        )
+    queued = history[0].payload
+    result = await store.submit(
+        SubmitRequest(
+            agent_key=str(queued["agent_key"]),
+            owner=str(queued["owner"]),
+            messages=list(queued.get("messages") or []),
+            params=dict(queued.get("params") or {}),
+            metadata={**dict(queued.get("metadata") or {}), "retry_of": run_id},
+            conversation_id=queued.get("conversation_id") or None,
+            max_attempts=int(queued.get("max_attempts") or store.settings.MAX_RETRIES),
+        )
+    )
+    for letter in letters:
+        await store.redis.xdel(store.keys.dead(letter.partition), letter.entry_id)
+    return result.run_id
+
+
+async def purge_dead(store: EventStore) -> int:
+    """Remove every dead letter; returns how many there were."""
+    async with store.redis.pipeline(transaction=False) as pipe:
+        for p in range(store.settings.PARTITIONS):
+            pipe.xlen(store.keys.dead(p))
+            pipe.delete(store.keys.dead(p))
+        replies = await pipe.execute()
+    return sum(int(n) for n in replies[::2])

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+
+from agentstream.core.deadletters import list_dead, purge_dead, retry_dead
+from agentstream.core.errors import NotFound
+from agentstream.core.store import EventStore, SubmitRequest
+from tests.core.storetools import claim
+
+
+async def dead_run(store: EventStore) -> str:
+    run_id = (
+        await store.submit(
+            SubmitRequest(
+                agent_key="a", owner="user:9", messages=[{"role": "user", "content": "x"}], max_attempts=1
+            )
+        )
+    ).run_id
+    c = await claim(store, run_id)
+    await store.schedule_retry(run_id, c.attempt, 0, {"type": "Boom", "message": "always"})
+    return run_id
+
+
+async def test_a_dead_letter_is_listed_replayed_as_a_new_run_and_removed(store: EventStore) -> None:
+    run_id = await dead_run(store)
+    [letter] = await list_dead(store)
+    assert (letter.run_id, letter.reason) == (run_id, "retries exhausted")
+
+    new_id = await retry_dead(store, run_id)
+
+    assert new_id != run_id
+    [queued] = await store.read_run(new_id)
+    assert queued.payload["messages"] == [{"role": "user", "content": "x"}]
+    assert queued.payload["metadata"] == {"retry_of": run_id}
+    assert queued.payload["owner"] == "user:9"
+    assert await list_dead(store) == []
+    old = await store.run_state(run_id)
+    assert old is not None and old.status == "failed"  # the dead run itself stays failed
+
+
+async def test_replaying_an_unknown_dead_letter_says_how_to_find_them(store: EventStore) -> None:
+    with pytest.raises(NotFound, match="agentstream dead list"):
+        await retry_dead(store, "00000000-0000-4000-8000-000000000000")
+
+
+async def test_purge_removes_every_dead_letter(store: EventStore) -> None:
+    await dead_run(store)
+    await dead_run(store)
+    assert await purge_dead(store) == 2
+    assert await list_dead(store) == []
