@@ -22,6 +22,9 @@ from agentstream.core.keys import Keys
 
 POLICIES = ("enqueue", "reject", "interrupt")
 
+# AGENTSTREAM_* environment variables that configure the demo process, not the runtime.
+ENV_ONLY_NAMES = ("DEMO_TOKEN", "DEMO_DIR", "LOG_LEVEL")
+
 # django-agent-runtime settings that have no meaning in agentstream, with what to do instead.
 SEED_ONLY_KEYS: Mapping[str, str] = {
     "QUEUE_BACKEND": "the queue is always Redis Streams consumer groups; remove it",
@@ -145,7 +148,8 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str], prefix: str = "AGENTSTREAM_") -> Settings:
         """``AGENTSTREAM_<KEY>`` variables (``REDIS_URL`` also unprefixed, as users expect)."""
         values = {k[len(prefix) :]: v for k, v in environ.items() if k.startswith(prefix)}
-        values.pop("DEMO_TOKEN", None)  # the demo's own variable, not a runtime setting
+        for name in ENV_ONLY_NAMES:
+            values.pop(name, None)
         if "REDIS_URL" in environ and "REDIS_URL" not in values:
             values["REDIS_URL"] = environ["REDIS_URL"]
         return cls.from_mapping(values)
