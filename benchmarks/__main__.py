@@ -7,6 +7,7 @@ import asyncio
 import importlib
 import sys
 
+from benchmarks import report
 from benchmarks.common import Options, Record, save, table
 
 SCENARIOS = ["limit", "append"]
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table(got), flush=True)
         records += got
     save(records)
+    report.write()
     return 0
 
 
