@@ -26,12 +26,11 @@ from typing import Any
 
 from django.db import connections, transaction
 
-from agentstream.core.codec import decode_entry
 from agentstream.core.errors import CorruptEntry
 from agentstream.core.events import Event
-from agentstream.core.ids import is_valid_id
 from agentstream.core.keys import Keys
 from agentstream.core.store import Redis
+from agentstream.projections.entries import decode_log_entry
 from agentstream.projections.projection import Projection
 from agentstream.projections.sql import Skipped, SqlWriter
 
@@ -84,11 +83,7 @@ def decode_delivery(partition_entries: Sequence[tuple[int, Sequence[tuple[Any, A
             if not fields:  # deleted while pending
                 continue
             try:
-                event = decode_entry(fields)
-                if event.run_id and not is_valid_id(event.run_id):
-                    raise CorruptEntry(f"run id {event.run_id!r} is not a uuid")
-                if not event.run_id and not is_valid_id(event.conversation_id):
-                    raise CorruptEntry(f"entry has neither a run id nor a conversation id ({event.type})")
+                event = decode_log_entry(fields)
             except CorruptEntry as exc:
                 delivery.skipped.append(Skipped(partition, entry_id, str(exc), repr(dict(fields))))
                 continue

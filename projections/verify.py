@@ -16,7 +16,6 @@ from typing import Any
 
 from django.apps import apps
 
-from agentstream.core.codec import decode_entry
 from agentstream.core.errors import AgentStreamError, CorruptEntry
 from agentstream.core.events import Event, Visibility
 from agentstream.core.keys import Keys
@@ -27,6 +26,7 @@ from agentstream.core.state import (
     evolve_conversation,
 )
 from agentstream.core.store import Redis
+from agentstream.projections.entries import decode_log_entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +79,7 @@ async def log_events(redis: Redis, keys: Keys, page: int = 5000) -> AsyncIterato
                 break
             for _, fields in entries:
                 try:
-                    yield decode_entry(fields)
+                    yield decode_log_entry(fields)
                 except CorruptEntry:
                     continue
             last = entries[-1][0]

@@ -52,13 +52,14 @@ _suffix = os.getpid()
 _sqlite_dir = tempfile.mkdtemp(prefix="agentstream-tests-")
 _embedded = {
     "ENGINE": "django.db.backends.sqlite3",
-    "NAME": os.path.join(_sqlite_dir, "embedded.sqlite3"),
+    # a test's subprocess (a projector, a worker) is pointed at the test's own databases by env
+    "NAME": os.environ.get("AGENTSTREAM_TEST_EMBEDDED_NAME") or os.path.join(_sqlite_dir, "embedded.sqlite3"),
     "TEST": {"NAME": os.path.join(_sqlite_dir, f"test_embedded_{_suffix}.sqlite3")},
 }
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.postgresql",
-        "NAME": (_pg.path or "/test").lstrip("/"),
+        "NAME": os.environ.get("AGENTSTREAM_TEST_DEFAULT_NAME") or (_pg.path or "/test").lstrip("/"),
         "USER": _pg.username or "postgres",
         "PASSWORD": _pg.password or "",
         "HOST": _pg.hostname or "127.0.0.1",
@@ -72,6 +73,6 @@ DATABASES = {
 
 AGENTSTREAM = {
     "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-    "KEY_PREFIX": f"astest{_suffix}",
+    "KEY_PREFIX": os.environ.get("AGENTSTREAM_KEY_PREFIX", f"astest{_suffix}"),
     "PARTITIONS": 4,
 }

@@ -1,0 +1,140 @@
+"""``python manage.py runprojector [--projections a,b] [--processes N] [--burst]``: project the
+partition logs into the read-models (and users' projections) until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import subprocess
+import sys
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from agentstream.core.errors import ConfigurationError
+from agentstream.core.store import redis_from_url
+from agentstream.django_app.conf import runtime_settings
+from agentstream.projections.logs import lag, trim_logs
+from agentstream.projections.projection import load_projections
+from agentstream.projections.projector import Projector, ProjectorOptions
+
+log = logging.getLogger("agentstream.projections")
+
+
+class Command(BaseCommand):
+    help = "Project the partition logs into the read-models (and every PROJECTIONS entry)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--projections", default="", help="comma-separated names (default: all configured)"
+        )
+        parser.add_argument("--processes", type=int, default=1, help="projector processes sharing the groups")
+        parser.add_argument("--burst", action="store_true", help="drain the logs, then exit")
+        parser.add_argument("--database", default="default", help="the Django database alias to write")
+        parser.add_argument(
+            "--batch", type=int, default=None, help="entries per read (default PROJECTOR_BATCH)"
+        )
+        parser.add_argument("--block-ms", type=int, default=1000, help="how long an idle read blocks")
+        parser.add_argument(
+            "--claim-idle-ms",
+            type=int,
+            default=30_000,
+            help="take over entries pending this long (dead consumers)",
+        )
+        parser.add_argument("--claim-every-s", type=float, default=5.0, help="how often to look for them")
+        parser.add_argument(
+            "--trim-every-s", type=float, default=60.0, help="how often to trim the logs (0: never)"
+        )
+        parser.add_argument(
+            "--lag", action="store_true", help="print each group's lag per partition and exit"
+        )
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        if opts["processes"] > 1:
+            sys.exit(self._supervise(opts["processes"]))
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        try:
+            asyncio.run(self._main(opts))
+        except ConfigurationError as exc:
+            raise CommandError(str(exc)) from None
+
+    def _supervise(self, processes: int) -> int:
+        """N children, each a one-process projector on the same groups; SIGTERM reaches them all."""
+        argv = [a for a in sys.argv if not a.startswith("--processes")]
+        if "--processes" in sys.argv:
+            i = sys.argv.index("--processes")
+            argv = sys.argv[:i] + sys.argv[i + 2 :]
+        children = [subprocess.Popen([sys.executable, *argv, "--processes", "1"]) for _ in range(processes)]
+
+        def forward(signum: int, _: Any) -> None:
+            for child in children:
+                with contextlib.suppress(ProcessLookupError):
+                    child.send_signal(signum)
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        codes = [child.wait() for child in children]
+        return max(codes, default=0)
+
+    async def _main(self, opts: dict[str, Any]) -> None:
+        settings = runtime_settings()
+        names = [n.strip() for n in opts["projections"].split(",") if n.strip()] or None
+        projections = load_projections(settings, names)
+        all_groups = [p.group for p in load_projections(settings)]
+        redis = redis_from_url(settings.REDIS_URL)
+        keys = settings.keys
+        try:
+            if opts["lag"]:
+                for projection in projections:
+                    for row in await lag(redis, keys, projection.group):
+                        self.stdout.write(str(row))
+                return
+            options = ProjectorOptions(
+                batch=opts["batch"] or settings.PROJECTOR_BATCH,
+                block_ms=opts["block_ms"],
+                claim_idle_ms=opts["claim_idle_ms"],
+                claim_every_s=opts["claim_every_s"],
+            )
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
+            workers = [
+                Projector(redis, keys, p, database=opts["database"], options=options) for p in projections
+            ]
+            tasks = [asyncio.create_task(w.run(burst=opts["burst"], stop=stop)) for w in workers]
+            if not opts["burst"] and opts["trim_every_s"] > 0:
+                tasks.append(
+                    asyncio.create_task(
+                        self._trim(redis, keys, all_groups, settings.LOG_RETENTION_SECONDS, opts, stop)
+                    )
+                )
+            log.info("projecting %s into %r", ", ".join(p.name for p in projections), opts["database"])
+            if opts["burst"]:
+                await asyncio.gather(*tasks[: len(workers)])
+            else:
+                await asyncio.gather(*tasks)
+            self.stdout.write(f"applied {sum(w.applied for w in workers)} entries")
+        finally:
+            await redis.aclose()
+
+    @staticmethod
+    async def _trim(
+        redis: Any,
+        keys: Any,
+        groups: list[str],
+        retention_s: float,
+        opts: dict[str, Any],
+        stop: asyncio.Event,
+    ) -> None:
+        while not stop.is_set():
+            try:
+                removed = await trim_logs(redis, keys, groups, retention_s)
+                if removed:
+                    log.info("trimmed %d log entries every group acknowledged", removed)
+            except Exception as exc:  # trimming is housekeeping: never let it stop the projector
+                log.warning("trimming the logs failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=opts["trim_every_s"])
