@@ -22,17 +22,21 @@ class CancelListener:
         self._channel = channel
         self._on_cancel = on_cancel
         self.ready = asyncio.Event()  # subscribed: requests from now on are heard
+        self._stopped = False
+
+    def stop(self) -> None:
+        self._stopped = True
 
     async def run(self) -> None:
         """Listen until cancelled; reconnect after a lost connection."""
         delay_s = 0.1
-        while True:
+        while not self._stopped:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._channel)
                 self.ready.set()
                 delay_s = 0.1
-                while True:
+                while not self._stopped:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         data = message["data"]

@@ -118,6 +118,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._stop_now = asyncio.Event()
         self._rotation = 0
+        self._closing = False
         self.cancel_listener = CancelListener(store.redis, store.keys.cancel_channel(), self._on_cancel)
         self.ready = asyncio.Event()  # reading jobs and listening for cancels
 
@@ -153,9 +154,12 @@ class Worker:
                 await claim_loop  # re-raises what crashed it, after the drain below
         finally:
             await self._drain()
+            self._closing = True
+            self.cancel_listener.stop()
             for timer in timers:
                 timer.cancel()
-            await asyncio.gather(*timers, return_exceptions=True)
+            # a client library may swallow one cancellation; the flag ends the loop anyway
+            await asyncio.wait(timers, timeout=5.0)
             self._remove_signals()
             log.info("worker %s stopped: %s", self.worker_id, self._summary())
 
@@ -320,7 +324,7 @@ class Worker:
     # -- timers ----------------------------------------------------------------------------
 
     async def _every(self, interval_s: float, tick: Any) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(interval_s)
             try:
                 await tick()

@@ -79,11 +79,15 @@ def from_sdk_exception(provider: str, exc: BaseException) -> ProviderFailure | N
     """Read an SDK exception; ``None`` when it is not a provider/HTTP failure (a bug: let it raise)."""
     status = getattr(exc, "status_code", None)
     response: Any = getattr(exc, "response", None)
-    headers: Mapping[str, str] = {}
+    headers: dict[str, str] = {}
     if response is not None and hasattr(response, "headers"):
         headers = dict(response.headers.items())
         if status is None:
             status = getattr(response, "status_code", None)
+    # litellm keeps the provider's headers apart (its ``response`` is a synthetic one).
+    extra: Any = getattr(exc, "litellm_response_headers", None)
+    if extra is not None and hasattr(extra, "items"):
+        headers = {**headers, **dict(extra.items())}
     message = str(getattr(exc, "message", None) or exc) or type(exc).__name__
     if isinstance(status, int):
         return classify_status(provider, status, message, headers)

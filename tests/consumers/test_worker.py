@@ -1,0 +1,254 @@
+"""The worker engine in-process, on fakeredis and on real Redis: outcomes, retries, cancel, order."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from agentstream.consumers.worker import Worker
+from agentstream.core.events import EventType
+from agentstream.core.state import RunStatus
+from agentstream.core.store import Claim, EventStore, SubmitRequest, now_ms
+from tests.consumers import agents
+from tests.consumers.helpers import burst, running_worker, types, wait_for_event, wait_terminal
+
+
+async def submit(store: EventStore, agent_key: str, **kw: Any) -> str:
+    messages = kw.pop("messages", [{"role": "user", "content": "hi"}])
+    result = await store.submit(SubmitRequest(agent_key, "user:1", messages=messages, **kw))
+    return result.run_id
+
+
+async def test_a_run_succeeds_with_its_events_in_order_and_usage_merged(wstore: EventStore) -> None:
+    run_id = await submit(wstore, "echo")
+    worker = await burst(wstore)
+    events = await wstore.read_run(run_id)
+    assert types(events) == ["run.queued", "run.started", "assistant.message", "run.succeeded"]
+    assert [e.seq for e in events] == [1, 2, 3, 4]
+    done = events[-1].payload
+    assert done["output"] == {"echo": "hi"}
+    assert done["usage"] == {"prompt_tokens": 3, "completion_tokens": 3}  # RunResult + record_usage
+    assert done["final_messages"] == [{"role": "assistant", "content": "echo: hi"}]
+    assert events[1].payload["worker"] == worker.worker_id
+    assert worker.worker_id.count(":") == 2  # host:pid:random
+
+
+async def test_many_deltas_are_coalesced_into_a_few_appends_in_order(wstore: EventStore) -> None:
+    calls: list[int] = []
+    original = wstore.append_many
+
+    async def counting(run_id: str, attempt: int, events: Any) -> Any:
+        batch = list(events)
+        calls.append(len(batch))
+        return await original(run_id, attempt, batch)
+
+    wstore.append_many = counting  # type: ignore[method-assign]
+    run_id = await submit(wstore, "streamer", params={"n": 500})
+    await burst(wstore)
+    events = await wstore.read_run(run_id)
+    deltas = [e.payload["delta"] for e in events if e.type == "assistant.delta"]
+    assert deltas == [f"{i} " for i in range(500)]
+    assert sum(calls) == 501 and len(calls) <= 10, calls
+    assert events[-1].type == "run.succeeded"
+
+
+async def test_a_queued_run_that_is_cancelled_never_starts(wstore: EventStore) -> None:
+    run_id = await submit(wstore, "echo")
+    outcome = await wstore.cancel(run_id, reason="changed my mind")
+    assert outcome.cancelled
+    await burst(wstore)
+    assert types(await wstore.read_run(run_id)) == ["run.queued", "run.cancelled"]
+
+
+async def test_cancelling_a_running_agent_cancels_its_task_within_100_ms_and_calls_its_cancel_hook(
+    wstore: EventStore,
+) -> None:
+    async with running_worker(wstore):
+        run_id = await submit(wstore, "sleeper", params={"sleep_s": 60})
+        await asyncio.wait_for(agents.started(run_id).wait(), 10)
+        requested = time.monotonic()
+        await wstore.cancel(run_id, reason="user pressed stop")
+        state = await wait_terminal(wstore, run_id)
+    took_ms = (agents.CANCELLED_AT[run_id] - requested) * 1000
+    print(f"cancel request -> agent task cancelled: {took_ms:.1f} ms")
+    assert took_ms < 100, took_ms
+    assert state.status is RunStatus.CANCELLED
+    assert ("cancel", run_id) in agents.HOOKS_CALLED
+    events = await wstore.read_run(run_id)
+    assert types(events)[-3:] == ["run.cancel_requested", "agent.cleanup", "run.cancelled"]
+    assert events[-1].payload["partial_output"] == {"content": "thinking"}
+
+
+async def test_a_run_over_its_timeout_ends_timed_out(wstore: EventStore) -> None:
+    run_id = await submit(wstore, "sleeper", params={"sleep_s": 60}, timeout_s=0.3)
+    started = time.monotonic()
+    await burst(wstore)
+    assert time.monotonic() - started < 5
+    events = await wstore.read_run(run_id)
+    assert events[-1].type == "run.timed_out"
+    assert events[-1].payload["error"]["type"] == "RunTimeout"
+
+
+@pytest.mark.slow
+async def test_retriable_errors_back_off_exponentially_and_resume_from_the_checkpoint(
+    wstore: EventStore,
+) -> None:
+    run_id = await submit(wstore, "flaky", params={"succeed_on": 3})
+    await burst(wstore)
+    events = await wstore.read_run(run_id)
+    assert events[-1].type == "run.succeeded"
+    assert events[-1].payload["output"] == {"attempts_seen": [1, 2, 3]}  # get_state saw earlier checkpoints
+    retrying = [e for e in events if e.type == "run.retrying"]
+    starts = [e for e in events if e.type == "run.started"]
+    assert len(retrying) == 2 and len(starts) == 3
+    for n, (retry, next_start) in enumerate(zip(retrying, starts[1:], strict=True), start=1):
+        delay_s = retry.payload["delay_s"]
+        assert 0.5 * 2**n <= delay_s <= 2**n  # base ** attempt, jittered into [0.5, 1]
+        waited_s = (next_start.ts_ms - retry.ts_ms) / 1000
+        assert delay_s <= waited_s + 0.01 < delay_s + 1.0, (n, delay_s, waited_s)
+        assert retry.payload["error"]["type"] == "ConnectionResetError"
+
+
+async def test_retry_with_a_fixed_delay_waits_that_long(wstore: EventStore) -> None:
+    run_id = await submit(wstore, "retry-later", params={"delay_s": 0.4})
+    await burst(wstore)
+    events = await wstore.read_run(run_id)
+    retry = next(e for e in events if e.type == "run.retrying")
+    second = [e for e in events if e.type == "run.started"][1]
+    assert retry.payload["delay_s"] == 0.4
+    assert 400 <= second.ts_ms - retry.ts_ms < 1400
+    assert events[-1].payload["output"] == {"attempt": 2}
+
+
+async def test_a_permanent_failure_fails_at_once_without_a_retry(wstore: EventStore) -> None:
+    run_id = await submit(wstore, "permanent")
+    await burst(wstore)
+    events = await wstore.read_run(run_id)
+    assert types(events) == ["run.queued", "run.started", "run.failed"]
+    error = events[-1].payload["error"]
+    assert error["type"] == "PermanentFailure" and error["retriable"] is False
+    assert "the prompt is invalid" in error["message"] and "Traceback" in error["stack"]
+
+
+async def test_on_error_can_classify_an_error_as_not_retriable(wstore: EventStore) -> None:
+    run_id = await submit(wstore, "classified")
+    await burst(wstore)
+    events = await wstore.read_run(run_id)
+    assert types(events) == ["run.queued", "run.started", "run.failed"]
+    assert events[-1].payload["error"]["details"] == {"hint": "fix the tool"}
+    assert ("on_error", run_id) in agents.HOOKS_CALLED
+
+
+async def test_retries_stop_at_max_attempts_with_run_failed_and_a_dead_letter(wstore: EventStore) -> None:
+    run_id = await submit(wstore, "flaky", max_attempts=2, params={"succeed_on": 99})
+    await burst(wstore)
+    events = await wstore.read_run(run_id)
+    assert types(events).count("run.started") == 2
+    assert events[-1].type == "run.failed"
+    partition = wstore.keys.run_partition(run_id)
+    dead = await wstore.redis.xrange(wstore.keys.dead(partition))
+    assert [f[b"r"].decode() for _, f in dead] == [run_id]
+
+
+async def test_twenty_runs_of_one_conversation_run_strictly_in_submit_order(wstore: EventStore) -> None:
+    conv = await wstore.create_conversation("user:1")
+    run_ids = [
+        await submit(wstore, "sleeper", conversation_id=conv, params={"sleep_s": 0.01}) for _ in range(20)
+    ]
+    await burst(wstore, concurrency=10)
+    spans = []
+    for run_id in run_ids:
+        events = await wstore.read_run(run_id)
+        assert events[-1].type == "run.succeeded"
+        spans.append((events[1].ts_ms, events[-1].ts_ms, events[-1].seq))
+    for (_, end, _), (start, _, _) in zip(spans, spans[1:], strict=False):
+        assert start >= end  # each started after the previous one ended
+
+
+async def test_interrupt_policy_cancels_the_active_run_and_runs_the_new_one(wstore: EventStore) -> None:
+    conv = await wstore.create_conversation("user:1")
+    async with running_worker(wstore):
+        first = await submit(wstore, "sleeper", conversation_id=conv, params={"sleep_s": 60})
+        await asyncio.wait_for(agents.started(first).wait(), 10)
+        second = await submit(wstore, "echo", conversation_id=conv, policy="interrupt")
+        assert (await wait_terminal(wstore, first)).status is RunStatus.CANCELLED
+        assert (await wait_terminal(wstore, second)).status is RunStatus.SUCCEEDED
+
+
+async def test_a_scheduled_run_starts_no_earlier_than_its_time(wstore: EventStore) -> None:
+    run_at = now_ms() + 500
+    run_id = await submit(wstore, "echo", run_at_ms=run_at)
+    await burst(wstore)
+    started = next(e for e in await wstore.read_run(run_id) if e.type == "run.started")
+    assert run_at <= started.ts_ms < run_at + 1000
+
+
+async def test_a_worker_serves_only_its_agent_keys_and_leaves_other_jobs_queued(wstore: EventStore) -> None:
+    mine = [await submit(wstore, "echo") for _ in range(5)]
+    theirs = [await submit(wstore, "other") for _ in range(5)]
+    async with running_worker(wstore, agent_keys=["echo"]):
+        for run_id in mine:
+            assert (await wait_terminal(wstore, run_id)).status is RunStatus.SUCCEEDED
+    for run_id in theirs:
+        assert (await wstore.run_state(run_id)).status is RunStatus.QUEUED  # type: ignore[union-attr]
+    await burst(wstore, agent_keys=["other"])
+    for run_id in theirs:
+        assert (await wstore.run_state(run_id)).status is RunStatus.SUCCEEDED  # type: ignore[union-attr]
+
+
+async def test_an_attempt_that_was_taken_over_is_fenced_out_and_writes_nothing_more(
+    wstore: EventStore,
+) -> None:
+    run_id = await submit(wstore, "ticker", params={"ticks": 400, "every_s": 0.02})
+    async with running_worker(wstore) as worker:
+        await wait_for_event(wstore, run_id, "tick")
+        job = (await wstore.redis.hget(wstore.keys.run_state(run_id), "job")).decode()
+        takeover = await wstore.begin_attempt(run_id, job, "thief", "ticker")  # what a reclaim does
+        assert isinstance(takeover, Claim) and takeover.attempt == 2
+        deadline = time.monotonic() + 5
+        while run_id in worker.attempts and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert run_id not in worker.attempts  # the old attempt stopped
+    events = await wstore.read_run(run_id)
+    after = [e for e in events if e.seq > takeover.seq]
+    assert all(e.attempt == 2 for e in after), [(e.type, e.attempt) for e in after]
+    assert (await wstore.run_state(run_id)).status is RunStatus.RUNNING  # type: ignore[union-attr]
+
+
+async def test_stop_with_grace_lets_running_attempts_finish(wstore: EventStore) -> None:
+    run_id = await submit(wstore, "sleeper", params={"sleep_s": 0.3})
+    worker = Worker(wstore, agents.registry(), handle_signals=False, block_ms=100, grace_s=10)
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(agents.started(run_id).wait(), 10)
+    worker.stop()
+    await asyncio.wait_for(task, 10)
+    assert (await wstore.run_state(run_id)).status is RunStatus.SUCCEEDED  # type: ignore[union-attr]
+
+
+async def test_stop_past_the_grace_hands_the_run_back_and_another_worker_finishes_it(
+    wstore: EventStore,
+) -> None:
+    run_id = await submit(wstore, "sleeper", params={"sleep_s": 1.0})
+    worker = Worker(wstore, agents.registry(), handle_signals=False, block_ms=100, grace_s=0.05)
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(agents.started(run_id).wait(), 10)
+    worker.stop()
+    await asyncio.wait_for(task, 10)
+    assert (await wstore.run_state(run_id)).status is RunStatus.RUNNING  # type: ignore[union-attr]
+    handed_back = time.monotonic()
+    async with running_worker(wstore):
+        state = await wait_terminal(wstore, run_id)
+    assert state.status is RunStatus.SUCCEEDED and state.attempt == 2
+    assert time.monotonic() - handed_back < 5  # reclaimed at once, not after a full lease
+
+
+async def test_a_job_whose_run_already_ended_is_acked_and_dropped(wstore: EventStore) -> None:
+    run_id = await submit(wstore, "echo")
+    await burst(wstore)
+    partition = wstore.keys.run_partition(run_id)
+    assert await wstore.redis.xlen(wstore.keys.queue(partition, "echo")) == 0
+    events = await wstore.read_run(run_id)
+    assert types(events).count(EventType.RUN_STARTED) == 1
