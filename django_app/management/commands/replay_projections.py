@@ -4,7 +4,6 @@ from history, beside the live read-model, switched in at one commit."""
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from typing import Any
 
@@ -41,8 +40,8 @@ class Command(BaseCommand):
             now = time.monotonic()
             if now - last_draw[0] >= 0.2 or progress.done >= progress.total:
                 last_draw[0] = now
-                sys.stderr.write("\r" + progress.bar())
-                sys.stderr.flush()
+                self.stderr.write("\r" + progress.bar(), ending="")
+                self.stderr.flush()
 
         started = time.perf_counter()
         if opts["source"] == "archive":
@@ -50,7 +49,7 @@ class Command(BaseCommand):
         else:
             pages = asyncio.run(self._log_pages(opts["page"]))
             done = replay_events(projections, pages, opts["database"], progress=show)
-        sys.stderr.write("\n")
+        self.stderr.write("")
         elapsed = time.perf_counter() - started
         rate = done / elapsed if elapsed else 0.0
         self.stdout.write(f"replayed {done:,} events in {elapsed:.1f}s ({rate:,.0f}/s)")
