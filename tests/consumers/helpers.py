@@ -66,3 +66,12 @@ async def wait_for_event(store: EventStore, run_id: str, event_type: str, timeou
 
 def types(events: list[Event]) -> list[str]:
     return [e.type for e in events]
+
+
+async def wait_until(predicate: Any, timeout_s: float = 10, what: str = "condition") -> None:
+    """Poll ``predicate()`` until true; a deadline is the backstop."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout_s}s")
+        await asyncio.sleep(0.01)

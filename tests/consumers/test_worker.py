@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any
 
@@ -13,7 +14,7 @@ from agentstream.core.events import EventType
 from agentstream.core.state import RunStatus
 from agentstream.core.store import Claim, EventStore, SubmitRequest, now_ms
 from tests.consumers import agents
-from tests.consumers.helpers import burst, running_worker, types, wait_for_event, wait_terminal
+from tests.consumers.helpers import burst, running_worker, types, wait_for_event, wait_terminal, wait_until
 
 
 async def submit(store: EventStore, agent_key: str, **kw: Any) -> str:
@@ -164,7 +165,7 @@ async def test_twenty_runs_of_one_conversation_run_strictly_in_submit_order(wsto
         events = await wstore.read_run(run_id)
         assert events[-1].type == "run.succeeded"
         spans.append((events[1].ts_ms, events[-1].ts_ms, events[-1].seq))
-    for (_, end, _), (start, _, _) in zip(spans, spans[1:], strict=False):
+    for (_, end, _), (start, _, _) in itertools.pairwise(spans):
         assert start >= end  # each started after the previous one ended
 
 
@@ -208,10 +209,7 @@ async def test_an_attempt_that_was_taken_over_is_fenced_out_and_writes_nothing_m
         job = (await wstore.redis.hget(wstore.keys.run_state(run_id), "job")).decode()
         takeover = await wstore.begin_attempt(run_id, job, "thief", "ticker")  # what a reclaim does
         assert isinstance(takeover, Claim) and takeover.attempt == 2
-        deadline = time.monotonic() + 5
-        while run_id in worker.attempts and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert run_id not in worker.attempts  # the old attempt stopped
+        await wait_until(lambda: run_id not in worker.attempts, 5, "the old attempt stopped")
     events = await wstore.read_run(run_id)
     after = [e for e in events if e.seq > takeover.seq]
     assert all(e.attempt == 2 for e in after), [(e.type, e.attempt) for e in after]
