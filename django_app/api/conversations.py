@@ -1,0 +1,142 @@
+"""``conversations/``: create, list, retrieve, rename / metadata (PATCH), delete, messages.
+
+Every change is an event (``conversation.*``) written by the store and projected; answers after a
+write come from what was written, so they never wait for the projector.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django.utils import timezone
+from rest_framework import status
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from agentstream.django_app import hooks
+from agentstream.django_app.api.base import AgentViewSet
+from agentstream.django_app.api.reads import conversation_from_row, message_history
+from agentstream.django_app.api.schema import extend_schema
+from agentstream.django_app.api.serializers import (
+    ConversationCreateSerializer,
+    ConversationSerializer,
+    ConversationUpdateSerializer,
+    MessagesSerializer,
+)
+from agentstream.django_app.api.snapshots import conversation_snapshot
+from agentstream.django_app.models import Conversation
+
+
+class BaseAgentConversationViewSet(AgentViewSet):
+    """Conversations of the caller. Subclass it to set authentication and permissions."""
+
+    noun = "conversation"
+    serializer_class = ConversationSerializer
+
+    def get_queryset(self) -> Any:
+        if getattr(self, "swagger_fake_view", False):  # schema generation: no caller
+            return Conversation.objects.none()
+        return Conversation.objects.filter(owner=self.owner, deleted_at__isnull=True).order_by(
+            "-created_at", "-id"
+        )
+
+    def _current(self, conversation_id: str) -> dict[str, Any]:
+        """The conversation as it is now: its row, or (not projected yet) its Redis state."""
+        owner = self.owner
+        store = self.backend.store
+        state = self.backend.call(lambda: conversation_snapshot(store, conversation_id))
+        row = Conversation.objects.filter(id=conversation_id, owner=owner).first()
+        if state is not None and (state.get("owner") != owner or state.get("deleted") == "1"):
+            raise NotFound(f"no such conversation {conversation_id!r}")
+        if row is not None and row.deleted_at is None:
+            return conversation_from_row(row)
+        if row is None and state is not None:
+            created_ms = int(state.get("created") or 0)
+            created = dt.datetime.fromtimestamp(created_ms / 1000, tz=dt.UTC) if created_ms else None
+            return {
+                "id": conversation_id,
+                "agent_key": state.get("agent", ""),
+                "title": "",
+                "metadata": {},
+                "run_count": 0,
+                "created_at": created,
+                "updated_at": created,
+                "last_activity_at": created,
+            }
+        raise NotFound(f"no such conversation {conversation_id!r}")
+
+    @extend_schema(responses=ConversationSerializer(many=True))
+    def list(self, request: Request) -> Response:
+        queryset = self.get_queryset()
+        page = self.paginate_queryset(queryset)
+        rows = page if page is not None else list(queryset)
+        data = ConversationSerializer([conversation_from_row(r) for r in rows], many=True).data
+        return self.get_paginated_response(data) if page is not None else Response(data)
+
+    @extend_schema(request=ConversationCreateSerializer, responses={201: ConversationSerializer})
+    def create(self, request: Request) -> Response:
+        owner = self.owner
+        serializer = ConversationCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        if not hooks.authorize(request.user, "create_conversation", data):
+            raise PermissionDenied("AUTHZ_HOOK refused to create this conversation")
+        store = self.backend.store
+        conversation_id = self.backend.call(
+            lambda: store.create_conversation(
+                owner, agent_key=data["agent_key"], title=data["title"], metadata=data["metadata"]
+            )
+        )
+        now = timezone.now()
+        body = {
+            "id": conversation_id,
+            **data,
+            "run_count": 0,
+            "created_at": now,
+            "updated_at": now,
+            "last_activity_at": now,
+        }
+        return Response(ConversationSerializer(body).data, status=status.HTTP_201_CREATED)
+
+    def retrieve(self, request: Request, pk: str | None = None) -> Response:
+        return Response(ConversationSerializer(self._current(self.object_id())).data)
+
+    @extend_schema(request=ConversationUpdateSerializer, responses=ConversationSerializer)
+    def partial_update(self, request: Request, pk: str | None = None) -> Response:
+        conversation_id = self.object_id()
+        owner = self.owner
+        serializer = ConversationUpdateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        if not hooks.authorize(request.user, "update_conversation", {"id": conversation_id, **data}):
+            raise PermissionDenied("AUTHZ_HOOK refused to change this conversation")
+        store = self.backend.store
+        self.backend.call(
+            lambda: store.update_conversation(
+                conversation_id, owner, title=data.get("title"), metadata=data.get("metadata")
+            )
+        )
+        body = {**self._current(conversation_id), **data, "updated_at": timezone.now()}
+        return Response(ConversationSerializer(body).data)
+
+    @extend_schema(responses={204: None})
+    def destroy(self, request: Request, pk: str | None = None) -> Response:
+        conversation_id = self.object_id()
+        owner = self.owner
+        if not hooks.authorize(request.user, "delete_conversation", {"id": conversation_id}):
+            raise PermissionDenied("AUTHZ_HOOK refused to delete this conversation")
+        store = self.backend.store
+        self.backend.call(lambda: store.delete_conversation(conversation_id, owner))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(responses=MessagesSerializer)
+    @action(detail=True, methods=["get"])
+    def messages(self, request: Request, pk: str | None = None) -> Response:
+        conversation_id = self.object_id()
+        self._current(conversation_id)  # 404 unless it is the caller's and not deleted
+        row = Conversation.objects.filter(id=conversation_id, owner=self.owner).first()
+        messages = message_history(row) if row is not None else []
+        return Response(MessagesSerializer({"conversation_id": conversation_id, "messages": messages}).data)

@@ -1,0 +1,39 @@
+"""Query filters of the run list: ``status``, ``agent_key``, ``conversation`` (validated: 400)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+
+from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter
+from rest_framework.exceptions import ValidationError
+
+from agentstream.core.state import RunStatus
+from agentstream.django_app.models import Run
+
+RUN_FILTERS = [
+    OpenApiParameter("status", OpenApiTypes.STR, enum=[s.value for s in RunStatus]),
+    OpenApiParameter("agent_key", OpenApiTypes.STR),
+    OpenApiParameter("conversation", OpenApiTypes.UUID),
+]
+
+
+def filter_runs(queryset: QuerySet[Run], params: Mapping[str, str]) -> QuerySet[Run]:
+    status = params.get("status")
+    if status:
+        if status not in RunStatus.__members__.values():
+            choices = ", ".join(s.value for s in RunStatus)
+            raise ValidationError({"status": [f"unknown status {status!r}; use one of {choices}"]})
+        queryset = queryset.filter(status=status)
+    agent_key = params.get("agent_key")
+    if agent_key:
+        queryset = queryset.filter(agent_key=agent_key)
+    conversation = params.get("conversation")
+    if conversation:
+        try:
+            queryset = queryset.filter(conversation_id=uuid.UUID(conversation))
+        except ValueError:
+            raise ValidationError({"conversation": ["must be a conversation id (a UUID)"]}) from None
+    return queryset

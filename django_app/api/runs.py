@@ -1,0 +1,236 @@
+"""``runs/``: submit, list, retrieve, cancel, and the SSE stream. Append-only: no PUT/PATCH/DELETE."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.urls import NoReverseMatch
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
+from rest_framework import status
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.reverse import reverse
+
+from agentstream.core.errors import NotFound as StoreNotFound
+from agentstream.core.errors import RunTerminal
+from agentstream.core.store import SubmitRequest
+from agentstream.django_app import hooks
+from agentstream.django_app.api.agent_keys import known_agent_keys
+from agentstream.django_app.api.base import AgentViewSet
+from agentstream.django_app.api.filters import RUN_FILTERS, filter_runs
+from agentstream.django_app.api.reads import (
+    archived_event_data,
+    run_from_row,
+    run_from_state,
+    state_is_ahead,
+)
+from agentstream.django_app.api.schema import extend_schema
+from agentstream.django_app.api.serializers import (
+    CancelResultSerializer,
+    CancelSerializer,
+    RunCreateSerializer,
+    RunSerializer,
+    RunWithEventsSerializer,
+)
+from agentstream.django_app.api.snapshots import run_snapshot
+from agentstream.django_app.models import Event, Run
+from agentstream.django_app.sse.framing import VisibilityFilter, event_data
+from agentstream.django_app.sse.views import EventStreamRenderer, event_stream, stream_parameters
+
+EVENTS_LIMIT = 5000  # ?events=true on one run: more than this, use the stream
+
+TRUE = ("1", "true", "yes", "on")
+
+
+def flag(request: Request, name: str) -> bool:
+    return str(request.query_params.get(name, "")).lower() in TRUE
+
+
+def visibility_filter(request: Request) -> VisibilityFilter:
+    from agentstream.django_app.conf import runtime_settings
+
+    return VisibilityFilter(
+        include_debug=flag(request, "include_debug") or runtime_settings().DEBUG_MODE,
+        include_all=flag(request, "include_all"),
+    )
+
+
+VISIBILITY_PARAMS = [
+    OpenApiParameter("include_debug", OpenApiTypes.BOOL, description="also debug-level events"),
+    OpenApiParameter("include_all", OpenApiTypes.BOOL, description="every event, internal ones too"),
+]
+
+
+class BaseAgentRunViewSet(AgentViewSet):
+    """Runs of the caller. Subclass it to set authentication and permissions."""
+
+    noun = "run"
+    serializer_class = RunSerializer
+
+    def get_queryset(self) -> Any:
+        if getattr(self, "swagger_fake_view", False):  # schema generation: no caller
+            return Run.objects.none()
+        return Run.objects.filter(owner=self.owner).order_by("-created_at", "-id")
+
+    # -- submit -------------------------------------------------------------------------------
+
+    @extend_schema(
+        request=RunCreateSerializer,
+        responses={
+            201: RunSerializer,
+            200: OpenApiResponse(RunSerializer, "the run this idempotency key names"),
+        },
+    )
+    def create(self, request: Request) -> Response:
+        owner = self.owner
+        backend = self.backend
+        serializer = RunCreateSerializer(
+            data=request.data, known_agent_keys=lambda: known_agent_keys(backend)
+        )
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        if not hooks.authorize(request.user, "create_run", data):
+            raise PermissionDenied("AUTHZ_HOOK refused to create this run")
+        if not hooks.within_quota(request.user, data["agent_key"]):
+            from agentstream.django_app.api.exceptions import QuotaExceeded
+
+            raise QuotaExceeded(f"quota exceeded for agent {data['agent_key']!r}; try again later")
+        run_at = data["run_at"]
+        submit = SubmitRequest(
+            agent_key=data["agent_key"],
+            owner=owner,
+            messages=data["messages"],
+            params=data["params"],
+            metadata=data["metadata"],
+            conversation_id=str(data["conversation_id"]) if data["conversation_id"] else None,
+            idempotency_key=data["idempotency_key"],
+            max_attempts=data["max_attempts"],
+            run_at_ms=int(run_at.timestamp() * 1000) if run_at else None,
+            policy=data["multitask_strategy"],
+        )
+        store = backend.store
+        result = backend.call(lambda: store.submit(submit))
+        state, queued = backend.call(lambda: run_snapshot(store, result.run_id))
+        if state is None:  # expired between the two calls: only an idempotent replay can see this
+            raise NotFound(f"run {result.run_id} has expired")
+        body = RunSerializer(run_from_state(state, queued, None)).data
+        return Response(
+            body,
+            status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
+            headers={"Location": self._location(request, result.run_id)},
+        )
+
+    def _location(self, request: Request, run_id: str) -> str:
+        name = (
+            f"{request.resolver_match.namespace}:"
+            if request.resolver_match and request.resolver_match.namespace
+            else ""
+        )
+        try:
+            return str(reverse(f"{name}agentstream-run-detail", kwargs={"pk": run_id}, request=request))
+        except NoReverseMatch:
+            return request.build_absolute_uri(f"{run_id}/")
+
+    # -- reads --------------------------------------------------------------------------------
+
+    @extend_schema(parameters=RUN_FILTERS, responses=RunSerializer(many=True))
+    def list(self, request: Request) -> Response:
+        queryset = filter_runs(self.get_queryset(), request.query_params)
+        page = self.paginate_queryset(queryset)
+        rows = page if page is not None else list(queryset)
+        data = RunSerializer([run_from_row(r) for r in rows], many=True).data
+        return self.get_paginated_response(data) if page is not None else Response(data)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("events", OpenApiTypes.BOOL, description="include the run's events"),
+            *VISIBILITY_PARAMS,
+        ],
+        responses=RunWithEventsSerializer,
+    )
+    def retrieve(self, request: Request, pk: str | None = None) -> Response:
+        run_id = self.object_id()
+        owner = self.owner
+        row = Run.objects.filter(id=run_id, owner=owner).first()
+        store = self.backend.store
+        state, queued = self.backend.call(lambda: run_snapshot(store, run_id))
+        if state is not None and state.owner != owner:
+            raise NotFound(f"no such run {run_id!r}")
+        if state_is_ahead(state, row):
+            assert state is not None
+            run = run_from_state(state, queued, row)
+        elif row is not None:
+            run = run_from_row(row)
+        else:
+            raise NotFound(f"no such run {run_id!r}")
+        body: dict[str, Any] = dict(RunSerializer(run).data)
+        if flag(request, "events"):
+            body["events"] = self._events(run_id, visibility_filter(request), from_stream=state is not None)
+        return Response(body)
+
+    def _events(self, run_id: str, wanted: VisibilityFilter, *, from_stream: bool) -> list[dict[str, Any]]:
+        if from_stream:  # the stream has every event, deltas included, until it expires
+            store = self.backend.store
+            events = self.backend.call(lambda: store.read_run(run_id, 0, EVENTS_LIMIT))
+            return [event_data(e) for e in events if wanted.wants(e)]
+        from agentstream.django_app.api.reads import archived_as_stream_event
+
+        rows = Event.objects.filter(run_id=run_id).order_by("seq")[:EVENTS_LIMIT]
+        return [archived_event_data(r) for r in rows if wanted.wants(archived_as_stream_event(r))]
+
+    # -- cancel -------------------------------------------------------------------------------
+
+    @extend_schema(request=CancelSerializer, responses={202: CancelResultSerializer})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        run_id = self.object_id()
+        owner = self.owner
+        serializer = CancelSerializer(data=request.data or {})
+        serializer.is_valid(raise_exception=True)
+        if not hooks.authorize(request.user, "cancel_run", {"run_id": run_id}):
+            raise PermissionDenied("AUTHZ_HOOK refused to cancel this run")
+        store = self.backend.store
+        reason = serializer.validated_data["reason"]
+        try:
+            outcome = self.backend.call(lambda: store.cancel(run_id, owner=owner, reason=reason))
+        except StoreNotFound:
+            row = Run.objects.filter(id=run_id, owner=owner).first()
+            if row is not None and row.is_terminal:  # its Redis state expired; the row remembers
+                raise RunTerminal(f"run {run_id} already ended ({row.status})") from None
+            raise
+        result = {
+            "id": run_id,
+            "status": "cancelled" if outcome.cancelled else "cancel_requested",
+            "seq": outcome.seq,
+        }
+        return Response(CancelResultSerializer(result).data, status=status.HTTP_202_ACCEPTED)
+
+    # -- the event stream ---------------------------------------------------------------------
+
+    @extend_schema(
+        parameters=[*stream_parameters(), *VISIBILITY_PARAMS],
+        responses={(200, "text/event-stream"): OpenApiTypes.STR},
+    )
+    @action(
+        detail=True, methods=["get"], url_path="events", renderer_classes=[EventStreamRenderer, JSONRenderer]
+    )
+    def events(self, request: Request, pk: str | None = None) -> Any:
+        return event_stream(self, request, self.object_id(), visibility_filter(request))
+
+    @extend_schema(
+        parameters=[*stream_parameters(), *VISIBILITY_PARAMS],
+        responses={(200, "text/event-stream"): OpenApiTypes.STR},
+    )
+    @action(
+        detail=True,
+        methods=["get"],
+        url_path="events/stream",
+        renderer_classes=[EventStreamRenderer, JSONRenderer],
+    )
+    def events_stream(self, request: Request, pk: str | None = None) -> Any:
+        """The seed's async path: the same stream."""
+        return event_stream(self, request, self.object_id(), visibility_filter(request))

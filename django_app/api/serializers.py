@@ -1,0 +1,163 @@
+"""Request validation and the documented response shapes (the seed's field names)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from agentstream.core.settings import POLICIES
+
+ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": {}}, {"type": "null"}]})
+class MessageContentField(serializers.Field):  # type: ignore[type-arg]
+    def to_internal_value(self, data: Any) -> Any:
+        if data is None or isinstance(data, str | list):
+            return data
+        raise serializers.ValidationError("must be a string, a list of content parts, or null")
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+class MessageSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """A chat message; keys beyond ``role`` and ``content`` (tool_calls, name, ...) are kept."""
+
+    role = serializers.ChoiceField(choices=ROLES)
+    content = MessageContentField(required=False, allow_null=True)
+
+    def to_internal_value(self, data: Any) -> Any:
+        validated = super().to_internal_value(data)
+        return {**data, **validated}
+
+
+class RunCreateSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    agent_key = serializers.CharField(max_length=100)
+    messages = MessageSerializer(many=True, required=False, default=list)
+    conversation_id = serializers.UUIDField(required=False, allow_null=True, default=None)
+    params = serializers.DictField(required=False, default=dict)
+    metadata = serializers.DictField(required=False, default=dict)
+    max_attempts = serializers.IntegerField(
+        required=False, allow_null=True, default=None, min_value=1, max_value=100
+    )
+    idempotency_key = serializers.CharField(
+        required=False, allow_null=True, default=None, max_length=255, allow_blank=False
+    )
+    run_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    multitask_strategy = serializers.ChoiceField(
+        choices=POLICIES, required=False, allow_null=True, default=None
+    )
+
+    def __init__(self, *args: Any, known_agent_keys: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._known = known_agent_keys
+
+    def validate_agent_key(self, value: str) -> str:
+        known = self._known() if callable(self._known) else self._known
+        if known is not None and value not in known:
+            listing = ", ".join(sorted(known)) or "none (no runtime is registered and no worker has started)"
+            raise serializers.ValidationError(f"unknown agent_key {value!r}; known agent keys: {listing}")
+        return value
+
+    def validate_idempotency_key(self, value: str | None) -> str | None:
+        if value is not None and not value.isprintable():
+            raise serializers.ValidationError("must be printable text")
+        return value
+
+
+class RunSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    id = serializers.UUIDField()
+    conversation_id = serializers.UUIDField(allow_null=True)
+    agent_key = serializers.CharField()
+    status = serializers.ChoiceField(
+        choices=["queued", "running", "succeeded", "failed", "cancelled", "timed_out"]
+    )
+    input = serializers.DictField()
+    output = serializers.JSONField(allow_null=True)
+    error = serializers.JSONField(allow_null=True)
+    usage = serializers.DictField()
+    attempt = serializers.IntegerField()
+    max_attempts = serializers.IntegerField()
+    idempotency_key = serializers.CharField(allow_null=True)
+    metadata = serializers.DictField()
+    cancel_requested_at = serializers.DateTimeField(allow_null=True)
+    created_at = serializers.DateTimeField(allow_null=True)
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+class EventSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """An event in the SSE ``data`` shape."""
+
+    run_id = serializers.UUIDField()
+    seq = serializers.IntegerField()
+    type = serializers.CharField()
+    payload = serializers.DictField()
+    ts = serializers.DateTimeField()
+    visibility_level = serializers.ChoiceField(choices=["internal", "debug", "user"])
+    ui_visible = serializers.BooleanField()
+
+
+class RunWithEventsSerializer(RunSerializer):
+    events = EventSerializer(many=True, required=False)
+
+
+class CancelSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=1000)
+
+
+class CancelResultSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    id = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=["cancelled", "cancel_requested"])
+    seq = serializers.IntegerField()
+
+
+class ConversationCreateSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    agent_key = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+    title = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
+    metadata = serializers.DictField(required=False, default=dict)
+
+
+class ConversationUpdateSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    title = serializers.CharField(max_length=255, required=False, allow_blank=True)
+    metadata = serializers.DictField(required=False)
+
+    def validate(self, attrs: Mapping[str, Any]) -> Mapping[str, Any]:
+        if not attrs:
+            raise serializers.ValidationError("send title and/or metadata")
+        return attrs
+
+
+class ConversationSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    id = serializers.UUIDField()
+    agent_key = serializers.CharField(allow_blank=True)
+    title = serializers.CharField(allow_blank=True)
+    metadata = serializers.DictField()
+    run_count = serializers.IntegerField()
+    created_at = serializers.DateTimeField(allow_null=True)
+    updated_at = serializers.DateTimeField(allow_null=True)
+    last_activity_at = serializers.DateTimeField(allow_null=True)
+
+
+class MessagesSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    conversation_id = serializers.UUIDField()
+    messages = serializers.ListField(child=serializers.DictField())
+
+
+class AnonymousSessionSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    token = serializers.CharField()
+    expires_in_s = serializers.IntegerField()
+
+
+class ErrorDetailSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    code = serializers.CharField()
+    message = serializers.CharField()
+    details = serializers.JSONField()
+
+
+class ErrorSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    error = ErrorDetailSerializer()

@@ -1,0 +1,32 @@
+"""Redis reads the API makes, each ONE round trip (a pipeline)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentstream.core.codec import decode_entry
+from agentstream.core.events import Event
+from agentstream.core.state import RunState
+from agentstream.core.store import EventStore, _state_from_hash
+
+
+async def run_snapshot(store: EventStore, run_id: str) -> tuple[RunState | None, Event | None]:
+    """The run's Redis state and its first event (``run.queued``: the input), together."""
+    async with store.redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(store.keys.run_state(run_id))
+        pipe.xrange(store.keys.run_stream(run_id), min="0-1", count=1)
+        raw, first = await pipe.execute()
+    state = _state_from_hash(run_id, raw) if raw else None
+    queued = decode_entry(first[0][1], run_id) if first else None
+    return state, queued
+
+
+async def conversation_snapshot(store: EventStore, conversation_id: str) -> dict[str, str] | None:
+    raw: dict[Any, Any] = await store.redis.hgetall(store.keys.conversation(conversation_id))
+    if not raw:
+        return None
+    return {_s(k): _s(v) for k, v in raw.items()}
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

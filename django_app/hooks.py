@@ -1,0 +1,53 @@
+"""The seed's policy hooks, loaded from settings by import path.
+
+* ``AUTHZ_HOOK(user, action, data) -> bool``: False answers 403. Actions: ``create_run``,
+  ``cancel_run``, ``create_conversation``, ``update_conversation``, ``delete_conversation``.
+* ``QUOTA_HOOK(user, agent_key) -> bool``: False answers 429 (on ``create_run``).
+
+``user`` is ``request.user`` (an ``AnonymousUser`` for anonymous sessions; the session is
+``request.auth``). A hook may also raise a DRF exception of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+from django.utils.module_loading import import_string
+
+from agentstream.core.errors import ConfigurationError
+from agentstream.django_app.conf import runtime_settings
+
+
+@cache
+def _load(path: str, setting: str) -> Callable[..., Any]:
+    try:
+        hook = import_string(path.replace(":", "."))
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"{setting} = {path!r} cannot be imported ({exc}); use 'package.module.function'"
+        ) from None
+    if not callable(hook):
+        raise ConfigurationError(f"{setting} = {path!r} is not callable")
+    return hook  # type: ignore[no-any-return]
+
+
+def authz_hook() -> Callable[[Any, str, Any], bool] | None:
+    path = runtime_settings().AUTHZ_HOOK
+    return _load(path, "AUTHZ_HOOK") if path else None
+
+
+def quota_hook() -> Callable[[Any, str], bool] | None:
+    path = runtime_settings().QUOTA_HOOK
+    return _load(path, "QUOTA_HOOK") if path else None
+
+
+def authorize(user: Any, action: str, data: Any) -> bool:
+    hook = authz_hook()
+    return True if hook is None else bool(hook(user, action, data))
+
+
+def within_quota(user: Any, agent_key: str) -> bool:
+    hook = quota_hook()
+    return True if hook is None else bool(hook(user, agent_key))

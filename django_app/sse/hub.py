@@ -1,0 +1,233 @@
+"""The per-process SSE hub: every client of this event loop over O(1) Redis connections.
+
+::
+
+    subscribe(run, after_seq, buffer) --> runs[run] = cursor, buffers    --XADD--> wake stream
+    tail task (one per shard):  XREAD BLOCK  {run streams at their cursors, wake stream}
+        -> decode + encode each event ONCE -> buffer.deliver(frames) for every client of the run
+    a buffer that overflows is dropped (its client is closed and resumes by Last-Event-ID)
+
+A new subscription must not wait for the blocking read in flight to time out, so the hub XADDs
+to a wake-up stream of its own that every read includes; cancelling the read instead would
+cost a connection each time (redis-py drops a connection whose command was interrupted).
+Unsubscribing needs no wake: a read over one stream too many is harmless.
+
+One shard: a single Redis (or fakeredis). Redis Cluster would run one tail task per node, each
+over the runs whose slots that node serves; ``shard_of`` is where that mapping goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
+
+import redis.asyncio as aioredis
+
+from agentstream.core.codec import decode_entry
+from agentstream.core.errors import CorruptEntry
+from agentstream.core.settings import Settings
+from agentstream.core.store import EventStore, Redis, after_seq_id, redis_from_url
+from agentstream.django_app.sse.framing import Frame
+
+log = logging.getLogger("agentstream.sse")
+
+WAKE_STREAM_TTL_S = 3600
+READ_POOL_CONNECTIONS = 8  # replays and wake-ups of this hub, whatever the number of clients
+
+
+class Subscriber(Protocol):
+    def deliver(self, frames: Sequence[Frame]) -> bool:
+        """Take frames (called on the hub's loop, never blocks); False when the buffer overflowed."""
+        ...
+
+    def close(self) -> None:
+        """The hub let go of this subscriber (overflow or shutdown): end the client's stream."""
+        ...
+
+
+@dataclass(slots=True)
+class _RunTail:
+    cursor: int
+    subscribers: set[Subscriber] = field(default_factory=set)
+    ended: bool = False  # terminal event seen: nothing more to read
+
+
+def hub_clients(url: str) -> tuple[Redis, Redis]:
+    """(reads, blocking tail): a bounded pool for replays and wake-ups, one connection for XREAD."""
+    if url.startswith("fakeredis://"):
+        return redis_from_url(url), redis_from_url(url)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=READ_POOL_CONNECTIONS, timeout=10, health_check_interval=30
+    )
+    return aioredis.Redis(connection_pool=pool), aioredis.Redis.from_url(url, health_check_interval=30)
+
+
+class Hub:
+    def __init__(
+        self, settings: Settings, *, block_ms: int = 10_000, count: int = 500, url: str | None = None
+    ) -> None:
+        self.settings = settings
+        self.hub_id = uuid.uuid4().hex
+        self.block_ms = block_ms
+        self.count = count
+        self.reads, self._blocking = hub_clients(url or settings.REDIS_URL)
+        self.store = EventStore(self.reads, settings)
+        self.wake_key = settings.keys.sse_wake(self.hub_id)
+        self._runs: dict[str, _RunTail] = {}
+        self._changed = asyncio.Event()
+        self._reading = False
+        self._wake_sent = False
+        self._wake_cursor = "0-0"
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.deliveries = 0  # frames handed to clients (for the benchmark and tests)
+        self.dropped = 0  # clients closed because their buffer overflowed
+
+    # -- clients ------------------------------------------------------------------------------
+
+    @property
+    def clients(self) -> int:
+        return sum(len(t.subscribers) for t in self._runs.values())
+
+    @property
+    def runs(self) -> int:
+        return len(self._runs)
+
+    async def subscribe(self, run_id: str, after_seq: int, subscriber: Subscriber) -> int:
+        """Deliver the run's events to ``subscriber`` from now on; returns the seq the hub has
+        read the run up to. Above ``after_seq``, the caller reads the events in between itself
+        (the hub already tailed the run for other clients)."""
+        if self._closed:
+            raise RuntimeError("the SSE hub is closed")
+        tail = self._runs.get(run_id)
+        if tail is None:
+            tail = self._runs[run_id] = _RunTail(after_seq)
+        tail.subscribers.add(subscriber)
+        self._ensure_task()
+        self._changed.set()
+        if self._reading and not self._wake_sent:
+            self._wake_sent = True  # one wake per read in flight, however many clients join
+            async with self.reads.pipeline(transaction=False) as pipe:
+                pipe.xadd(self.wake_key, {"w": "1"}, maxlen=16, approximate=True)
+                pipe.expire(self.wake_key, WAKE_STREAM_TTL_S)
+                await pipe.execute()
+        return tail.cursor
+
+    def unsubscribe(self, run_id: str, subscriber: Subscriber) -> None:
+        """Free the client at once (its run is dropped from the read when it was the last one)."""
+        tail = self._runs.get(run_id)
+        if tail is None:
+            return
+        tail.subscribers.discard(subscriber)
+        if not tail.subscribers:
+            del self._runs[run_id]
+
+    # -- the tail loop ------------------------------------------------------------------------
+
+    def _ensure_task(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._tail(), name=f"sse-hub-{self.hub_id}")
+
+    async def _tail(self) -> None:
+        backoff_s = 0.05
+        while not self._closed:
+            streams = self._streams()
+            if not streams:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            self._changed.clear()
+            streams[self.wake_key] = self._wake_cursor
+            self._reading = True
+            self._wake_sent = False
+            try:
+                reply = await self._blocking.xread(cast(Any, streams), count=self.count, block=self.block_ms)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis away: clients keep their cursors; retry with backoff
+                log.warning("SSE hub read failed (%s); retrying in %.2fs", exc, backoff_s)
+                self._reading = False
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 2.0)
+                continue
+            finally:
+                self._reading = False
+            backoff_s = 0.05
+            self._fan_out(reply or [])
+
+    def _streams(self) -> dict[str, str]:
+        keys = self.store.keys
+        return {
+            keys.run_stream(run_id): after_seq_id(tail.cursor)
+            for run_id, tail in self._runs.items()
+            if not tail.ended
+        }
+
+    def _fan_out(self, reply: Sequence[tuple[bytes, Sequence[tuple[bytes, dict[bytes, bytes]]]]]) -> None:
+        for raw_key, entries in reply:
+            key = raw_key.decode()
+            if key == self.wake_key:
+                if entries:
+                    self._wake_cursor = entries[-1][0].decode()
+                continue
+            run_id = key.rsplit(":", 1)[-1]
+            tail = self._runs.get(run_id)
+            if tail is None or not entries:
+                continue
+            frames: list[Frame] = []
+            for _, fields in entries:
+                try:
+                    frames.append(Frame.of(decode_entry(fields, run_id)))
+                except CorruptEntry as exc:
+                    log.error("run %s: skipping an undecodable stream entry: %s", run_id, exc)
+            if not frames:
+                continue
+            tail.cursor = frames[-1].event.seq
+            tail.ended = any(f.event.is_terminal for f in frames)
+            for subscriber in list(tail.subscribers):
+                if subscriber.deliver(frames):
+                    self.deliveries += len(frames)
+                else:
+                    self.dropped += 1
+                    self.unsubscribe(run_id, subscriber)
+                    subscriber.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        for tail in list(self._runs.values()):
+            for subscriber in tail.subscribers:
+                subscriber.close()
+        self._runs.clear()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        with contextlib.suppress(Exception):
+            await self.reads.delete(self.wake_key)
+        await self._blocking.aclose()
+        await self.reads.aclose()
+
+
+# One hub per event loop (a loop's Redis connections cannot serve another loop).
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
+_closing: set[asyncio.Task[None]] = set()
+
+
+def hub_for_loop(settings: Settings) -> Hub:
+    """The running loop's hub, made on first use (and again when the settings changed)."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is not None and hub.settings is not settings:
+        old, hub = hub, None
+        closing = loop.create_task(old.close())
+        _closing.add(closing)  # keep a reference until it is done
+        closing.add_done_callback(_closing.discard)
+    if hub is None:
+        hub = _hubs[loop] = Hub(settings)
+    return hub

@@ -1,0 +1,215 @@
+"""The SSE response of ``runs/{id}/events/``: replay from the run stream after ``Last-Event-ID``
+(or ``?from_seq=``), then tail it through the hub, and end after the terminal event.
+
+The caller (a DRF action) has already authenticated and checked ownership. Under ASGI the body is
+an async generator on the server's loop, served by Django together with a watch for disconnect
+(Django cancels the body when the client goes, and ``finally`` frees it from the hub at once).
+Under WSGI the body is a generator fed by the process's store thread. Both drive the same pure
+``Cursor``; the run is never cancelled by a disconnect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import Any
+
+from django.core.handlers.asgi import ASGIRequest
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.renderers import BaseRenderer
+from rest_framework.request import Request
+
+from agentstream.core.events import Event
+from agentstream.core.settings import Settings
+from agentstream.django_app.api.backend import StoreThread, api_backend
+from agentstream.django_app.conf import runtime_settings
+from agentstream.django_app.sse.buffers import AsyncBuffer, ThreadBuffer
+from agentstream.django_app.sse.cursor import Cursor, Step
+from agentstream.django_app.sse.framing import KEEPALIVE, Frame, VisibilityFilter, retry_frame
+from agentstream.django_app.sse.hub import hub_for_loop
+
+REPLAY_PAGE = 500
+ARCHIVE_LIMIT = 100_000
+
+
+class EventStreamRenderer(BaseRenderer):
+    media_type = "text/event-stream"
+    format = "sse"
+    charset = None
+
+    def render(
+        self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None
+    ) -> bytes:
+        import orjson
+
+        return orjson.dumps(data)
+
+
+def stream_parameters() -> list[OpenApiParameter]:
+    return [
+        OpenApiParameter("from_seq", OpenApiTypes.INT, description="resume after this seq"),
+        OpenApiParameter(
+            "Last-Event-ID", OpenApiTypes.STR, location=OpenApiParameter.HEADER, description="resume after it"
+        ),
+        OpenApiParameter("anonymous_token", OpenApiTypes.STR, description="for EventSource (no headers)"),
+    ]
+
+
+def resume_after(request: Request) -> int:
+    raw = request.META.get("HTTP_LAST_EVENT_ID") or request.query_params.get("from_seq") or "0"
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValidationError({"from_seq": ["must be a non-negative event seq (the SSE id)"]})
+    return value
+
+
+def event_stream(view: Any, request: Request, run_id: str, wanted: VisibilityFilter) -> StreamingHttpResponse:
+    """Check the run is the caller's, then stream it (from the archive if the stream expired)."""
+    from agentstream.django_app.models import Event as ArchivedEvent
+    from agentstream.django_app.models import Run
+
+    after = resume_after(request)
+    owner = view.owner
+    backend = api_backend()
+    store = backend.store
+    state = backend.call(lambda: store.run_state(run_id))
+    archive: list[Event] | None = None
+    if state is None:  # unknown, or expired after RUN_RETENTION_SECONDS: the archive has the history
+        if not Run.objects.filter(id=run_id, owner=owner).exists():
+            raise NotFound(f"no such run {run_id!r}")
+        from agentstream.django_app.api.reads import archived_as_stream_event
+
+        rows = ArchivedEvent.objects.filter(run_id=run_id, seq__gt=after).order_by("seq")[:ARCHIVE_LIMIT]
+        archive = [archived_as_stream_event(r) for r in rows]
+    elif state.owner != owner:
+        raise NotFound(f"no such run {run_id!r}")
+    settings = runtime_settings()
+    cursor = Cursor(after, wanted)
+    if isinstance(request._request, ASGIRequest):
+        body: Any = _async_body(settings, run_id, cursor, archive)
+    else:
+        body = _sync_body(backend, run_id, cursor, archive)
+    response = StreamingHttpResponse(body, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
+    return response
+
+
+def frames_of(events: Sequence[Event]) -> list[Frame]:
+    return [Frame.of(e) for e in events]
+
+
+# -- ASGI: on the server's loop, through that loop's hub ------------------------------------------
+
+
+async def _fill_async(
+    cursor: Cursor, step: Step, read: Callable[[int, int], Awaitable[list[Event]]]
+) -> bytes:
+    """Write ``step``, reading the events a gap says are missing from the stream first."""
+    out = [step.out]
+    while step.missing is not None:
+        after, before = step.missing
+        filled = await read(after, before - after - 1)
+        out.append(cursor.feed(frames_of(filled), allow_gap=True).out)
+        step = cursor.feed(step.rest, allow_gap=not filled)
+        out.append(step.out)
+    return b"".join(out)
+
+
+async def _async_body(
+    settings: Settings, run_id: str, cursor: Cursor, archive: list[Event] | None
+) -> AsyncIterator[bytes]:
+    yield retry_frame(settings.SSE_RETRY_MS)
+    if archive is not None:
+        yield cursor.feed(frames_of(archive), allow_gap=True).out
+        return
+    hub = hub_for_loop(settings)
+
+    async def read(after: int, count: int) -> list[Event]:
+        return await hub.store.read_run(run_id, after, count)
+
+    while not cursor.done:  # replay
+        events = await read(cursor.last_seq, REPLAY_PAGE)
+        out = cursor.feed(frames_of(events), allow_gap=True).out
+        if out:
+            yield out
+        if len(events) < REPLAY_PAGE:
+            break
+    if cursor.done:
+        return
+    buffer = AsyncBuffer(settings.SSE_CLIENT_BUFFER)
+    hub_seq = await hub.subscribe(run_id, cursor.last_seq, buffer)
+    try:
+        if hub_seq > cursor.last_seq:  # the hub tails this run for others already: catch up to it
+            out = cursor.feed(
+                frames_of(await read(cursor.last_seq, hub_seq - cursor.last_seq)), allow_gap=True
+            ).out
+            if out:
+                yield out
+        while not cursor.done:
+            frames = await buffer.take(settings.SSE_KEEPALIVE_SECONDS)
+            if frames is None:
+                yield KEEPALIVE
+                continue
+            out = await _fill_async(cursor, cursor.feed(frames), read)
+            if out:
+                yield out
+            if buffer.closed and not cursor.done:
+                return  # overflowed: the client reconnects with Last-Event-ID
+    finally:
+        hub.unsubscribe(run_id, buffer)
+
+
+# -- WSGI: a worker thread, fed by the store thread's hub -----------------------------------------
+
+
+def _sync_body(
+    backend: StoreThread, run_id: str, cursor: Cursor, archive: list[Event] | None
+) -> Iterator[bytes]:
+    settings = backend.settings
+    yield retry_frame(settings.SSE_RETRY_MS)
+    if archive is not None:
+        yield cursor.feed(frames_of(archive), allow_gap=True).out
+        return
+    store, hub = backend.store, backend.hub
+
+    def read(after: int, count: int) -> list[Event]:
+        return backend.call(lambda: store.read_run(run_id, after, count))
+
+    while not cursor.done:
+        events = read(cursor.last_seq, REPLAY_PAGE)
+        out = cursor.feed(frames_of(events), allow_gap=True).out
+        if out:
+            yield out
+        if len(events) < REPLAY_PAGE:
+            break
+    if cursor.done:
+        return
+    buffer = ThreadBuffer(settings.SSE_CLIENT_BUFFER)
+    hub_seq = backend.call(lambda: hub.subscribe(run_id, cursor.last_seq, buffer))
+    try:
+        if hub_seq > cursor.last_seq:
+            yield cursor.feed(frames_of(read(cursor.last_seq, hub_seq - cursor.last_seq)), allow_gap=True).out
+        while not cursor.done:
+            frames = buffer.take(settings.SSE_KEEPALIVE_SECONDS)
+            if frames is None:
+                yield KEEPALIVE
+                continue
+            step = cursor.feed(frames)
+            out = [step.out]
+            while step.missing is not None:
+                after, before = step.missing
+                filled = read(after, before - after - 1)
+                out.append(cursor.feed(frames_of(filled), allow_gap=True).out)
+                step = cursor.feed(step.rest, allow_gap=not filled)
+                out.append(step.out)
+            yield b"".join(out)
+            if buffer.closed and not cursor.done:
+                return
+    finally:
+        backend.loop.call_soon_threadsafe(hub.unsubscribe, run_id, buffer)
