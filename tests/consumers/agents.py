@@ -55,7 +55,10 @@ class Sleeper(AgentRuntime):
         await ctx.flush()
         started(ctx.run_id).set()
         try:
-            await asyncio.sleep(float(ctx.params.get("sleep_s", 60)))
+            sleep_s = float(ctx.params.get("sleep_s", 60))
+            if ctx.attempt > 1:  # a reclaimed attempt may be quicker (SIGTERM hand-back tests)
+                sleep_s = float(ctx.params.get("later_sleep_s", sleep_s))
+            await asyncio.sleep(sleep_s)
         except asyncio.CancelledError:
             CANCELLED_AT[ctx.run_id] = time.monotonic()
             raise
