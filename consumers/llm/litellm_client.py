@@ -6,6 +6,7 @@ exceptions carry ``status_code`` like the SDKs', so the same error mapping appli
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
@@ -34,7 +35,7 @@ class LiteLLMClient:
     @classmethod
     def from_settings(cls, settings: Settings, model: str, **options: Any) -> LiteLLMClient:
         try:
-            import litellm
+            litellm = importlib.import_module("litellm")  # optional, and without type stubs
         except ImportError as exc:
             raise missing_extra("litellm", "litellm") from exc
         options.setdefault("timeout", settings.STEP_TIMEOUT_SECONDS)
