@@ -1,0 +1,63 @@
+"""``manage.py runagent``: agent workers for this Django project.
+
+``--processes N`` spawns N worker processes and supervises them; with one process in DEBUG the
+worker reloads on code changes like ``runserver`` (``--noreload`` to turn it off). The worker
+runs in the reloader's thread there, so it leaves signals to the reloader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.management.base import BaseCommand
+from django.utils import autoreload
+
+from agentstream.consumers.supervisor import supervise
+from agentstream.consumers.worker_main import (
+    WorkerConfig,
+    add_worker_arguments,
+    run_worker_process,
+    split_keys,
+)
+from agentstream.django_app.conf import runtime_settings
+
+
+class Command(BaseCommand):
+    help = "Run agent workers: claim queued runs from Redis Streams and execute them."
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_worker_arguments(parser)
+        parser.add_argument("--noreload", action="store_true", help="do not reload on code changes (DEBUG)")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        settings = runtime_settings()
+        config = WorkerConfig(
+            settings=settings,
+            agent_keys=split_keys(options["agent_keys"]),
+            concurrency=options["concurrency"],
+            burst=options["burst"],
+            block_ms=max(1, int(options["queue_poll_interval"] * 1000)),
+            log_level="DEBUG" if options["verbosity"] >= 3 else "INFO",
+        )
+        processes = options["processes"] or settings.DEFAULT_PROCESSES
+        if processes > 1:
+            code = supervise(django_worker_process, (config,), processes, restart=not config.burst)
+            if code:
+                raise SystemExit(code)
+            return
+        if django_settings.DEBUG and not options["noreload"] and not config.burst:
+            threaded = dataclasses.replace(config, handle_signals=False)
+            autoreload.run_with_reloader(run_worker_process, threaded)
+            return
+        run_worker_process(config)
+
+
+def django_worker_process(config: WorkerConfig) -> None:
+    """A spawned child: set Django up (settings come through the environment), then work."""
+    import django
+
+    django.setup()
+    run_worker_process(config)

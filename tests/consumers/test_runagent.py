@@ -1,0 +1,113 @@
+"""``manage.py runagent`` as users run it: a real process, real Redis, the project's settings."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentstream.core.settings import Settings
+from agentstream.core.state import RunStatus
+from agentstream.core.store import EventStore, SubmitRequest, redis_from_url
+from tests.conftest import delete_prefix
+from tests.consumers import agents
+from tests.consumers.helpers import wait_terminal
+from tests.consumers.processes import ROOT
+from tests.services import REDIS_UP, REDIS_URL, require
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+
+@pytest.fixture
+async def rstore(key_prefix: str) -> AsyncIterator[EventStore]:
+    require("Redis", REDIS_UP)
+    client = redis_from_url(REDIS_URL)
+    yield EventStore(client, Settings(KEY_PREFIX=key_prefix, PARTITIONS=4, LEASE_TTL_SECONDS=1))
+    await delete_prefix(client, key_prefix)
+    await client.aclose()
+
+
+@pytest.fixture
+def runagent(key_prefix: str, tmp_path: Path) -> Iterator[Any]:
+    started: list[tuple[subprocess.Popen[bytes], Any]] = []
+
+    def start(*args: str, debug: bool = False) -> tuple[subprocess.Popen[bytes], Path]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTREAM_")}
+        env.update(
+            TEST_KEY_PREFIX=key_prefix,
+            TEST_DEBUG="1" if debug else "0",
+            REDIS_URL=REDIS_URL,
+            PYTHONPATH=str(ROOT),
+            PYTHONUNBUFFERED="1",
+            DJANGO_SETTINGS_MODULE="tests.consumers.runagent_settings",
+        )
+        log_path = tmp_path / f"runagent-{len(started)}.log"
+        log_file = log_path.open("wb")
+        command = [sys.executable, "-m", "django", "runagent", "--queue-poll-interval", "0.2", *args]
+        proc = subprocess.Popen(
+            command, env=env, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        started.append((proc, log_file))
+        return proc, log_path
+
+    yield start
+    for proc, log_file in started:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the reloader's child too
+            proc.wait(10)
+        log_file.close()
+
+
+def wait_for_log(path: Path, text: str, count: int = 1, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while path.read_text(errors="replace").count(text) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} x{count} not in the log after {timeout_s}s:\n{path.read_text()}")
+        time.sleep(0.05)
+
+
+async def submit(store: EventStore, agent_key: str, **kw: Any) -> str:
+    return (await store.submit(SubmitRequest(agent_key, "user:1", **kw))).run_id
+
+
+async def test_runagent_burst_drains_the_queue_and_exits(rstore: EventStore, runagent: Any) -> None:
+    run_ids = [await submit(rstore, "echo") for _ in range(10)]
+    proc, log = runagent("--burst", "--concurrency", "4")
+    assert proc.wait(60) == 0, log.read_text()
+    for run_id in run_ids:
+        assert (await rstore.run_state(run_id)).status is RunStatus.SUCCEEDED  # type: ignore[union-attr]
+    assert log.read_text().count(" succeeded (attempt 1)") == 10  # one line per state change
+
+
+async def test_runagent_with_two_processes_runs_jobs_in_both(rstore: EventStore, runagent: Any) -> None:
+    run_ids = [await submit(rstore, "sleeper", params={"sleep_s": 0.1}) for _ in range(30)]
+    proc, log = runagent("--burst", "--processes", "2", "--concurrency", "3")
+    assert proc.wait(90) == 0, log.read_text()
+    pids = set()
+    for run_id in run_ids:
+        events = await rstore.read_run(run_id)
+        assert events[-1].type == "run.succeeded"
+        pids.add(next(e for e in events if e.type == "run.started").payload["worker"].split(":")[1])
+    assert len(pids) == 2
+
+
+async def test_runagent_in_debug_reloads_on_a_code_change_and_keeps_serving(
+    rstore: EventStore, runagent: Any
+) -> None:
+    proc, log = runagent("--concurrency", "2", debug=True)
+    wait_for_log(log, " serving ")
+    first = await submit(rstore, "echo")
+    assert (await wait_terminal(rstore, first, timeout_s=20)).status is RunStatus.SUCCEEDED
+    os.utime(agents.__file__)  # what saving the file in an editor does
+    wait_for_log(log, " serving ", count=2)
+    second = await submit(rstore, "echo")
+    assert (await wait_terminal(rstore, second, timeout_s=20)).status is RunStatus.SUCCEEDED
+    assert proc.poll() is None
+    assert "Traceback" not in log.read_text()
