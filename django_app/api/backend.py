@@ -54,6 +54,8 @@ class StoreThread:
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(5)
+            if not self._thread.is_alive():
+                self.loop.close()
 
 
 _lock = threading.Lock()
@@ -73,3 +75,12 @@ def api_backend() -> StoreThread:
             if old is not None:
                 old.close()
         return _current
+
+
+def shutdown() -> None:
+    """Close the process's store thread (tests; a server's shutdown)."""
+    global _current
+    with _lock:
+        current, _current = _current, None
+    if current is not None:
+        current.close()

@@ -104,7 +104,12 @@ def _flatten(detail: Any, path: str = "") -> list[str]:
     if isinstance(detail, Mapping):
         out: list[str] = []
         for key, value in detail.items():
-            name = path if key == "non_field_errors" else (f"{path}.{key}" if path else str(key))
+            if key == "non_field_errors":
+                name = path
+            elif isinstance(key, int) or str(key).isdigit():  # a list's item (DRF keys them by index)
+                name = f"{path}[{key}]"
+            else:
+                name = f"{path}.{key}" if path else str(key)
             out += _flatten(value, name)
         return out
     if isinstance(detail, list):

@@ -212,6 +212,7 @@ class Hub:
             await self.reads.delete(self.wake_key)
         await self._blocking.aclose()
         await self.reads.aclose()
+        await self.reads.connection_pool.disconnect()  # a pool passed in is not closed with its client
 
 
 # One hub per event loop (a loop's Redis connections cannot serve another loop).

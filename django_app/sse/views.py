@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from typing import Any
 
 from django.core.handlers.asgi import ASGIRequest
-from django.http import StreamingHttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework.exceptions import NotFound, ValidationError
@@ -68,7 +68,9 @@ def resume_after(request: Request) -> int:
     return value
 
 
-def event_stream(view: Any, request: Request, run_id: str, wanted: VisibilityFilter) -> StreamingHttpResponse:
+def event_stream(
+    view: Any, request: Request, run_id: str, wanted: VisibilityFilter
+) -> HttpResponse | StreamingHttpResponse:
     """Check the run is the caller's, then stream it (from the archive if the stream expired)."""
     from agentstream.django_app.models import Event as ArchivedEvent
     from agentstream.django_app.models import Run
@@ -80,14 +82,19 @@ def event_stream(view: Any, request: Request, run_id: str, wanted: VisibilityFil
     state = backend.call(lambda: store.run_state(run_id))
     archive: list[Event] | None = None
     if state is None:  # unknown, or expired after RUN_RETENTION_SECONDS: the archive has the history
-        if not Run.objects.filter(id=run_id, owner=owner).exists():
+        row = Run.objects.filter(id=run_id, owner=owner).first()
+        if row is None:
             raise NotFound(f"no such run {run_id!r}")
+        if row.is_terminal and after >= row.last_seq:
+            return _over()
         from agentstream.django_app.api.reads import archived_as_stream_event
 
         rows = ArchivedEvent.objects.filter(run_id=run_id, seq__gt=after).order_by("seq")[:ARCHIVE_LIMIT]
         archive = [archived_as_stream_event(r) for r in rows]
     elif state.owner != owner:
         raise NotFound(f"no such run {run_id!r}")
+    elif state.status.is_terminal and after >= state.seq:
+        return _over()
     settings = runtime_settings()
     cursor = Cursor(after, wanted)
     if isinstance(request._request, ASGIRequest):
@@ -98,6 +105,11 @@ def event_stream(view: Any, request: Request, run_id: str, wanted: VisibilityFil
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
     return response
+
+
+def _over() -> HttpResponse:
+    """Resuming after the terminal event: 204 tells EventSource to stop reconnecting."""
+    return HttpResponse(status=204)
 
 
 def frames_of(events: Sequence[Event]) -> list[Frame]:
