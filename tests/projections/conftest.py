@@ -95,7 +95,7 @@ async def make_workload(store: EventStore, *, runs: int = 12, seed: int = 7) -> 
                 params={"n": i},
                 metadata={"i": i},
                 conversation_id=conv,
-                idempotency_key=f"key-{i}" if i % 4 == 0 else None,
+                idempotency_key=f"key-{seed}-{i}" if i % 4 == 0 else None,
                 max_attempts=3,
             )
         )

@@ -57,7 +57,7 @@ async def test_a_run_row_carries_input_output_usage_and_timestamps(store: EventS
     assert run.output == {"text": "answer 0"}
     assert run.usage == {"total_tokens": 0}
     assert run.owner == "user:1" and run.user_id == 1 and run.anonymous_session_id is None
-    assert run.idempotency_key == "key-0"
+    assert run.idempotency_key == "key-7-0"
     assert run.attempt == 1 and run.max_attempts == 3
     assert run.created_at and run.started_at and run.finished_at
     assert run.created_at <= run.started_at <= run.finished_at
