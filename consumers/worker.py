@@ -118,6 +118,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._stop_now = asyncio.Event()
         self._rotation = 0
+        self._hot: list[Queue] = []  # queues the last read found jobs in
+        self._queue_set = set(self.queues)
         self._closing = False
         self.cancel_listener = CancelListener(store.redis, store.keys.cancel_channel(), self._on_cancel)
         self.ready = asyncio.Event()  # reading jobs and listening for cancels
@@ -176,75 +178,75 @@ class Worker:
     # -- the claim loop --------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
-        idle_reads = 0
+        idle_checks = 0
         while not self._stopping.is_set():
             free = self.concurrency - len(self._jobs)
-            if free <= 0:
-                self._slot_freed.clear()
-                await self._slot_freed.wait()
-                continue
             while self._backlog and free > 0:
                 self._start(self._backlog.popleft())
                 free -= 1
             if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
                 continue
             try:
                 jobs = await self._read(free, block=False)
+                if not jobs:  # nothing where we looked: wait on every queue
+                    block_ms = min(self.block_ms, 100) if self.burst else self.block_ms
+                    jobs = await self._read(free, block=True, block_ms=block_ms)
             except TRANSIENT as exc:
                 log.warning("cannot read jobs (%s); retrying in 1s", exc)
                 await asyncio.sleep(1.0)
                 continue
-            if not jobs:
-                if self.burst:
-                    if await self._drained():
-                        idle_reads += 1
-                        if idle_reads >= 2:  # twice in a row: nothing was in flight between
-                            return
-                    await self._wait_for_progress()
-                    continue
-                try:
-                    jobs = await self._read(free, block=True)
-                except TRANSIENT as exc:
-                    log.warning("cannot read jobs (%s); retrying in 1s", exc)
-                    await asyncio.sleep(1.0)
-                    continue
-            idle_reads = 0
+            if not jobs and self.burst:
+                idle_checks = idle_checks + 1 if await self._drained() else 0
+                if idle_checks >= 2:  # twice in a row, a read apart: nothing was in flight
+                    return
+                continue
+            idle_checks = 0
             for job in jobs:
                 if len(self._jobs) < self.concurrency:
                     self._start(job)
                 else:
                     self._backlog.append(job)
 
-    async def _read(self, free: int, *, block: bool) -> list[Job]:
-        """Up to ``free`` jobs (a blocking read may return a few more; they wait in the backlog).
+    async def _read(self, free: int, *, block: bool, block_ms: int = 0) -> list[Job]:
+        """Up to ``free`` jobs; a blocking read may return a few more (they wait in the backlog).
 
-        XREADGROUP's COUNT is per stream, so a non-blocking read asks ``free // n`` of each of
-        ``n = min(free, queues)`` queues, taken in rotation so that every queue gets its turn.
-        A blocking read waits on every queue for one job (usually one stream wakes it).
+        XREADGROUP's COUNT is per stream. With at least as many free slots as queues, one read
+        asks ``free // queues`` of each. Otherwise it asks ``free // n`` of ``n = free`` queues:
+        those that had jobs last time first, then the others in rotation. When that finds
+        nothing, a blocking read waits on every queue for one job each (woken by the first).
         """
         queues = self.queues
         if block:
             chosen, count = queues, 1
+        elif free >= len(queues):
+            chosen, count = queues, free // len(queues)
         else:
-            n = min(free, len(queues))
+            chosen = [q for q in self._hot if q in self._queue_set][:free]
             start = self._rotation % len(queues)
-            self._rotation += n
-            chosen = [queues[(start + i) % len(queues)] for i in range(n)]
-            count = free // n
+            for i in range(len(queues)):
+                if len(chosen) >= free:
+                    break
+                queue = queues[(start + i) % len(queues)]
+                if queue not in chosen:
+                    chosen.append(queue)
+            self._rotation += free
+            count = free // len(chosen)
         by_key = {q.key: q for q in chosen}
         streams: dict[Any, Any] = {q.key: ">" for q in chosen}
         reply: Any = await self.store.redis.xreadgroup(
-            WORKERS_GROUP,
-            self.worker_id,
-            streams,
-            count=count,
-            block=self.block_ms if block else None,
+            WORKERS_GROUP, self.worker_id, streams, count=count, block=block_ms if block else None
         )
         jobs: list[Job] = []
+        hot: list[Queue] = []
         for stream, entries in reply or []:
             queue = by_key[_s(stream)]
+            if entries:
+                hot.append(queue)
             for entry_id, fields in entries:
                 jobs.append(self._job(queue, _s(entry_id), fields))
+        self._hot = hot
         return jobs
 
     def _job(self, queue: Queue, entry_id: str, fields: Any) -> Job:
@@ -262,11 +264,6 @@ class Worker:
                 pipe.zcard(self.store.keys.delayed(p))
             sizes = await pipe.execute()
         return not any(sizes)
-
-    async def _wait_for_progress(self) -> None:
-        self._slot_freed.clear()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._slot_freed.wait(), self.promote_interval_s)
 
     # -- one job ---------------------------------------------------------------------------
 
