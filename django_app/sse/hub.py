@@ -38,7 +38,8 @@ from agentstream.django_app.sse.framing import Frame
 log = logging.getLogger("agentstream.sse")
 
 WAKE_STREAM_TTL_S = 3600
-READ_POOL_CONNECTIONS = 8  # replays and wake-ups of this hub, whatever the number of clients
+READ_POOL_CONNECTIONS = 8
+CLIENT_NAME = "agentstream-sse"  # in CLIENT LIST: how many connections the hubs hold  # replays and wake-ups of this hub, whatever the number of clients
 
 
 class Subscriber(Protocol):
@@ -63,9 +64,14 @@ def hub_clients(url: str) -> tuple[Redis, Redis]:
     if url.startswith("fakeredis://"):
         return redis_from_url(url), redis_from_url(url)
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=READ_POOL_CONNECTIONS, timeout=10, health_check_interval=30
+        url,
+        max_connections=READ_POOL_CONNECTIONS,
+        timeout=10,
+        health_check_interval=30,
+        client_name=CLIENT_NAME,
     )
-    return aioredis.Redis(connection_pool=pool), aioredis.Redis.from_url(url, health_check_interval=30)
+    tail = aioredis.Redis.from_url(url, health_check_interval=30, client_name=CLIENT_NAME)
+    return aioredis.Redis(connection_pool=pool), tail
 
 
 class Hub:
@@ -113,11 +119,14 @@ class Hub:
         self._changed.set()
         if self._reading and not self._wake_sent:
             self._wake_sent = True  # one wake per read in flight, however many clients join
-            async with self.reads.pipeline(transaction=False) as pipe:
-                pipe.xadd(self.wake_key, {"w": "1"}, maxlen=16, approximate=True)
-                pipe.expire(self.wake_key, WAKE_STREAM_TTL_S)
-                await pipe.execute()
+            await self._wake()
         return tail.cursor
+
+    async def _wake(self) -> None:
+        async with self.reads.pipeline(transaction=False) as pipe:
+            pipe.xadd(self.wake_key, {"w": "1"}, maxlen=16, approximate=True)
+            pipe.expire(self.wake_key, WAKE_STREAM_TTL_S)
+            await pipe.execute()
 
     def unsubscribe(self, run_id: str, subscriber: Subscriber) -> None:
         """Free the client at once (its run is dropped from the read when it was the last one)."""
@@ -204,7 +213,15 @@ class Hub:
             for subscriber in tail.subscribers:
                 subscriber.close()
         self._runs.clear()
-        if self._task is not None:
+        if self._task is not None and not self._task.done():
+            # wake the read rather than cancel it: redis-py may swallow a cancel mid-read and
+            # hold on until the block times out
+            self._changed.set()
+            with contextlib.suppress(Exception):
+                if self._reading:
+                    await self._wake()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(self._task), 2)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task

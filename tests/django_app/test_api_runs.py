@@ -126,7 +126,7 @@ def test_body_over_max_request_bytes_is_413_and_nothing_is_written(
 ) -> None:
     settings.AGENTSTREAM = {**agentstream, "MAX_REQUEST_BYTES": 2000}
     announce_sync(settings.AGENTSTREAM)
-    client, owner_id = anon_client()
+    client, _ = anon_client()
     response = post(client, hello(metadata={"blob": "x" * 5000}))
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "payload_too_large"
@@ -180,7 +180,7 @@ def test_list_is_paginated_and_filters_by_status_agent_key_and_conversation(
     agentstream: dict[str, Any],
 ) -> None:
     announce_sync(agentstream)
-    client, session_id = anon_client()
+    client, _ = anon_client()
     conversation = post(client, {"title": "chat"}, "/api/agents/conversations/").json()["id"]
     in_conversation = post(client, hello(conversation_id=conversation)).json()["id"]
     to_cancel = post(client, hello()).json()["id"]
