@@ -45,10 +45,12 @@ async def collect(
 ) -> list[tuple[int, str, dict[str, Any]]]:
     """Every event until the server closes the stream: (id, event, data)."""
     url = f"{server.url}/api/agents/runs/{run_id}/events/?{query}"
-    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
-        async with aconnect_sse(client, "GET", url, headers=caller.headers(last)) as source:
-            assert source.response.status_code == 200, await source.response.aread()
-            return [(int(s.id), s.event, orjson.loads(s.data)) async for s in source.aiter_sse() if s.data]
+    async with (
+        httpx.AsyncClient(timeout=TIMEOUT) as client,
+        aconnect_sse(client, "GET", url, headers=caller.headers(last)) as source,
+    ):
+        assert source.response.status_code == 200, await source.response.aread()
+        return [(int(s.id), s.event, orjson.loads(s.data)) async for s in source.aiter_sse() if s.data]
 
 
 @pytest.fixture
@@ -187,10 +189,12 @@ async def test_disconnect_frees_the_client_at_once_and_never_cancels_the_run(
     caller = Caller()
     claim = await running(store, caller.owner)
     url = f"{live_server_asgi.url}/api/agents/runs/{claim.run_id}/events/"
-    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
-        async with aconnect_sse(client, "GET", url, headers=caller.headers()) as source:
-            assert source.response.status_code == 200
-            await wait_clients(live_server_asgi, 1)
+    async with (
+        httpx.AsyncClient(timeout=TIMEOUT) as client,
+        aconnect_sse(client, "GET", url, headers=caller.headers()) as source,
+    ):
+        assert source.response.status_code == 200
+        await wait_clients(live_server_asgi, 1)
     started = time.monotonic()
     await wait_clients(live_server_asgi, 0)
     assert time.monotonic() - started < 2
