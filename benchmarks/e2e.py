@@ -1,0 +1,246 @@
+"""End to end: no-op runs through real worker processes (``worker_main``), 1 and 2 processes.
+
+Each run: ``run.queued`` (submit), then the worker's ``run.started``, one ``assistant.message``
+and ``run.succeeded``. Two measurements per round, alternating 1 and 2 processes:
+
+- throughput: N runs submitted (pipelined) before the workers start; runs/s from the first
+  ``started`` to the last ``finished`` time Redis recorded (process start-up excluded);
+- pickup latency: workers idle and ready, runs submitted at a steady pace well under capacity;
+  submit -> started p50/p99 from the runs' ``created``/``started`` times (Redis clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from agentstream.consumers import AgentRuntime, RunContext, RunResult
+from agentstream.core.settings import Settings
+from agentstream.core.store import EventStore, Redis, SubmitRequest, redis_from_url
+from benchmarks.common import Options, Record, summarize
+
+ROOT = Path(__file__).resolve().parents[1]
+CONCURRENCY = 256
+
+
+class NoOp(AgentRuntime):
+    key = "bench-noop"
+
+    async def run(self, ctx: RunContext) -> RunResult:
+        await ctx.emit_user_message("ok")
+        return RunResult()
+
+
+def register() -> list[AgentRuntime]:
+    return [NoOp()]
+
+
+def start_workers(
+    prefix: str, redis_url: str, processes: int, *, burst: bool, registry: str, concurrency: int, log: Path
+) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTREAM_")}
+    env.update(
+        REDIS_URL=redis_url,
+        AGENTSTREAM_KEY_PREFIX=prefix,
+        AGENTSTREAM_RUNTIME_REGISTRY=registry,
+        AGENTSTREAM_LOG_LEVEL="WARNING",
+        PYTHONPATH=str(ROOT),
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "agentstream.consumers.worker_main",
+        "--processes",
+        str(processes),
+        "--concurrency",
+        str(concurrency),
+        "--queue-poll-interval",
+        "0.5",
+    ]
+    if burst:
+        command.append("--burst")
+    with log.open("ab") as out:
+        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+async def submit_all(
+    store: EventStore, n: int, agent_key: str, params: dict[str, object] | None = None
+) -> list[str]:
+    run_ids: list[str] = []
+    for start in range(0, n, 2000):  # one tick's worth of submits shares a pipeline
+        chunk = [
+            SubmitRequest(agent_key, "user:bench", params=params or {}) for _ in range(min(2000, n - start))
+        ]
+        run_ids += [r.run_id for r in await asyncio.gather(*(store.submit(req) for req in chunk))]
+    return run_ids
+
+
+async def run_times(client: Redis, store: EventStore, run_ids: list[str]) -> list[tuple[int, int, int]]:
+    """(created, started, finished) ms of every run, in one pipeline per 5,000."""
+    out: list[tuple[int, int, int]] = []
+    for start in range(0, len(run_ids), 5000):
+        async with client.pipeline(transaction=False) as pipe:
+            for run_id in run_ids[start : start + 5000]:
+                pipe.hmget(store.keys.run_state(run_id), "created", "started", "finished")
+            for created, started, finished in await pipe.execute():
+                out.append((int(created or 0), int(started or 0), int(finished or 0)))
+    return out
+
+
+async def wait_all_finished(client: Redis, store: EventStore, run_ids: list[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        times = await run_times(client, store, run_ids)
+        if all(f for _, _, f in times):
+            return
+        if time.monotonic() > deadline:
+            done = sum(1 for _, _, f in times if f)
+            raise RuntimeError(f"only {done}/{len(run_ids)} runs finished within {timeout_s}s")
+        await asyncio.sleep(0.2)
+
+
+async def wait_serving(client: Redis, store: EventStore, processes: int, timeout_s: float = 60) -> None:
+    """Warm-up runs until every worker process has started one: then all are reading."""
+    seen: set[bytes] = set()
+    deadline = time.monotonic() + timeout_s
+    while len(seen) < processes:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(seen)} of {processes} worker processes started runs")
+        run_ids = await submit_all(store, 20, NoOp.key)
+        await wait_all_finished(client, store, run_ids, timeout_s)
+        async with client.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                pipe.hget(store.keys.run_state(run_id), "worker")
+            seen.update(w for w in await pipe.execute() if w)
+
+
+async def delete_prefix(client: Redis, prefix: str) -> None:
+    batch: list[bytes] = []
+    async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            await client.delete(*batch)
+            batch.clear()
+    if batch:
+        await client.delete(*batch)
+
+
+async def throughput_round(client: Redis, redis_url: str, n: int, processes: int, log: Path) -> float:
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    store = EventStore(client, Settings(KEY_PREFIX=prefix), pipeline_scripts=True)
+    try:
+        run_ids = await submit_all(store, n, NoOp.key)
+        proc = start_workers(
+            prefix,
+            redis_url,
+            processes,
+            burst=True,
+            registry="benchmarks.e2e:register",
+            concurrency=CONCURRENCY,
+            log=log,
+        )
+        await asyncio.to_thread(proc.wait, 600)
+        times = await run_times(client, store, run_ids)
+        if not all(f for _, _, f in times):
+            raise RuntimeError(
+                f"burst workers exited with {proc.returncode} before every run finished; see {log}"
+            )
+        first_start = min(s for _, s, _ in times)
+        last_finish = max(f for _, _, f in times)
+        return n / ((last_finish - first_start) / 1000)
+    finally:
+        await delete_prefix(client, prefix)
+
+
+async def latency_round(
+    client: Redis, redis_url: str, n: int, processes: int, rate: float, log: Path
+) -> list[int]:
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    store = EventStore(client, Settings(KEY_PREFIX=prefix), pipeline_scripts=True)
+    await store.ensure_groups([NoOp.key])
+    proc = start_workers(
+        prefix,
+        redis_url,
+        processes,
+        burst=False,
+        registry="benchmarks.e2e:register",
+        concurrency=CONCURRENCY,
+        log=log,
+    )
+    try:
+        await wait_serving(client, store, processes)
+        run_ids: list[str] = []
+        started = time.monotonic()
+        for i in range(n):  # a steady pace: submit i at started + i / rate
+            delay = started + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            run_ids.append((await store.submit(SubmitRequest(NoOp.key, "user:bench"))).run_id)
+        await wait_all_finished(client, store, run_ids, 120)
+        return [s - c for c, s, _ in await run_times(client, store, run_ids)]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(proc.wait, 60)
+        await delete_prefix(client, prefix)
+
+
+def percentile(values: list[int], q: float) -> float:
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
+
+
+async def main(opts: Options) -> list[Record]:
+    n = opts.size(20_000, 3_000)
+    n_latency = opts.size(1_000, 300) if not opts.n else min(opts.n, 1_000)
+    rate = 200.0
+    client = redis_from_url(opts.redis_url)
+    log = Path(tempfile.gettempdir()) / "agentstream-bench-e2e.log"
+    samples: dict[tuple[int, str], list[float]] = {}
+    try:
+        for _ in range(opts.rounds):
+            for processes in (1, 2):
+                runs_per_s = await throughput_round(client, opts.redis_url, n, processes, log)
+                latencies = await latency_round(client, opts.redis_url, n_latency, processes, rate, log)
+                samples.setdefault((processes, "runs/s"), []).append(runs_per_s)
+                samples.setdefault((processes, "p50"), []).append(statistics.median(latencies))
+                samples.setdefault((processes, "p99"), []).append(percentile(latencies, 0.99))
+                print(
+                    f"  e2e {processes} proc: {runs_per_s:,.0f} runs/s; pickup p50 "
+                    f"{statistics.median(latencies):.0f} ms p99 {percentile(latencies, 0.99):.0f} ms",
+                    flush=True,
+                )
+    finally:
+        await client.aclose()
+    records: list[Record] = []
+    for processes in (1, 2):
+        system = f"agentstream ({processes} proc x {CONCURRENCY})"
+        records.append(summarize("e2e", system, "throughput", "runs/s", n, samples[(processes, "runs/s")]))
+        records.append(
+            summarize(
+                "e2e",
+                system,
+                f"submit->started p50 @{rate:g}/s",
+                "ms",
+                n_latency,
+                samples[(processes, "p50")],
+            )
+        )
+        records.append(
+            summarize(
+                "e2e",
+                system,
+                f"submit->started p99 @{rate:g}/s",
+                "ms",
+                n_latency,
+                samples[(processes, "p99")],
+            )
+        )
+    return records
