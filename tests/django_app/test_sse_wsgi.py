@@ -1,0 +1,102 @@
+"""The sync SSE body under WSGI (Django's test client), and the replay from the event archive
+when the run's stream has expired."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import uuid
+from typing import Any
+
+import pytest
+
+from agentstream.core.events import NewEvent
+from agentstream.core.ids import anonymous_owner
+from agentstream.django_app.api import backend
+from agentstream.django_app.models import Event, Run
+from tests.django_app.conftest import anon_client, run, store_for, wait_until
+from tests.django_app.helpers import finish, running
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def frames(chunks: list[bytes]) -> list[dict[str, str]]:
+    out = []
+    for block in b"".join(chunks).decode().split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":")
+        )
+        if "id" in fields:
+            out.append(fields)
+    return out
+
+
+def test_the_sync_view_replays_and_tails_a_live_run_under_wsgi(agentstream: dict[str, Any]) -> None:
+    client, session_id = anon_client()
+
+    async def start() -> Any:
+        store = store_for(agentstream)
+        try:
+            return await running(store, anonymous_owner(session_id))
+        finally:
+            await store.redis.aclose()
+
+    claim = run(start)
+    response = client.get(f"/api/agents/runs/{claim.run_id}/events/?include_all=true")
+    assert response.status_code == 200 and response["Content-Type"] == "text/event-stream"
+    body = iter(response.streaming_content)
+    chunks = [next(body)]  # retry:
+    assert chunks[0].startswith(b"retry: ")
+    chunks.append(next(body))  # the replay: queued, started
+
+    def produce() -> None:  # once the view tails through the hub, the run goes on
+        wait_until(lambda: backend.api_backend().hub.clients == 1, what="the WSGI client subscribed")
+
+        async def go() -> None:
+            store = store_for(agentstream)
+            try:
+                await store.append_many(claim.run_id, claim.attempt, [NewEvent("assistant.delta", {"d": 1})])
+                await finish(store, claim)
+            finally:
+                await store.redis.aclose()
+
+        run(go)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    chunks += list(body)  # ends after the terminal event
+    producer.join(10)
+    got = frames(chunks)
+    assert [int(f["id"]) for f in got] == [1, 2, 3, 4]
+    assert got[-1]["event"] == "run.succeeded"
+    wait_until(lambda: backend.api_backend().hub.clients == 0, what="the WSGI client freed")
+
+
+def test_an_expired_stream_is_replayed_from_the_event_archive(agentstream: dict[str, Any]) -> None:
+    client, session_id = anon_client()
+    run_id = uuid.uuid4()
+    now = dt.datetime.now(dt.UTC)
+    Run.objects.create(
+        id=run_id, owner=anonymous_owner(session_id), agent_key="echo", status="succeeded", last_seq=3
+    )
+    for seq, kind, vis in [
+        (1, "run.queued", "internal"),
+        (2, "assistant.message", "user"),
+        (3, "run.succeeded", "user"),
+    ]:
+        Event.objects.create(run_id=run_id, seq=seq, type=kind, payload={"seq": seq}, ts=now, visibility=vis)
+    response = client.get(f"/api/agents/runs/{run_id}/events/")
+    got = frames(list(response.streaming_content))
+    assert [(int(f["id"]), f["event"]) for f in got] == [(2, "assistant.message"), (3, "run.succeeded")]
+    resumed = client.get(f"/api/agents/runs/{run_id}/events/?include_all=1", HTTP_LAST_EVENT_ID="1")
+    assert [int(f["id"]) for f in frames(list(resumed.streaming_content))] == [2, 3]
+    assert client.get(f"/api/agents/runs/{run_id}/events/", HTTP_LAST_EVENT_ID="3").status_code == 204
+    other, _ = anon_client()
+    assert other.get(f"/api/agents/runs/{run_id}/events/").status_code == 404
+
+
+def test_a_bad_last_event_id_is_400(agentstream: dict[str, Any]) -> None:
+    client, _ = anon_client()
+    response = client.get(f"/api/agents/runs/{uuid.uuid4()}/events/?from_seq=-3")
+    assert response.status_code == 400
+    assert "from_seq" in response.json()["error"]["message"]
