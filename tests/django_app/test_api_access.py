@@ -108,7 +108,7 @@ class _Session:
 
 
 class _Manager:
-    rows = [_Session("s-live", "tok-live", False), _Session("s-old", "tok-old", True)]
+    rows = (_Session("s-live", "tok-live", False), _Session("s-old", "tok-old", True))
 
     def filter(self, token: str) -> Any:
         found = [r for r in self.rows if r.token == token]
