@@ -10,7 +10,7 @@ import sys
 from benchmarks import report
 from benchmarks.common import Options, Record, save, table
 
-SCENARIOS = ["limit", "append"]
+SCENARIOS = ["limit", "append", "projector", "replay"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,6 +63,12 @@ class Delivery:
         return {p: max(ids, key=_id_key) for p, ids in self.acks.items() if ids}
 
 
+def _already_set() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
 def _id_key(entry_id: str) -> tuple[int, int]:
     ms, _, n = entry_id.partition("-")
     return int(ms), int(n or 0)
@@ -134,20 +140,40 @@ class Projector:
         """Project until ``stop`` is set; ``burst``: until the logs are drained, then return."""
         stop = stop or asyncio.Event()
         await self.ensure_groups()
+        prefetch: asyncio.Task[Delivery] | None = None
         try:
             while not stop.is_set():
-                delivery = await self.claim_stale()
-                if delivery.size == 0:
-                    delivery = await self.read(block_ms=None if burst else self.options.block_ms)
+                delivery = await (prefetch or self.next_delivery(burst))
+                prefetch = None
                 if delivery.size == 0:
                     if burst:
                         return
                     continue
+                # read and decode the next batch while this one commits (the DB waits are long)
+                prefetch = asyncio.create_task(self.next_delivery(burst))
                 if not await self.apply(delivery, stop):
                     return  # stopped while retrying: the batch stays pending for the next consumer
                 await self.ack(delivery)
         finally:
+            if prefetch is not None:
+                await self._finish_prefetched(prefetch)
             await self.close()
+
+    async def next_delivery(self, burst: bool) -> Delivery:
+        delivery = await self.claim_stale()
+        if delivery.size == 0:
+            delivery = await self.read(block_ms=None if burst else self.options.block_ms)
+        return delivery
+
+    async def _finish_prefetched(self, prefetch: asyncio.Task[Delivery]) -> None:
+        """Stopping with a batch already read: apply it once (no retries) rather than leave it to
+        wait ``claim_idle_ms`` for another consumer."""
+        try:
+            delivery = await prefetch
+        except Exception:
+            return
+        if delivery.size and await self.apply(delivery, _already_set()):
+            await self.ack(delivery)
 
     async def read(self, *, block_ms: int | None) -> Delivery:
         streams: dict[Any, Any] = dict.fromkeys(self.logs, ">")

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentstream.core.events import Event, EventType
+from agentstream.core.events import TERMINAL_TYPES, Event, EventType
 from agentstream.core.state import RunStatus
 
 # Status each lifecycle event sets; the highest seq among them decides the row's status.
@@ -27,6 +27,9 @@ STATUS_OF_EVENT: Mapping[str, RunStatus] = {
     EventType.RUN_CANCELLED: RunStatus.CANCELLED,
     EventType.RUN_TIMED_OUT: RunStatus.TIMED_OUT,
 }
+
+# Events that set a run field beyond last_seq / attempt / activity.
+ROW_CHANGING_TYPES: frozenset[str] = frozenset({*STATUS_OF_EVENT, EventType.RUN_CANCEL_REQUESTED})
 
 CONVERSATION_TYPES = frozenset(
     {EventType.CONVERSATION_CREATED, EventType.CONVERSATION_UPDATED, EventType.CONVERSATION_DELETED}
@@ -134,51 +137,47 @@ def merge_conversations(a: ConversationPatch, b: ConversationPatch) -> Conversat
 
 
 def run_patch(event: Event) -> RunPatch:
-    """The patch one run event makes (every run event moves ``last_seq`` and activity)."""
+    """The patch one run event makes (every run event moves ``last_seq``, attempt and activity)."""
     kind = event.type
     p = event.payload
-    patch = RunPatch(
-        run_id=event.run_id,
-        last_seq=event.seq,
-        attempt=event.attempt,
-        conversation_id=event.conversation_id,
-        last_activity_ms=event.ts_ms,
-    )
     status = STATUS_OF_EVENT.get(kind)
-    if status is not None:
-        patch = dataclasses.replace(patch, status=status, status_seq=event.seq)
+    queued: Queued | None = None
+    terminal: Terminal | None = None
+    conversation_id = event.conversation_id
     if kind == EventType.RUN_QUEUED:
         idem = p.get("idempotency_key")
-        patch = dataclasses.replace(
-            patch,
-            conversation_id=str(p.get("conversation_id") or event.conversation_id or ""),
-            queued=Queued(
-                owner=str(p.get("owner", "")),
-                agent_key=str(p.get("agent_key", "")),
-                conversation_id=str(p.get("conversation_id") or ""),
-                input={"messages": list(p.get("messages") or []), "params": dict(p.get("params") or {})},
-                metadata=dict(p.get("metadata") or {}),
-                max_attempts=int(p.get("max_attempts") or 1),
-                idempotency_key=str(idem) if idem else None,
-                created_ms=event.ts_ms,
-            ),
+        conversation_id = str(p.get("conversation_id") or event.conversation_id or "")
+        queued = Queued(
+            owner=str(p.get("owner", "")),
+            agent_key=str(p.get("agent_key", "")),
+            conversation_id=str(p.get("conversation_id") or ""),
+            input={"messages": list(p.get("messages") or []), "params": dict(p.get("params") or {})},
+            metadata=dict(p.get("metadata") or {}),
+            max_attempts=int(p.get("max_attempts") or 1),
+            idempotency_key=str(idem) if idem else None,
+            created_ms=event.ts_ms,
         )
-    elif kind == EventType.RUN_STARTED:
-        patch = dataclasses.replace(patch, started_ms=event.ts_ms)
-    elif kind == EventType.RUN_CANCEL_REQUESTED:
-        patch = dataclasses.replace(patch, cancel_requested_ms=event.ts_ms)
-    elif event.is_terminal:
-        patch = dataclasses.replace(
-            patch,
-            terminal=Terminal(
-                finished_ms=event.ts_ms,
-                output=p.get("output"),
-                error=p.get("error"),
-                usage=dict(p.get("usage") or {}),
-                final_messages=p.get("final_messages"),
-            ),
+    elif kind in TERMINAL_TYPES:
+        terminal = Terminal(
+            finished_ms=event.ts_ms,
+            output=p.get("output"),
+            error=p.get("error"),
+            usage=dict(p.get("usage") or {}),
+            final_messages=p.get("final_messages"),
         )
-    return patch
+    return RunPatch(
+        run_id=event.run_id,
+        last_seq=event.seq,
+        status=status,
+        status_seq=event.seq if status is not None else 0,
+        attempt=event.attempt,
+        queued=queued,
+        started_ms=event.ts_ms if kind == EventType.RUN_STARTED else 0,
+        cancel_requested_ms=event.ts_ms if kind == EventType.RUN_CANCEL_REQUESTED else 0,
+        terminal=terminal,
+        conversation_id=conversation_id,
+        last_activity_ms=event.ts_ms,
+    )
 
 
 def conversation_patch(event: Event) -> ConversationPatch:
@@ -216,24 +215,54 @@ class Patches:
 
 
 def fold_patches(events: Iterable[Event]) -> Patches:
-    """One patch per run and per conversation for a batch (any order, duplicates allowed)."""
+    """One patch per run and per conversation for a batch (any order, duplicates allowed).
+
+    The same as merging ``run_patch`` of every event; most events (tool calls, messages) only
+    move last_seq, attempt and activity, so those take a short path and merge once per run.
+    """
     runs: dict[str, RunPatch] = {}
+    light: dict[str, list[int]] = {}  # run id -> [last_seq, attempt, last_activity_ms]
+    conversation_of: dict[str, str] = {}
+    activity: dict[str, int] = {}  # conversation id -> its runs' last activity
     conversations: dict[str, ConversationPatch] = {}
     for event in events:
-        if event.run_id:
-            patch = run_patch(event)
-            old = runs.get(event.run_id)
-            runs[event.run_id] = patch if old is None else merge_runs(old, patch)
-            conv_id = patch.conversation_id
+        run_id = event.run_id
+        if run_id:
+            if event.type in ROW_CHANGING_TYPES:
+                patch = run_patch(event)
+                old = runs.get(run_id)
+                runs[run_id] = patch if old is None else merge_runs(old, patch)
+                conv_id = patch.conversation_id
+            else:
+                acc = light.get(run_id)
+                if acc is None:
+                    light[run_id] = [event.seq, event.attempt, event.ts_ms]
+                else:
+                    acc[0] = max(acc[0], event.seq)
+                    acc[1] = max(acc[1], event.attempt)
+                    acc[2] = max(acc[2], event.ts_ms)
+                conv_id = event.conversation_id
             if conv_id:
-                # runs move their conversation's last activity
-                activity = ConversationPatch(conversation_id=conv_id, last_activity_ms=event.ts_ms)
-                found = conversations.get(conv_id)
-                conversations[conv_id] = activity if found is None else merge_conversations(found, activity)
+                conversation_of[run_id] = conv_id
+                activity[conv_id] = max(activity.get(conv_id, 0), event.ts_ms)
         elif event.conversation_id and event.type in CONVERSATION_TYPES:
             cpatch = conversation_patch(event)
             found = conversations.get(event.conversation_id)
             conversations[event.conversation_id] = (
                 cpatch if found is None else merge_conversations(found, cpatch)
             )
+    for run_id, (seq, attempt, last_ms) in light.items():
+        base = RunPatch(
+            run_id=run_id,
+            last_seq=seq,
+            attempt=attempt,
+            conversation_id=conversation_of.get(run_id, ""),
+            last_activity_ms=last_ms,
+        )
+        old = runs.get(run_id)
+        runs[run_id] = base if old is None else merge_runs(old, base)
+    for conv_id, last_ms in activity.items():
+        touch = ConversationPatch(conversation_id=conv_id, last_activity_ms=last_ms)
+        found = conversations.get(conv_id)
+        conversations[conv_id] = touch if found is None else merge_conversations(found, touch)
     return Patches(runs, conversations)
