@@ -52,3 +52,18 @@ async def test_a_refusal_inside_a_batch_fails_only_its_own_caller(pipelined: Eve
     assert isinstance(bad, FencedOut)
     events = await pipelined.read_run(run.run_id)
     assert [e.payload.get("content") for e in events if e.type == "assistant.message"] == ["hi"]
+
+
+async def test_the_hiredis_packer_sends_the_same_bytes_as_redis_py() -> None:
+    from redis.asyncio import Connection
+
+    from agentstream.core.store import HiredisPackConnection
+
+    fast, slow = HiredisPackConnection(), Connection()
+    for args in [
+        ("SET", "k", "v"),
+        ("EVALSHA", "abc", 2, "k1", "k2", b"\x00\xffbin", 12, -3, "ünï"),
+        ("XADD", b"stream", "*", "f", 1.5),
+        ("CONFIG GET", "maxmemory"),
+    ]:
+        assert b"".join(fast.pack_command(*args)) == b"".join(slow.pack_command(*args)), args
