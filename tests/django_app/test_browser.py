@@ -8,7 +8,6 @@ import asyncio
 import itertools
 import json
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -78,10 +77,14 @@ async def chromium() -> AsyncIterator[Page]:
     assert CHROMIUM is not None
     port = free_port()
     profile = tempfile.mkdtemp(prefix="agentstream-chromium-")
-    process = subprocess.Popen(
-        [CHROMIUM, *FLAGS, f"--remote-debugging-port={port}", f"--user-data-dir={profile}", "about:blank"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    process = await asyncio.create_subprocess_exec(
+        CHROMIUM,
+        *FLAGS,
+        f"--remote-debugging-port={port}",
+        f"--user-data-dir={profile}",
+        "about:blank",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 30
@@ -98,7 +101,7 @@ async def chromium() -> AsyncIterator[Page]:
             yield Page(ws)
     finally:
         process.kill()
-        process.wait(10)
+        await asyncio.wait_for(process.wait(), 10)
         shutil.rmtree(profile, ignore_errors=True)
 
 
