@@ -83,6 +83,8 @@ class Attempt:
             self.task.cancel()
 
     async def execute(self) -> Outcome:
+        if self.stop_reason is not None:
+            return self.stop_reason
         if self.cancel_reason is not None:  # requested before this attempt began
             return await self._end_cancelled()
         self.task = asyncio.get_running_loop().create_task(self.runtime.run(self.ctx))

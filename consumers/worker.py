@@ -121,6 +121,7 @@ class Worker:
         self._hot: list[Queue] = []  # queues the last read found jobs in
         self._queue_set = set(self.queues)
         self._closing = False
+        self._handing_back = False
         self.cancel_listener = CancelListener(store.redis, store.keys.cancel_channel(), self._on_cancel)
         self.ready = asyncio.Event()  # reading jobs and listening for cancels
 
@@ -296,6 +297,8 @@ class Worker:
             _with_timeout(self.attempt_options, claim.timeout_s),
         )
         self.attempts[job.run_id] = (job, attempt)
+        if self._handing_back:  # began while the drain ended: give it straight back
+            attempt.stop(Outcome.HANDED_BACK)
         log.info("run %s started: attempt %d on %s", job.run_id, claim.attempt, self.worker_id)
         try:
             outcome = await attempt.execute()
@@ -386,6 +389,8 @@ class Worker:
                 if fields is None:
                     continue  # deleted meanwhile; XAUTOCLAIM drops it from the PEL
                 job = self._job(queue, _s(entry_id), fields)
+                if job.run_id in self.attempts:
+                    continue  # ours already (a late heartbeat); the claim just renewed it
                 log.info("run %s reclaimed from an expired lease (job %s)", job.run_id, job.job_id)
                 self._start(job)
 
@@ -412,6 +417,7 @@ class Worker:
                     return_when=asyncio.FIRST_COMPLETED,
                 )
             stop_now.cancel()
+        self._handing_back = True
         for _, attempt in list(self.attempts.values()):
             attempt.stop(Outcome.HANDED_BACK)
         if self._jobs:
