@@ -96,3 +96,17 @@ def test_a_failing_registration_is_a_django_system_check_error_with_the_tracebac
 def test_a_working_registry_passes_the_system_check() -> None:
     with override_settings(AGENTSTREAM={"RUNTIME_REGISTRY": ["tests.consumers.agents:register"]}):
         call_command("check")
+
+
+def test_runtimes_are_discovered_from_the_entry_point_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib.metadata import EntryPoint
+
+    from agentstream.consumers import registry as registry_module
+
+    found = [EntryPoint("hello", "tests.consumers.test_registry:Hello", "agentstream.runtimes")]
+    monkeypatch.setattr(
+        registry_module, "entry_points", lambda group: found if group == "agentstream.runtimes" else []
+    )
+    registry = RuntimeRegistry()
+    registry.discover([])
+    assert registry.keys() == ["hello"] and registry.errors == []

@@ -250,3 +250,16 @@ async def test_a_job_whose_run_already_ended_is_acked_and_dropped(wstore: EventS
     assert await wstore.redis.xlen(wstore.keys.queue(partition, "echo")) == 0
     events = await wstore.read_run(run_id)
     assert types(events).count(EventType.RUN_STARTED) == 1
+
+
+async def test_a_missed_cancel_broadcast_is_caught_by_the_heartbeat(wstore: EventStore) -> None:
+    async with running_worker(wstore) as worker:
+        worker.cancel_listener._on_cancel = lambda run_id: None  # the pub/sub message is lost
+        run_id = await submit(wstore, "sleeper", params={"sleep_s": 60})
+        await asyncio.wait_for(agents.started(run_id).wait(), 10)
+        requested = time.monotonic()
+        await wstore.cancel(run_id)
+        state = await wait_terminal(wstore, run_id)
+    assert state.status is RunStatus.CANCELLED
+    lease_s = wstore.settings.LEASE_TTL_SECONDS
+    assert agents.CANCELLED_AT[run_id] - requested < lease_s / 3 + 0.5  # within one heartbeat
