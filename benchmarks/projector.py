@@ -3,8 +3,8 @@ the lag (commit time - event time) at a sustained 5,000 events/s, next to a naiv
 makes ORM calls per event (what a port of the seed would do).
 
 The logs are filled with entries in exactly the form the Lua scripts write (``r s t p ts a vis c``),
-by pipelined XADD, so the figure is the projector's and not the producer's. Each run has 11 state
-events: run.queued, run.started, 4 x (tool.call, tool.result), assistant.message... run.succeeded.
+by pipelined XADD, so the figure is the projector's and not the producer's. Each run has 12 state
+events: run.queued, run.started, 4 x (tool.call, tool.result), assistant.message, run.succeeded.
 The database is a fresh one of the benchmark's own (``bench_projections``), migrated first.
 """
 
@@ -24,7 +24,7 @@ import msgpack
 from benchmarks.common import Options, Record, summarize
 
 PARTITIONS = 16
-EVENTS_PER_RUN = 11
+EVENTS_PER_RUN = 12
 BENCH_DB = "bench_projections"
 
 
@@ -82,7 +82,7 @@ def truncate_read_models() -> None:
 
 
 def run_entries(run_id: str, ts_ms: int) -> Iterator[dict[str, Any]]:
-    """One run's 11 state events, as partition-log fields."""
+    """One run's 12 state events, as partition-log fields."""
 
     def entry(seq: int, kind: str, payload: dict[str, Any], attempt: int) -> dict[str, Any]:
         return {
@@ -299,7 +299,7 @@ async def lag_at_rate(opts: Options, rate_per_s: int, duration_s: float) -> tupl
 
 async def main(opts: Options) -> list[Record]:
     await asyncio.to_thread(setup_django, opts.database_url)
-    runs = opts.size(full=20_000, quick=3_000)  # x 11 events
+    runs = opts.size(full=20_000, quick=3_000)  # x 12 events
     naive_runs = max(100, runs // 20)
     duration_s = 3.0 if opts.quick else 10.0
     ours: list[float] = []

@@ -12,6 +12,7 @@ commit and then merges its newer events on top (writes are order-insensitive).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -64,13 +65,23 @@ def _for_replay(projection: Projection) -> Projection:
     )
 
 
+@functools.lru_cache(maxsize=65536)
+def _canonical_uuid(value: str) -> str:
+    return str(uuid.UUID(value))
+
+
 def _uuid_text(value: Any) -> str:
     if value is None or value == "":
         return ""
-    return str(value) if isinstance(value, uuid.UUID) else str(uuid.UUID(str(value)))
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    text = str(value)
+    return text if len(text) == 36 else _canonical_uuid(text)
 
 
 def _ms(value: Any) -> int:
+    if isinstance(value, int):
+        return value
     when = value if isinstance(value, dt.datetime) else parse_datetime(str(value))
     if when is None:
         return 0
@@ -176,19 +187,132 @@ def replay_archive(
 ) -> int:
     """Rebuild ``projections`` from the archive in one transaction; returns the events applied."""
     connection = connections[database]
-    targets = [_for_replay(p) for p in projections]
     started = time.perf_counter()
+    read_models = [p for p in projections if isinstance(p, ReadModelProjection)]
+    others = [p for p in projections if not isinstance(p, ReadModelProjection)]
+    total = 0
     done = 0
+
+    def step(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(Progress(done, total, time.perf_counter() - started))
+
     with transaction.atomic(using=database):
-        total = count_archive(connection)
-        for projection in targets:
+        events_in_archive = count_archive(connection)
+        total = events_in_archive * ((1 if read_models else 0) + (1 if others else 0))
+        for projection in projections:
             projection.reset(connection)
-        for events in archive_pages(connection, page=page, payload_types=_payload_types(targets)):
-            apply_page(targets, events, connection)
-            done += len(events)
-            if progress:
-                progress(Progress(done, total, time.perf_counter() - started))
-    return done
+        if read_models:
+            replay_read_model(connection, page=page, step=step)
+        if others:
+            for events in archive_pages(connection, page=page, payload_types=_payload_types(others)):
+                apply_page(others, events, connection)
+                step(len(events))
+    return events_in_archive
+
+
+_PG_MS = "(EXTRACT(EPOCH FROM {}) * 1000)::bigint"
+AGGREGATE_TYPE = "replay.aggregate"  # a stand-in for every light event of a run (never stored)
+
+
+def replay_read_model(connection: BaseDatabaseWrapper, *, page: int, step: Callable[[int], None]) -> None:
+    """The read-model from the archive, with the database doing the bulk of it: per run, one
+    aggregate row (max seq, attempt, time) stands for the events that only move those, and only
+    lifecycle events are read in full. Two streams ordered by run id, merged page by page."""
+    projection = ReadModelProjection(write_archive=False)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT conversation_id, seq, type, payload, ts FROM {CONVERSATION_EVENT} ORDER BY id"
+        )
+        conv = [
+            Event(
+                run_id="",
+                seq=seq,
+                type=kind,
+                payload=_payload(p),
+                ts_ms=_ms(ts),
+                conversation_id=_uuid_text(c),
+            )
+            for c, seq, kind, p, ts in cursor.fetchall()
+        ]
+    if conv:
+        projection.handle(conv, connection)
+        step(len(conv))
+    if connection.vendor == "postgresql":
+        # text ids and epoch milliseconds from the server: no per-row uuid or datetime objects
+        run_id, conv_id, ts, payload = (
+            "run_id::text",
+            "conversation_id::text",
+            _PG_MS.format("ts"),
+            "payload::text",
+        )
+        max_ts = _PG_MS.format("MAX(ts)")
+    else:
+        run_id, conv_id, ts, payload, max_ts = "run_id", "conversation_id", "ts", "payload", "MAX(ts)"
+    marks = ", ".join(["%s"] * len(LIFECYCLE_TYPES))
+    lifecycle = sorted(LIFECYCLE_TYPES)
+    aggregates = connection.chunked_cursor()
+    aggregates.execute(
+        f"SELECT {run_id}, COUNT(*), MAX(seq), MAX(attempt), {max_ts}, MAX({conv_id}) FROM {EVENT} "
+        f"WHERE type NOT IN ({marks}) GROUP BY run_id ORDER BY run_id",
+        lifecycle,
+    )
+    lifecycles = connection.chunked_cursor()
+    lifecycles.execute(
+        f"SELECT {run_id}, seq, type, {payload}, {ts}, attempt, {conv_id} FROM {EVENT} "
+        f"WHERE type IN ({marks}) ORDER BY run_id, seq",
+        lifecycle,
+    )
+    pending_life: list[Any] = []
+    life_done = False
+    aggregates_done = False
+    while not (aggregates_done and life_done):
+        chunk = [] if aggregates_done else aggregates.fetchmany(page)
+        aggregates_done = aggregates_done or len(chunk) < page
+        events: list[Event] = []
+        light = 0
+        for run_id, count, seq, attempt, ts, conv_id in chunk:
+            events.append(
+                Event(run_id=_uuid_text(run_id), seq=seq, type=AGGREGATE_TYPE, ts_ms=_ms(ts), attempt=attempt,
+                      conversation_id=_uuid_text(conv_id))
+            )  # fmt: skip
+            light += count
+        # lifecycle rows up to the last run of this chunk (all of them after the last chunk)
+        until = chunk[-1][0] if chunk and not aggregates_done else None
+        while not life_done:
+            if not pending_life:
+                pending_life = list(lifecycles.fetchmany(page))
+                if not pending_life:
+                    life_done = True
+                    break
+            cut = len(pending_life) if until is None else _first_after(pending_life, until)
+            events.extend(_lifecycle_event(row) for row in pending_life[:cut])
+            light += cut
+            pending_life = pending_life[cut:]
+            if pending_life:
+                break  # the rest belongs to later runs
+        if events:
+            projection.handle(events, connection)
+        step(light)
+    aggregates.close()
+    lifecycles.close()
+
+
+def _first_after(rows: list[Any], run_id: Any) -> int:
+    for i, row in enumerate(rows):
+        if row[0] > run_id:
+            return i
+    return len(rows)
+
+
+def _lifecycle_event(row: Any) -> Event:
+    run_id, seq, kind, payload, ts, attempt, conv_id = row
+    return Event(
+        run_id=_uuid_text(run_id), seq=seq, type=kind, payload=_payload(payload), ts_ms=_ms(ts), attempt=attempt,
+        conversation_id=_uuid_text(conv_id),
+    )  # fmt: skip
 
 
 def replay_events(

@@ -110,7 +110,7 @@ async def test_readers_see_the_old_rows_until_the_replay_commits(store: EventSto
                 seen_by_reader.append(cursor.fetchone()[0])
 
         try:
-            replay_archive([ReadModelProjection()], database, page=7, progress=look)
+            replay_archive([ReadModelProjection()], database, page=2, progress=look)
         finally:
             reader.close()
 
