@@ -35,6 +35,7 @@ SEED_ONLY_KEYS: Mapping[str, str] = {
     "EVENT_TTL_SECONDS": "use RUN_RETENTION_SECONDS",
     "DEFAULT_MAX_ATTEMPTS": "use MAX_RETRIES",
     "SWALLOW_EXCEPTIONS": "errors always become run.failed events; remove it",
+    "LITELLM_ENABLED": "set MODEL_PROVIDER = 'litellm' instead",
     "RUN_MODEL": "read-models are agentstream's own; project into yours with a Projection",
     "CONVERSATION_MODEL": "read-models are agentstream's own; project into yours with a Projection",
 }
@@ -85,9 +86,7 @@ class Settings:
     OPENAI_API_KEY: str | None = None
     OPENAI_BASE_URL: str | None = None
     ANTHROPIC_API_KEY: str | None = None
-    LITELLM_ENABLED: bool = False
-    # tracing
-    TRACER: str = "noop"
+    # tracing (accepted and validated; the Langfuse integration is not built yet)
     LANGFUSE_ENABLED: bool = False
     LANGFUSE_PUBLIC_KEY: str | None = None
     LANGFUSE_SECRET_KEY: str | None = None
