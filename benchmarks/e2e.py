@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import statistics
 import subprocess
@@ -133,11 +134,20 @@ async def delete_prefix(client: Redis, prefix: str) -> None:
         await client.delete(*batch)
 
 
-async def throughput_round(client: Redis, redis_url: str, n: int, processes: int, log: Path) -> float:
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def throughput_round(
+    client: Redis, redis_url: str, n: int, processes: int, log: Path
+) -> tuple[float, float]:
+    """(runs/s, worker CPU µs per run: user + system of every worker process, start-up included)."""
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     store = EventStore(client, Settings(KEY_PREFIX=prefix), pipeline_scripts=True)
     try:
         run_ids = await submit_all(store, n, NoOp.key)
+        cpu_before = children_cpu_s()
         proc = start_workers(
             prefix,
             redis_url,
@@ -148,6 +158,7 @@ async def throughput_round(client: Redis, redis_url: str, n: int, processes: int
             log=log,
         )
         await asyncio.to_thread(proc.wait, 600)
+        cpu_us_per_run = (children_cpu_s() - cpu_before) / n * 1e6
         times = await run_times(client, store, run_ids)
         if not all(f for _, _, f in times):
             raise RuntimeError(
@@ -155,7 +166,7 @@ async def throughput_round(client: Redis, redis_url: str, n: int, processes: int
             )
         first_start = min(s for _, s, _ in times)
         last_finish = max(f for _, _, f in times)
-        return n / ((last_finish - first_start) / 1000)
+        return n / ((last_finish - first_start) / 1000), cpu_us_per_run
     finally:
         await delete_prefix(client, prefix)
 
@@ -207,13 +218,14 @@ async def main(opts: Options) -> list[Record]:
     try:
         for _ in range(opts.rounds):
             for processes in (1, 2):
-                runs_per_s = await throughput_round(client, opts.redis_url, n, processes, log)
+                runs_per_s, cpu_us = await throughput_round(client, opts.redis_url, n, processes, log)
                 latencies = await latency_round(client, opts.redis_url, n_latency, processes, rate, log)
                 samples.setdefault((processes, "runs/s"), []).append(runs_per_s)
+                samples.setdefault((processes, "cpu"), []).append(cpu_us)
                 samples.setdefault((processes, "p50"), []).append(statistics.median(latencies))
                 samples.setdefault((processes, "p99"), []).append(percentile(latencies, 0.99))
                 print(
-                    f"  e2e {processes} proc: {runs_per_s:,.0f} runs/s; pickup p50 "
+                    f"  e2e {processes} proc: {runs_per_s:,.0f} runs/s ({cpu_us:.0f} µs worker CPU/run); pickup p50 "
                     f"{statistics.median(latencies):.0f} ms p99 {percentile(latencies, 0.99):.0f} ms",
                     flush=True,
                 )
@@ -223,6 +235,7 @@ async def main(opts: Options) -> list[Record]:
     for processes in (1, 2):
         system = f"agentstream ({processes} proc x {CONCURRENCY})"
         records.append(summarize("e2e", system, "throughput", "runs/s", n, samples[(processes, "runs/s")]))
+        records.append(summarize("e2e", system, "worker CPU per run", "µs", n, samples[(processes, "cpu")]))
         records.append(
             summarize(
                 "e2e",
