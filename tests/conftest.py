@@ -9,6 +9,9 @@ from agentstream.core.settings import Settings
 from agentstream.core.store import EventStore, Redis, redis_from_url
 from tests.services import REDIS_UP, REDIS_URL, require
 
+# the live `agentstream demo` fixture, shared by the demo, dashboard and README tests
+pytest_plugins = ["tests.demo.live"]
+
 
 @pytest.fixture(params=["fakeredis", "redis"])
 def redis_url(request: pytest.FixtureRequest) -> str:

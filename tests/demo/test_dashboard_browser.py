@@ -21,7 +21,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.demo.conftest import Demo, free_port
+from tests.demo.live import Demo, free_port
 from tests.services import IN_CI
 
 pytestmark = pytest.mark.slow

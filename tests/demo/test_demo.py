@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.demo.conftest import Demo
+from tests.demo.live import Demo
 
 pytestmark = pytest.mark.slow
 
