@@ -133,3 +133,18 @@ def test_the_curl_lines_work_against_the_demo(demo: Demo) -> None:
         ["bash", "-c", follow], env=env, capture_output=True, text=True, check=True, timeout=30
     ).stdout
     assert "event: tool.call" in stream and "event: run.succeeded" in stream
+
+
+def test_the_configuration_reference_lists_every_setting_with_its_default() -> None:
+    import dataclasses
+
+    rows = dict(re.findall(r"^\| `([A-Z_]+)`[^|]*\| `([^`]*)`", README, re.M))
+    for field in dataclasses.fields(Settings):
+        if field.name.startswith("LANGFUSE_"):
+            assert "LANGFUSE_ENABLED" in README
+            continue
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
+        assert field.name in rows, f"README's configuration reference lacks {field.name}"
+        assert rows[field.name] == str(default), (
+            f"{field.name}: README says {rows[field.name]}, the code {default}"
+        )
