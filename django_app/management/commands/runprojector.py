@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import subprocess
 import sys
+import threading
 from typing import Any
 
+from django.conf import settings as django_settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from agentstream.core.errors import ConfigurationError
@@ -62,11 +65,25 @@ class Command(BaseCommand):
 
     def _supervise(self, processes: int) -> int:
         """N children, each a one-process projector on the same groups; SIGTERM reaches them all."""
-        argv = [a for a in sys.argv if not a.startswith("--processes")]
-        if "--processes" in sys.argv:
-            i = sys.argv.index("--processes")
-            argv = sys.argv[:i] + sys.argv[i + 2 :]
-        children = [subprocess.Popen([sys.executable, *argv, "--processes", "1"]) for _ in range(processes)]
+        argv = sys.argv[sys.argv.index("runprojector") + 1 :]
+        if "--processes" in argv:
+            i = argv.index("--processes")
+            argv = argv[:i] + argv[i + 2 :]
+        argv = [a for a in argv if not a.startswith("--processes=")]
+        # children run as `python -m django`: the settings module is in the inherited environment
+        # (manage.py sets it), and the directory of manage.py goes on their path
+        env = dict(os.environ)
+        # (not when we run as `-m django` ourselves: django's own folder would shadow modules)
+        script_dir = (
+            "" if sys.argv[0].endswith("__main__.py") else os.path.dirname(os.path.abspath(sys.argv[0]))
+        )
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (script_dir, os.getcwd(), env.get("PYTHONPATH", "")) if p
+        )
+        if django_settings.SETTINGS_MODULE:
+            env.setdefault("DJANGO_SETTINGS_MODULE", django_settings.SETTINGS_MODULE)
+        cmd = [sys.executable, "-m", "django", "runprojector", *argv, "--processes", "1"]
+        children = [subprocess.Popen(cmd, env=env) for _ in range(processes)]
 
         def forward(signum: int, _: Any) -> None:
             for child in children:
@@ -99,8 +116,9 @@ class Command(BaseCommand):
             )
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, stop.set)
+            if threading.current_thread() is threading.main_thread():  # embedded (a thread): no signals
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(signum, stop.set)
             workers = [
                 Projector(redis, keys, p, database=opts["database"], options=options) for p in projections
             ]

@@ -1,0 +1,83 @@
+"""The management commands, in-process, on this test's own keys (fakeredis and real Redis)."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+import pytest
+from django.core.management import call_command
+from django.db import connections, transaction
+from django.test import override_settings
+
+from agentstream.core.events import Event
+from agentstream.core.store import EventStore
+from agentstream.projections.projection import ReadModelProjection
+from tests.projections.conftest import in_thread, make_workload
+
+pytestmark = pytest.mark.django_db(databases=["default", "embedded"], transaction=True)
+
+
+def command(name: str, *args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    try:
+        call_command(name, *args, stdout=out, stderr=io.StringIO())
+    except SystemExit as exit_:
+        return int(exit_.code or 0), out.getvalue()
+    return 0, out.getvalue()
+
+
+async def test_runprojector_burst_projects_everything_and_verify_then_reports_no_drift(
+    store: EventStore, redis_url: str, key_prefix: str, database: str
+) -> None:
+    await make_workload(store, runs=6)
+    with override_settings(AGENTSTREAM={"REDIS_URL": redis_url, "KEY_PREFIX": key_prefix, "PARTITIONS": 4}):
+        before = await in_thread(command, "verify_projections", "--database", database)
+        ran = await in_thread(command, "runprojector", "--burst", "--database", database)
+        lag = await in_thread(command, "runprojector", "--lag")
+        after = await in_thread(command, "verify_projections", "--database", database)
+        archive = await in_thread(
+            command, "verify_projections", "--database", database, "--source", "archive"
+        )
+
+    assert before[0] == 1 and "missing" in before[1]
+    assert ran[0] == 0 and "applied" in ran[1]
+    assert lag[1].count("projection:read_model") == 4 and "behind     0.00s" in lag[1]
+    assert after == (0, after[1]) and "no drift" in after[1]
+    assert archive[0] == 0 and "checked 6 runs" in archive[1]
+
+
+async def test_an_unknown_projection_name_is_a_clear_command_error(
+    store: EventStore, key_prefix: str
+) -> None:
+    from django.core.management.base import CommandError
+
+    with (
+        override_settings(AGENTSTREAM={"KEY_PREFIX": key_prefix, "PARTITIONS": 4}),
+        pytest.raises(CommandError, match="unknown projection nope; configured: read_model"),
+    ):
+        await in_thread(command, "replay_projections", "nope")
+
+
+def queued(run_id: str, ts_ms: int, key: str) -> Event:
+    payload = {"agent_key": "echo", "owner": "user:1", "idempotency_key": key, "messages": [], "params": {}}
+    return Event(run_id=run_id, seq=1, type="run.queued", payload=payload, ts_ms=ts_ms)
+
+
+async def test_a_reused_idempotency_key_moves_to_the_newer_run_instead_of_stalling_the_projector(
+    database: str,
+) -> None:
+    from agentstream.django_app.models import Run
+
+    old, new = str(uuid.uuid4()), str(uuid.uuid4())
+
+    def apply(*events: Event) -> None:
+        with transaction.atomic(using=database):
+            ReadModelProjection().handle(list(events), connections[database])
+
+    await in_thread(apply, queued(old, 1_000, "k"))
+    await in_thread(apply, queued(new, 2_000, "k"))  # the key expired and was used again
+    await in_thread(apply, queued(old, 1_000, "k"), queued(new, 2_000, "k"))  # redelivered together
+
+    keys = await in_thread(lambda: dict(Run.objects.using(database).values_list("id", "idempotency_key")))
+    assert {str(k): v for k, v in keys.items()} == {old: None, new: "k"}
