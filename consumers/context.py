@@ -17,7 +17,7 @@ from typing import Any
 from agentstream.core.codec import encode_payload
 from agentstream.core.errors import FencedOut
 from agentstream.core.events import LIFECYCLE_TYPES, EventType, NewEvent, Visibility
-from agentstream.core.store import Claim, EventStore
+from agentstream.core.store import AppendResult, Claim, EventStore
 
 log = logging.getLogger("agentstream.worker")
 
@@ -155,8 +155,15 @@ class RunContext:
             if not self._buffer:
                 return
             batch, self._buffer = self._buffer, []
+            sending = asyncio.ensure_future(self._store.append_many(self.run_id, self.attempt, batch))
             try:
-                result = await self._store.append_many(self.run_id, self.attempt, batch)
+                result = await asyncio.shield(sending)
+            except asyncio.CancelledError:
+                # The agent was cancelled mid-flush: the batch is on its way; let it land (so it
+                # is neither lost nor sent twice by the final flush), then honour the cancel.
+                await asyncio.wait({sending})
+                self._after_cancelled_send(sending)
+                raise
             except FencedOut as exc:
                 self._fenced = exc
                 if self._on_fenced is not None:
@@ -170,6 +177,15 @@ class RunContext:
                 self._cancel_requested = True
                 if self._on_cancel_requested is not None:
                     self._on_cancel_requested()
+
+    def _after_cancelled_send(self, sending: asyncio.Future[AppendResult]) -> None:
+        exc = sending.exception()
+        if isinstance(exc, FencedOut):
+            self._fenced = exc
+            if self._on_fenced is not None:
+                self._on_fenced(exc)
+        elif exc is None:
+            self.last_seq = sending.result().last_seq
 
     def discard_buffer(self) -> None:
         if self._timer is not None:

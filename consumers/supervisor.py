@@ -31,7 +31,9 @@ def supervise(
     restarts: dict[int, float] = {}
 
     def start(slot: int) -> None:
-        proc = ctx.Process(target=target, args=args, name=f"agentstream-worker-{slot}", daemon=False)
+        proc = ctx.Process(
+            target=_child, args=(target, args), name=f"agentstream-worker-{slot}", daemon=False
+        )
         proc.start()
         children[slot] = proc
         log.info("worker process %d started (pid %s)", slot, proc.pid)
@@ -70,3 +72,10 @@ def supervise(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return worst
+
+
+def _child(target: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    # Own process group: a terminal's Ctrl-C reaches the supervisor only, which forwards it
+    # once; a child that got it twice would skip its grace period.
+    os.setpgrp()
+    target(*args)

@@ -422,12 +422,32 @@ class Worker:
             attempt.stop(Outcome.HANDED_BACK)
         if self._jobs:
             await asyncio.wait(set(self._jobs), timeout=10.0)
-        if self._backlog:
-            await self._hand_back(list(self._backlog))
-            self._backlog.clear()
+        self._backlog.clear()
+        await self._hand_back(await self._pending_not_running())
+
+    async def _pending_not_running(self) -> list[Job]:
+        """Jobs in this worker's PEL that no attempt runs (the backlog, a read cut short)."""
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for q in self.queues:
+                pipe.xpending_range(
+                    q.key, WORKERS_GROUP, min="-", max="+", count=10_000, consumername=self.worker_id
+                )
+            replies = await pipe.execute(raise_on_error=False)
+        running = {job.job_id for job, _ in self.attempts.values()}
+        orphans: list[Job] = []
+        for queue, reply in zip(self.queues, replies, strict=True):
+            if isinstance(reply, Exception):
+                continue
+            for entry in reply:
+                job_id = _s(entry["message_id"])
+                if job_id not in running:
+                    orphans.append(Job(queue.partition, queue.agent_key, job_id, ""))
+        return orphans
 
     async def _hand_back(self, jobs: Sequence[Job]) -> None:
         """Leave the jobs pending but idle past the lease: the next XAUTOCLAIM takes them."""
+        if not jobs:
+            return
         idle_ms = self.lease_ms * 10
         async with self.store.redis.pipeline(transaction=False) as pipe:
             for job in jobs:
@@ -442,7 +462,7 @@ class Worker:
                 )
             await pipe.execute(raise_on_error=False)
         for job in jobs:
-            log.info("run %s handed back (job %s)", job.run_id, job.job_id)
+            log.info("run %s handed back (job %s)", job.run_id or "?", job.job_id)
 
     def _install_signals(self) -> None:
         if not self.handle_signals:

@@ -22,6 +22,7 @@ from agentstream.core.settings import Settings
 from agentstream.core.store import EventStore, redis_from_url
 
 log = logging.getLogger("agentstream.worker")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +71,7 @@ def load_registry(paths: Sequence[str], registry: RuntimeRegistry = default_regi
 
 def run_worker_process(config: WorkerConfig) -> None:
     """The body of one worker process (also a spawned child's target)."""
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
-    )
+    logging.basicConfig(level=config.log_level, format=LOG_FORMAT)
     registry = load_registry([*config.settings.RUNTIME_REGISTRY, *config.registry_paths])
     run_async(serve(config, registry))
 
@@ -124,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     processes = args.processes or settings.DEFAULT_PROCESSES
     if processes > 1:
+        logging.basicConfig(level=config.log_level, format=LOG_FORMAT)
+        load_registry([*settings.RUNTIME_REGISTRY, *config.registry_paths])  # fail here, not N times
         return supervise(run_worker_process, (config,), processes, restart=not args.burst)
     run_worker_process(config)
     return 0

@@ -263,3 +263,36 @@ async def test_a_missed_cancel_broadcast_is_caught_by_the_heartbeat(wstore: Even
     assert state.status is RunStatus.CANCELLED
     lease_s = wstore.settings.LEASE_TTL_SECONDS
     assert agents.CANCELLED_AT[run_id] - requested < lease_s / 3 + 0.5  # within one heartbeat
+
+
+async def test_a_cancel_that_lands_during_a_flush_neither_loses_nor_repeats_its_events(
+    wstore: EventStore,
+) -> None:
+    gate, in_flight = asyncio.Event(), asyncio.Event()
+    original = wstore.append_many
+
+    async def held_at_the_gate(run_id: str, attempt: int, events: Any) -> Any:
+        batch = list(events)
+
+        async def send() -> Any:
+            if any(e.type == "tick" for e in batch) and not gate.is_set():
+                in_flight.set()
+                await gate.wait()
+            return await original(run_id, attempt, batch)
+
+        # like a pipeline already on the wire: cancelling the caller does not recall it
+        return await asyncio.shield(asyncio.ensure_future(send()))
+
+    wstore.append_many = held_at_the_gate  # type: ignore[method-assign]
+    async with running_worker(wstore) as worker:
+        run_id = await submit(wstore, "ticker", params={"ticks": 3, "every_s": 0.01})
+        await asyncio.wait_for(in_flight.wait(), 10)
+        await wstore.cancel(run_id)
+        attempt = worker.attempts[run_id][1]
+        await wait_until(lambda: attempt.cancel_reason is not None, 5, "the cancel reached the worker")
+        gate.set()
+        state = await wait_terminal(wstore, run_id)
+    events = await wstore.read_run(run_id)
+    ticks = [e.payload["i"] for e in events if e.type == "tick"]
+    assert state.status is RunStatus.CANCELLED
+    assert ticks == [0]  # written once, not lost and not repeated by the final flush
