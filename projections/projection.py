@@ -19,7 +19,7 @@ from django.utils.module_loading import import_string
 from agentstream.core.errors import ConfigurationError
 from agentstream.core.events import Event, EventType
 from agentstream.core.settings import Settings
-from agentstream.projections.rows import fold_patches
+from agentstream.projections.rows import Patches, fold_patches
 from agentstream.projections.sql import CONVERSATION, RUN, SqlWriter
 
 GROUP_PREFIX = "projection:"
@@ -66,13 +66,16 @@ class ReadModelProjection(Projection):
         self.write_archive = write_archive
 
     def handle(self, events: Sequence[Event], connection: BaseDatabaseWrapper) -> None:
+        self.write(fold_patches(events), connection, events if self.write_archive else ())
+
+    def write(self, patches: Patches, connection: BaseDatabaseWrapper, archive: Sequence[Event] = ()) -> None:
+        """Merge folded patches into the rows (and archive ``archive``), in the caller's transaction."""
         writer = SqlWriter(connection, user_id_of=_user_id_of)
-        patches = fold_patches(events)
         recount = {p.conversation_id for p in patches.runs.values() if p.queued and p.conversation_id}
         recount |= {c.conversation_id for c in patches.conversations.values() if c.created_ms}
         writer.lock_conversations(recount)
-        if self.write_archive:
-            writer.archive(events)
+        if archive:
+            writer.archive(archive)
         writer.upsert_conversations(patches.conversations.values())
         writer.upsert_runs(patches.runs.values())
         writer.recount_runs(recount)

@@ -15,7 +15,7 @@ import datetime as dt
 import functools
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +24,10 @@ from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils.dateparse import parse_datetime
 
-from agentstream.core.events import LIFECYCLE_TYPES, Event, Visibility
+from agentstream.core.events import LIFECYCLE_TYPES, TERMINAL_TYPES, Event, EventType, Visibility
+from agentstream.core.state import RunStatus
 from agentstream.projections.projection import Projection, ReadModelProjection
+from agentstream.projections.rows import STATUS_OF_EVENT, ConversationPatch, Patches, RunPatch, run_patch
 from agentstream.projections.sql import CONVERSATION_EVENT, EVENT
 
 
@@ -214,13 +216,13 @@ def replay_archive(
 
 
 _PG_MS = "(EXTRACT(EPOCH FROM {}) * 1000)::bigint"
-AGGREGATE_TYPE = "replay.aggregate"  # a stand-in for every light event of a run (never stored)
 
 
 def replay_read_model(connection: BaseDatabaseWrapper, *, page: int, step: Callable[[int], None]) -> None:
     """The read-model from the archive, with the database doing the bulk of it: per run, one
     aggregate row (max seq, attempt, time) stands for the events that only move those, and only
-    lifecycle events are read in full. Two streams ordered by run id, merged page by page."""
+    lifecycle events are read in full. Two streams ordered by run id, merged page by page, each
+    run folded as its rows go by (``RunFacts``)."""
     projection = ReadModelProjection(write_archive=False)
     with connection.cursor() as cursor:
         cursor.execute(
@@ -271,14 +273,12 @@ def replay_read_model(connection: BaseDatabaseWrapper, *, page: int, step: Calla
     while not (aggregates_done and life_done):
         chunk = [] if aggregates_done else aggregates.fetchmany(page)
         aggregates_done = aggregates_done or len(chunk) < page
-        events: list[Event] = []
-        light = 0
+        runs: dict[str, RunFacts] = {}
+        covered = 0
         for run_id, count, seq, attempt, ts, conv_id in chunk:
-            events.append(
-                Event(run_id=_uuid_text(run_id), seq=seq, type=AGGREGATE_TYPE, ts_ms=_ms(ts), attempt=attempt,
-                      conversation_id=_uuid_text(conv_id))
-            )  # fmt: skip
-            light += count
+            facts = runs[run_id] = RunFacts(run_id)
+            facts.see(seq, attempt, _ms(ts), conv_id)
+            covered += count
         # lifecycle rows up to the last run of this chunk (all of them after the last chunk)
         until = chunk[-1][0] if chunk and not aggregates_done else None
         while not life_done:
@@ -288,16 +288,97 @@ def replay_read_model(connection: BaseDatabaseWrapper, *, page: int, step: Calla
                     life_done = True
                     break
             cut = len(pending_life) if until is None else _first_after(pending_life, until)
-            events.extend(_lifecycle_event(row) for row in pending_life[:cut])
-            light += cut
+            for row in pending_life[:cut]:
+                facts = runs.get(row[0]) or runs.setdefault(row[0], RunFacts(row[0]))
+                facts.apply(row)
+            covered += cut
             pending_life = pending_life[cut:]
             if pending_life:
                 break  # the rest belongs to later runs
-        if events:
-            projection.handle(events, connection)
-        step(light)
+        if runs:
+            projection.write(facts_to_patches(runs.values()), connection)
+        step(covered)
     aggregates.close()
     lifecycles.close()
+
+
+class RunFacts:
+    """One run's history, folded as its rows stream by (lifecycle rows in seq order): the same
+    result as ``rows.fold_patches`` over the events, without an object per event."""
+
+    __slots__ = ("activity", "attempt", "cancel", "conv", "last_seq", "queued", "run_id", "started", "status",
+                 "status_seq", "terminal")  # fmt: skip
+
+    def __init__(self, run_id: Any) -> None:
+        self.run_id = run_id
+        self.last_seq = self.attempt = self.activity = self.status_seq = self.started = self.cancel = 0
+        self.conv = ""
+        self.status: RunStatus | None = None
+        self.queued: RunPatch | None = None
+        self.terminal: RunPatch | None = None
+
+    def see(self, seq: int, attempt: int, ts_ms: int, conv: Any) -> None:
+        self.last_seq = max(self.last_seq, seq)
+        self.attempt = max(self.attempt, attempt)
+        self.activity = max(self.activity, ts_ms)
+        if conv and not self.conv:
+            self.conv = _uuid_text(conv)
+
+    def apply(self, row: Any) -> None:
+        _, seq, kind, payload, ts, attempt, conv = row
+        ts_ms = _ms(ts)
+        self.see(seq, attempt, ts_ms, conv)
+        status = STATUS_OF_EVENT.get(kind)
+        if status is not None and seq > self.status_seq:
+            self.status, self.status_seq = status, seq
+        if kind == EventType.RUN_STARTED:
+            self.started = min(self.started, ts_ms) if self.started else ts_ms
+        elif kind == EventType.RUN_CANCEL_REQUESTED:
+            self.cancel = min(self.cancel, ts_ms) if self.cancel else ts_ms
+        elif kind == EventType.RUN_QUEUED or kind in TERMINAL_TYPES:
+            patch = run_patch(self.event(seq, kind, payload, ts_ms, attempt, conv))
+            if kind == EventType.RUN_QUEUED:
+                self.queued = patch
+                self.conv = patch.conversation_id or self.conv
+            elif self.terminal is None:
+                self.terminal = patch
+
+    def event(self, seq: int, kind: str, payload: Any, ts_ms: int, attempt: int, conv: Any) -> Event:
+        return Event(
+            run_id=_uuid_text(self.run_id), seq=seq, type=kind, payload=_payload(payload), ts_ms=ts_ms,
+            attempt=attempt, conversation_id=_uuid_text(conv),
+        )  # fmt: skip
+
+    def patch(self) -> RunPatch:
+        return RunPatch(
+            run_id=_uuid_text(self.run_id),
+            last_seq=self.last_seq,
+            status=self.status,
+            status_seq=self.status_seq,
+            attempt=self.attempt,
+            queued=self.queued.queued if self.queued else None,
+            started_ms=self.started,
+            cancel_requested_ms=self.cancel,
+            terminal=self.terminal.terminal if self.terminal else None,
+            conversation_id=self.conv,
+            last_activity_ms=self.activity,
+        )
+
+
+def facts_to_patches(runs: Iterable[RunFacts]) -> Patches:
+    patches: dict[str, RunPatch] = {}
+    activity: dict[str, int] = {}
+    for facts in runs:
+        patch = facts.patch()
+        patches[patch.run_id] = patch
+        if patch.conversation_id:
+            activity[patch.conversation_id] = max(
+                activity.get(patch.conversation_id, 0), patch.last_activity_ms
+            )
+    conversations = {
+        c: ConversationPatch(conversation_id=c, last_activity_ms=ms) for c, ms in activity.items()
+    }
+    return Patches(patches, conversations)
 
 
 def _first_after(rows: list[Any], run_id: Any) -> int:
@@ -305,14 +386,6 @@ def _first_after(rows: list[Any], run_id: Any) -> int:
         if row[0] > run_id:
             return i
     return len(rows)
-
-
-def _lifecycle_event(row: Any) -> Event:
-    run_id, seq, kind, payload, ts, attempt, conv_id = row
-    return Event(
-        run_id=_uuid_text(run_id), seq=seq, type=kind, payload=_payload(payload), ts_ms=_ms(ts), attempt=attempt,
-        conversation_id=_uuid_text(conv_id),
-    )  # fmt: skip
 
 
 def replay_events(
