@@ -39,7 +39,8 @@ class AsyncBuffer:
         """Everything buffered; ``None`` after ``timeout_s`` with nothing (time for a keepalive)."""
         if not self._frames and not self.closed:
             try:
-                await asyncio.wait_for(self._ready.wait(), timeout_s)
+                async with asyncio.timeout(timeout_s):  # no task per wait, unlike wait_for
+                    await self._ready.wait()
             except TimeoutError:
                 return None
         self._ready.clear()

@@ -59,8 +59,11 @@ class _RunTail:
     ended: bool = False  # terminal event seen: nothing more to read
 
 
-def hub_clients(url: str) -> tuple[Redis, Redis]:
-    """(reads, blocking tail): a bounded pool for replays and wake-ups, one connection for XREAD."""
+def hub_clients(url: str, block_ms: int = 10_000) -> tuple[Redis, Redis]:
+    """(reads, blocking tail): a bounded pool for replays and wake-ups, one connection for XREAD.
+
+    The tail's socket timeout outlasts its XREAD BLOCK (redis-py 8 defaults to 5 s, which would
+    cut every longer block short and drop the connection)."""
     if url.startswith("fakeredis://"):
         return redis_from_url(url), redis_from_url(url)
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -70,7 +73,9 @@ def hub_clients(url: str) -> tuple[Redis, Redis]:
         health_check_interval=30,
         client_name=CLIENT_NAME,
     )
-    tail = aioredis.Redis.from_url(url, health_check_interval=30, client_name=CLIENT_NAME)
+    tail = aioredis.Redis.from_url(
+        url, health_check_interval=30, client_name=CLIENT_NAME, socket_timeout=block_ms / 1000 + 5
+    )
     return aioredis.Redis(connection_pool=pool), tail
 
 
@@ -82,7 +87,7 @@ class Hub:
         self.hub_id = uuid.uuid4().hex
         self.block_ms = block_ms
         self.count = count
-        self.reads, self._blocking = hub_clients(url or settings.REDIS_URL)
+        self.reads, self._blocking = hub_clients(url or settings.REDIS_URL, block_ms)
         self.store = EventStore(self.reads, settings)
         self.wake_key = settings.keys.sse_wake(self.hub_id)
         self._runs: dict[str, _RunTail] = {}
