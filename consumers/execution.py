@@ -88,10 +88,9 @@ class Attempt:
         if self.cancel_reason is not None:  # requested before this attempt began
             return await self._end_cancelled()
         self.task = asyncio.get_running_loop().create_task(self.runtime.run(self.ctx))
-        done, _ = await asyncio.wait({self.task}, timeout=self.options.timeout_s)
-        if not done:
+        if not await _finished_within(self.task, self.options.timeout_s):
             self.task.cancel()
-            await asyncio.wait({self.task}, timeout=HOOK_TIMEOUT_S)
+            await _finished_within(self.task, HOOK_TIMEOUT_S)
             if self.stop_reason is not None:
                 return self.stop_reason
             return await self._end_timed_out()
@@ -221,6 +220,27 @@ class Attempt:
         except Exception:
             log.exception("run %s: the runtime's %s hook raised; ignoring it", self.run_id, name)
             return None
+
+
+async def _finished_within(task: asyncio.Task[Any], timeout_s: float) -> bool:
+    """Wait for ``task`` up to ``timeout_s``; never raises (asyncio.wait, minus its overhead)."""
+    if task.done():
+        return True
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    timer = loop.call_later(timeout_s, wake)
+    task.add_done_callback(wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        task.remove_done_callback(wake)
+    return task.done()
 
 
 async def _with_retries(call: Callable[[], Awaitable[T]], tries: int = 4) -> T:

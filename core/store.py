@@ -159,16 +159,17 @@ class HiredisPackConnection(aioredis.Connection):
     """Packs commands with hiredis (C) instead of redis-py's Python packer.
 
     Packing was a quarter of a worker's CPU per run (EVALSHA carries a dozen arguments). Anything
-    hiredis refuses (None, bool, a multi-word command name) goes to redis-py's packer, which
+    hiredis refuses (None, bool) and multi-word command names go to redis-py's packer, which
     raises its usual errors.
     """
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        plain = isinstance(args[0], str | bytes) and " " not in str(args[0])
-        if plain and _hiredis_pack is not None and not any(a is None or isinstance(a, bool) for a in args):
+        first = args[0]
+        multi_word = (" " in first) if isinstance(first, str) else (b" " in first)
+        if _hiredis_pack is not None and not multi_word:
             try:
                 return [_hiredis_pack(args)]
-            except (TypeError, ValueError):
+            except TypeError:  # None, bool, ...: redis-py's packer raises its DataError
                 pass
         packed: list[bytes] = super().pack_command(*args)
         return packed
@@ -194,6 +195,19 @@ class EventStore:
         overrides = self.settings.EVENT_VISIBILITY
         self._vis: dict[str, str] = {t.value: visibility_of(t, overrides).value for t in EventType}
         self._retention = str(self.settings.RUN_RETENTION_SECONDS)
+        # encoded once: begin_attempt sends them with every claim
+        self._attempts_exhausted = self._encode(
+            EventType.RUN_FAILED,
+            {
+                "error": {
+                    "type": "MaxAttemptsExceeded",
+                    "message": "every allowed attempt started and none finished "
+                    "(the run keeps killing or stalling its workers); dead-lettered",
+                    "retriable": False,
+                }
+            },
+        )
+        self._started_payloads: dict[str, bytes] = {}
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -205,6 +219,14 @@ class EventStore:
 
     def _encode(self, event_type: str, payload: Mapping[str, Any]) -> bytes:
         return encode_payload(event_type, payload, self.settings.MAX_EVENT_BYTES)
+
+    def _started_payload(self, worker_id: str) -> bytes:
+        payload = self._started_payloads.get(worker_id)
+        if payload is None:
+            if len(self._started_payloads) > 1000:
+                self._started_payloads.clear()
+            payload = self._started_payloads[worker_id] = self._encode(EventType.RUN_STARTED, {"worker": worker_id})
+        return payload
 
     def _tag(self, run_id: str) -> str:
         return self.keys.tag(self.keys.run_partition(run_id)) + ":"
@@ -414,19 +436,9 @@ class EventStore:
                 job_id,
                 worker_id,
                 self.visibility(EventType.RUN_STARTED),
-                self._encode(EventType.RUN_STARTED, {"worker": worker_id}),
+                self._started_payload(worker_id),
                 self.visibility(EventType.RUN_FAILED),
-                self._encode(
-                    EventType.RUN_FAILED,
-                    {
-                        "error": {
-                            "type": "MaxAttemptsExceeded",
-                            "message": "every allowed attempt started and none finished "
-                            "(the run keeps killing or stalling its workers); dead-lettered",
-                            "retriable": False,
-                        }
-                    },
-                ),
+                self._attempts_exhausted,
                 self._retention,
             ],
         )

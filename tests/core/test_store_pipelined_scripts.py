@@ -67,3 +67,13 @@ async def test_the_hiredis_packer_sends_the_same_bytes_as_redis_py() -> None:
         ("CONFIG GET", "maxmemory"),
     ]:
         assert b"".join(fast.pack_command(*args)) == b"".join(slow.pack_command(*args)), args
+
+
+def test_the_hiredis_packer_refuses_what_redis_py_refuses() -> None:
+    from redis.exceptions import DataError
+
+    from agentstream.core.store import HiredisPackConnection
+
+    for bad in (None, True):
+        with pytest.raises(DataError):
+            HiredisPackConnection().pack_command("SET", "k", bad)
