@@ -124,7 +124,10 @@ class Hub:
         self._changed.set()
         if self._reading and not self._wake_sent:
             self._wake_sent = True  # one wake per read in flight, however many clients join
-            await self._wake()
+            try:
+                await self._wake()
+            except Exception as exc:  # the read in flight still ends within block_ms
+                log.warning("SSE hub wake-up failed (%s); the new client waits for the next read", exc)
         return tail.cursor
 
     async def _wake(self) -> None:
