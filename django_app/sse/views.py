@@ -133,10 +133,31 @@ async def _fill_async(
     return b"".join(out)
 
 
+def release_request_thread() -> None:
+    """Let the request's idle sync thread go while the stream is served.
+
+    Django runs a request's sync code (middleware, the DRF view) on a one-thread executor that
+    lives as long as the request, so every open stream would pin an idle OS thread (10k clients,
+    10k threads). The body never needs it again; if Django does (closing the response), asgiref
+    makes a new one. This reaches into asgiref's ``SyncToAsync`` internals, so any change there
+    only loses the saving, never the stream.
+    """
+    try:
+        from asgiref.sync import SyncToAsync
+
+        context = SyncToAsync.thread_sensitive_context.get(None)
+        executor = SyncToAsync.context_to_thread_executor.pop(context, None) if context is not None else None
+    except (AttributeError, TypeError):
+        return
+    if executor is not None:
+        executor.shutdown(wait=False)
+
+
 async def _async_body(
     settings: Settings, run_id: str, cursor: Cursor, archive: list[Event] | None
 ) -> AsyncIterator[bytes]:
     yield retry_frame(settings.SSE_RETRY_MS)
+    release_request_thread()
     if archive is not None:
         yield cursor.feed(frames_of(archive), allow_gap=True).out
         return

@@ -215,6 +215,22 @@ async def test_many_clients_of_one_run_all_get_every_event(
         assert [e[0] for e in events] == list(range(1, last + 1))
 
 
+async def test_held_streams_do_not_pin_a_thread_each(live_server_asgi: LiveServer, store: EventStore) -> None:
+    import threading
+
+    caller = Caller()
+    claim = await running(store, caller.owner)
+    warm = await complete_run(store, caller.owner)
+    await collect(live_server_asgi, caller, warm)  # warm up: the store thread, pools and hub exist
+    before = threading.active_count()
+    readers = [asyncio.create_task(collect(live_server_asgi, caller, claim.run_id)) for _ in range(30)]
+    await wait_clients(live_server_asgi, 30)
+    held = threading.active_count()
+    await finish(store, claim)
+    await asyncio.wait_for(asyncio.gather(*readers), 30)
+    assert held - before < 10, f"{held - before} more threads for 30 held streams"
+
+
 async def test_the_stream_of_someone_elses_run_is_404(
     live_server_asgi: LiveServer, store: EventStore
 ) -> None:
