@@ -13,7 +13,7 @@ from typing import Any
 from agentstream.core.events import Event as StreamEvent
 from agentstream.core.state import RunState
 from agentstream.django_app.models import Conversation, Event, Run
-from agentstream.django_app.sse.framing import event_data, iso_ts
+from agentstream.django_app.sse.framing import iso_ts
 
 
 def _ms(ms: int) -> dt.datetime | None:
@@ -112,10 +112,6 @@ def archived_as_stream_event(row: Event) -> StreamEvent:
         visibility=Visibility(row.visibility),
         conversation_id=str(row.conversation_id or ""),
     )
-
-
-def stream_event_data(event: StreamEvent) -> dict[str, Any]:
-    return event_data(event)
 
 
 def message_history(conversation: Conversation) -> list[dict[str, Any]]:
