@@ -178,6 +178,20 @@ class RunContext:
                 if self._on_cancel_requested is not None:
                     self._on_cancel_requested()
 
+    async def take_buffer(self) -> list[NewEvent]:
+        """The events not sent yet, for the engine's last write (``finish`` carries them).
+
+        Waits for a flush in flight first, so the order holds; ``FencedOut`` if one failed so.
+        """
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        async with self._flush_lock:
+            if self._fenced is not None:
+                raise self._fenced
+            batch, self._buffer = self._buffer, []
+            return batch
+
     def _after_cancelled_send(self, sending: asyncio.Future[AppendResult]) -> None:
         exc = sending.exception()
         if isinstance(exc, FencedOut):

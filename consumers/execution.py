@@ -190,11 +190,13 @@ class Attempt:
         return await self._finish(EventType.RUN_TIMED_OUT, payload, Outcome.TIMED_OUT)
 
     async def _finish(self, event_type: EventType, payload: dict[str, Any], outcome: Outcome) -> Outcome:
-        if not await self._flush_or_stop():
-            return self.stop_reason or Outcome.FENCED
+        try:
+            last = await self.ctx.take_buffer()  # written by the same call, just before the end
+        except FencedOut:
+            return Outcome.FENCED
         try:
             await _with_retries(
-                lambda: self.store.finish(self.run_id, self.claim.attempt, event_type, payload)
+                lambda: self.store.finish(self.run_id, self.claim.attempt, event_type, payload, events=last)
             )
         except FencedOut:
             return Outcome.FENCED

@@ -471,7 +471,21 @@ class EventStore:
 
     async def append_many(self, run_id: str, attempt: int, events: Iterable[NewEvent]) -> AppendResult:
         """Append a batch of one attempt's events in one call; seqs are consecutive."""
-        args: list[Any] = [self._tag(run_id), run_id, attempt, 0]
+        n, event_args = self._event_args(events)
+        if n == 0:
+            raise ValueError("append_many needs at least one event")
+        reply = await self._run_script(
+            "append",
+            [self.keys.run_state(run_id), self.keys.run_stream(run_id)],
+            [self._tag(run_id), run_id, attempt, n, *event_args],
+        )
+        if _s(reply[0]) != "ok":
+            self._raise_refusal(run_id, reply)
+        return AppendResult(int(reply[1]), int(reply[2]), _s(reply[3]) == "1")
+
+    def _event_args(self, events: Iterable[NewEvent]) -> tuple[int, list[Any]]:
+        """(n, n x (type, visibility, payload, to_log)) as append and finish take them."""
+        args: list[Any] = []
         persist_deltas = self.settings.PERSIST_TOKEN_DELTAS
         n = 0
         for event in events:
@@ -480,20 +494,22 @@ class EventStore:
             to_log = persist_deltas or kind not in EPHEMERAL_TYPES
             args += [kind, vis, self._encode(kind, event.payload), 1 if to_log else 0]
             n += 1
-        args[3] = n
-        if n == 0:
-            raise ValueError("append_many needs at least one event")
-        reply = await self._run_script(
-            "append", [self.keys.run_state(run_id), self.keys.run_stream(run_id)], args
-        )
-        if _s(reply[0]) != "ok":
-            self._raise_refusal(run_id, reply)
-        return AppendResult(int(reply[1]), int(reply[2]), _s(reply[3]) == "1")
+        return n, args
 
     async def finish(
-        self, run_id: str, attempt: int, event_type: str, payload: Mapping[str, Any] | None = None
+        self,
+        run_id: str,
+        attempt: int,
+        event_type: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        events: Iterable[NewEvent] = (),
     ) -> int:
-        """The attempt's terminal event: succeeded, failed, cancelled or timed_out."""
+        """The attempt's terminal event: succeeded, failed, cancelled or timed_out.
+
+        ``events``: the attempt's last events, written just before it in the same call.
+        """
+        n, event_args = self._event_args(events)
         reply = await self._run_script(
             "finish",
             [self.keys.run_state(run_id), self.keys.run_stream(run_id)],
@@ -505,6 +521,8 @@ class EventStore:
                 self.visibility(event_type),
                 self._encode(event_type, payload or {}),
                 self._retention,
+                n,
+                *event_args,
             ],
         )
         if _s(reply[0]) != "ok":

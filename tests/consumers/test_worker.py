@@ -37,23 +37,33 @@ async def test_a_run_succeeds_with_its_events_in_order_and_usage_merged(wstore: 
     assert worker.worker_id.count(":") == 2  # host:pid:random
 
 
-async def test_many_deltas_are_coalesced_into_a_few_appends_in_order(wstore: EventStore) -> None:
-    calls: list[int] = []
-    original = wstore.append_many
+async def test_many_deltas_are_coalesced_into_a_few_writes_and_the_last_ones_ride_with_finish(
+    wstore: EventStore,
+) -> None:
+    appended: list[int] = []
+    with_finish: list[int] = []
+    original_append, original_finish = wstore.append_many, wstore.finish
 
-    async def counting(run_id: str, attempt: int, events: Any) -> Any:
+    async def counting_append(run_id: str, attempt: int, events: Any) -> Any:
         batch = list(events)
-        calls.append(len(batch))
-        return await original(run_id, attempt, batch)
+        appended.append(len(batch))
+        return await original_append(run_id, attempt, batch)
 
-    wstore.append_many = counting  # type: ignore[method-assign]
+    async def counting_finish(*args: Any, events: Any = (), **kw: Any) -> Any:
+        batch = list(events)
+        with_finish.append(len(batch))
+        return await original_finish(*args, events=batch, **kw)
+
+    wstore.append_many = counting_append  # type: ignore[method-assign]
+    wstore.finish = counting_finish  # type: ignore[method-assign]
     run_id = await submit(wstore, "streamer", params={"n": 500})
     await burst(wstore)
     events = await wstore.read_run(run_id)
     deltas = [e.payload["delta"] for e in events if e.type == "assistant.delta"]
     assert deltas == [f"{i} " for i in range(500)]
-    assert sum(calls) == 501 and len(calls) <= 10, calls
-    assert events[-1].type == "run.succeeded"
+    assert sum(appended) + sum(with_finish) == 501
+    assert len(appended) <= 5 and len(with_finish) == 1, (appended, with_finish)
+    assert types(events)[-2:] == ["assistant.message", "run.succeeded"]
 
 
 async def test_a_queued_run_that_is_cancelled_never_starts(wstore: EventStore) -> None:

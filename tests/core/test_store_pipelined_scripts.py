@@ -77,3 +77,52 @@ def test_the_hiredis_packer_refuses_what_redis_py_refuses() -> None:
     for bad in (None, True):
         with pytest.raises(DataError):
             HiredisPackConnection().pack_command("SET", "k", bad)
+
+
+async def _running(store: EventStore) -> tuple[str, Claim]:
+    run = await store.submit(SubmitRequest("echo", "user:1"))
+    job = (await store.redis.hget(store.keys.run_state(run.run_id), "job")).decode()
+    claim = await store.begin_attempt(run.run_id, job, "w", "echo")
+    assert isinstance(claim, Claim)
+    return run.run_id, claim
+
+
+async def test_finish_writes_the_attempts_last_events_before_the_terminal_one_in_one_call(
+    store: EventStore,
+) -> None:
+    from agentstream.core.events import NewEvent
+
+    run_id, claim = await _running(store)
+    last = [NewEvent("assistant.delta", {"delta": "he"}), NewEvent("assistant.message", {"content": "hello"})]
+    seq = await store.finish(run_id, claim.attempt, "run.succeeded", {"output": {}}, events=last)
+    events = await store.read_run(run_id)
+    assert [e.type for e in events] == [
+        "run.queued",
+        "run.started",
+        "assistant.delta",
+        "assistant.message",
+        "run.succeeded",
+    ]
+    assert [e.seq for e in events] == [1, 2, 3, 4, 5] and seq == 5
+    assert all(e.attempt == claim.attempt for e in events[1:])
+    log = [e.event.type for e in await store.read_log(store.keys.run_partition(run_id))]
+    assert "assistant.delta" not in log and "assistant.message" in log  # deltas stay ephemeral
+
+
+async def test_finish_with_a_lifecycle_event_among_its_events_writes_nothing(store: EventStore) -> None:
+    from agentstream.core.errors import IllegalTransition
+    from agentstream.core.events import NewEvent
+
+    run_id, claim = await _running(store)
+    with pytest.raises(IllegalTransition):
+        await store.finish(run_id, claim.attempt, "run.succeeded", {}, events=[NewEvent("run.failed", {})])
+    assert [e.type for e in await store.read_run(run_id)] == ["run.queued", "run.started"]
+
+
+async def test_a_zombie_finish_with_events_is_fenced_and_writes_nothing(store: EventStore) -> None:
+    from agentstream.core.events import NewEvent
+
+    run_id, claim = await _running(store)
+    with pytest.raises(FencedOut):
+        await store.finish(run_id, claim.attempt + 1, "run.succeeded", {}, events=[NewEvent("x.y", {})])
+    assert [e.type for e in await store.read_run(run_id)] == ["run.queued", "run.started"]
