@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from agentstream.consumers.errors import RegistryError
 from agentstream.consumers.registry import RuntimeRegistry, default_registry
 from agentstream.consumers.supervisor import supervise
 from agentstream.consumers.worker import Worker
@@ -79,15 +80,20 @@ def run_worker_process(config: WorkerConfig) -> None:
 async def serve(config: WorkerConfig, registry: RuntimeRegistry) -> Worker:
     client = redis_from_url(config.settings.REDIS_URL)
     store = EventStore(client, config.settings, pipeline_scripts=True)
-    worker = Worker(
-        store,
-        registry,
-        agent_keys=config.agent_keys or None,
-        concurrency=config.concurrency,
-        burst=config.burst,
-        handle_signals=config.handle_signals,
-        block_ms=config.block_ms,
-    )
+    try:
+        worker = Worker(
+            store,
+            registry,
+            agent_keys=config.agent_keys or None,
+            concurrency=config.concurrency,
+            burst=config.burst,
+            handle_signals=config.handle_signals,
+            block_ms=config.block_ms,
+        )
+    except (RegistryError, ValueError) as exc:  # a bad --agent-keys / --concurrency: say so, no traceback
+        await client.aclose()
+        print(f"agentstream: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     try:
         await worker.run()
     finally:

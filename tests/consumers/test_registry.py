@@ -110,3 +110,29 @@ def test_runtimes_are_discovered_from_the_entry_point_group(monkeypatch: pytest.
     registry = RuntimeRegistry()
     registry.discover([])
     assert registry.keys() == ["hello"] and registry.errors == []
+
+
+def test_a_worker_asked_for_an_unregistered_key_exits_with_a_one_line_error() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.consumers.processes import ROOT
+
+    env = {
+        **os.environ,
+        "AGENTSTREAM_RUNTIME_REGISTRY": "tests.consumers.agents:register",
+        "PYTHONPATH": str(ROOT),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "agentstream.consumers.worker_main", "--agent-keys", "nope", "--burst"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "no runtime is registered for agent key 'nope'" in done.stderr
+    assert "Traceback" not in done.stderr
