@@ -122,6 +122,7 @@ class Worker:
         self._queue_set = set(self.queues)
         self._closing = False
         self._handing_back = False
+        self._early_cancels: dict[str, float] = {}  # cancel broadcasts for runs not started here yet
         self.cancel_listener = CancelListener(store.redis, store.keys.cancel_channel(), self._on_cancel)
         self.ready = asyncio.Event()  # reading jobs and listening for cancels
 
@@ -297,6 +298,8 @@ class Worker:
             _with_timeout(self.attempt_options, claim.timeout_s),
         )
         self.attempts[job.run_id] = (job, attempt)
+        if self._early_cancels.pop(job.run_id, None) is not None:
+            attempt.request_cancel("cancel requested")
         if self._handing_back:  # began while the drain ended: give it straight back
             attempt.stop(Outcome.HANDED_BACK)
         log.info("run %s started: attempt %d on %s", job.run_id, claim.attempt, self.worker_id)
@@ -320,6 +323,12 @@ class Worker:
         held = self.attempts.get(run_id)
         if held is not None:
             held[1].request_cancel("cancel requested")
+            return
+        # Maybe ours in a moment: its begin_attempt may be on the wire right now.
+        now = time.monotonic()
+        if len(self._early_cancels) > 1000:
+            self._early_cancels = {r: t for r, t in self._early_cancels.items() if now - t < 10}
+        self._early_cancels[run_id] = now
 
     # -- timers ----------------------------------------------------------------------------
 

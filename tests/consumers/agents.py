@@ -151,6 +151,16 @@ class Streamer(AgentRuntime):
         return RunResult(final_output={"n": ctx.params.get("n", 500)})
 
 
+class Silent(AgentRuntime):
+    """Sleeps without emitting anything: no append can tell it about a cancel."""
+
+    key = "silent"
+
+    async def run(self, ctx: RunContext) -> RunResult:
+        await asyncio.sleep(float(ctx.params.get("sleep_s", 60)))
+        return RunResult()
+
+
 class Noop(AgentRuntime):
     key = "noop"
 
@@ -170,6 +180,7 @@ ALL: list[type[AgentRuntime]] = [
     Ticker,
     Poison,
     Streamer,
+    Silent,
     Noop,
 ]
 

@@ -306,3 +306,28 @@ async def test_a_cancel_that_lands_during_a_flush_neither_loses_nor_repeats_its_
     ticks = [e.payload["i"] for e in events if e.type == "tick"]
     assert state.status is RunStatus.CANCELLED
     assert ticks == [0]  # written once, not lost and not repeated by the final flush
+
+
+async def test_a_cancel_broadcast_while_the_attempt_is_beginning_still_cancels_it_at_once(
+    redis_client: Any, worker_settings: Any
+) -> None:
+    from tests.conftest import delete_prefix
+
+    long_lease = worker_settings.with_overrides(LEASE_TTL_SECONDS=60.0)  # no heartbeat to fall back on
+    store = EventStore(redis_client, long_lease, pipeline_scripts=True)
+    try:
+        async with running_worker(store) as worker:
+            original = store.begin_attempt
+
+            async def begin_then_cancel(run_id: str, *args: Any) -> Any:
+                claim = await original(run_id, *args)
+                await store.cancel(run_id)  # lands while this worker awaits begin_attempt's reply
+                await wait_until(lambda: run_id in worker._early_cancels, 5, "the broadcast arrived")
+                return claim
+
+            store.begin_attempt = begin_then_cancel  # type: ignore[method-assign]
+            run_id = await submit(store, "silent", params={"sleep_s": 60})
+            state = await wait_terminal(store, run_id, timeout_s=5)
+        assert state.status is RunStatus.CANCELLED
+    finally:
+        await delete_prefix(redis_client, long_lease.KEY_PREFIX)
