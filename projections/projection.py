@@ -17,7 +17,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils.module_loading import import_string
 
 from agentstream.core.errors import ConfigurationError
-from agentstream.core.events import Event, EventType
+from agentstream.core.events import Event
 from agentstream.core.settings import Settings
 from agentstream.projections.rows import Patches, fold_patches
 from agentstream.projections.sql import CONVERSATION, RUN, SqlWriter
@@ -124,8 +124,3 @@ def load_projections(settings: Settings, names: Iterable[str] | None = None) -> 
     if unknown:
         raise ConfigurationError(f"unknown projection {', '.join(unknown)}; configured: {', '.join(by_name)}")
     return [by_name[n] for n in wanted]
-
-
-LIFECYCLE_AND_CONVERSATION: frozenset[str] = frozenset(
-    {str(t) for t in EventType if t.startswith(("run.", "conversation."))}
-)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import uuid
+from collections.abc import Iterator
 
 import pytest
 from django.core.management import call_command
@@ -13,7 +14,8 @@ from django.test import override_settings
 from agentstream.core.events import Event
 from agentstream.core.store import EventStore
 from agentstream.projections.projection import ReadModelProjection
-from tests.projections.conftest import in_thread, make_workload
+from tests.projections import user_projection
+from tests.projections.conftest import in_thread, make_workload, rows
 
 pytestmark = pytest.mark.django_db(databases=["default", "embedded"], transaction=True)
 
@@ -81,3 +83,36 @@ async def test_a_reused_idempotency_key_moves_to_the_newer_run_instead_of_stalli
 
     keys = await in_thread(lambda: dict(Run.objects.using(database).values_list("id", "idempotency_key")))
     assert {str(k): v for k, v in keys.items()} == {old: None, new: "k"}
+
+
+@pytest.fixture
+def tool_calls_table(database: str) -> Iterator[None]:
+    user_projection.create_table(connections[database])
+    yield
+    user_projection.drop_table(connections[database])
+    connections[database].close()
+
+
+async def test_a_projection_in_the_projections_setting_runs_and_replays_through_the_commands(
+    store: EventStore, redis_url: str, key_prefix: str, database: str, tool_calls_table: None
+) -> None:
+    await make_workload(store, runs=6)
+    configured = {
+        "REDIS_URL": redis_url,
+        "KEY_PREFIX": key_prefix,
+        "PARTITIONS": 4,
+        "PROJECTIONS": ["tests.projections.user_projection.ToolCalls"],
+    }
+    with override_settings(AGENTSTREAM=configured):
+        ran = await in_thread(
+            command, "runprojector", "--burst", "--projections", "tool_calls", "--database", database
+        )
+        live = await in_thread(lambda: user_projection.tool_calls(connections[database]))
+        # the read-model was not asked for: its group has read nothing, the archive is empty
+        archived = await in_thread(lambda: rows(database)["events"])
+        await in_thread(command, "runprojector", "--burst", "--database", database)  # every projection
+        replayed = await in_thread(command, "replay_projections", "tool_calls", "--database", database)
+        after = await in_thread(lambda: user_projection.tool_calls(connections[database]))
+
+    assert ran[0] == 0 and live and archived == []
+    assert replayed[0] == 0 and after == live
