@@ -29,13 +29,13 @@ import socket
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from agentstream.consumers.cancel_listener import CancelListener
 from agentstream.consumers.errors import RegistryError
 from agentstream.consumers.execution import TRANSIENT, Attempt, AttemptOptions
 from agentstream.consumers.outcome import Outcome
+from agentstream.consumers.queues import Job, Queue, QueueReader, job_from
 from agentstream.consumers.registry import RuntimeRegistry
 from agentstream.core.keys import WORKERS_GROUP
 from agentstream.core.store import Claim, EventStore
@@ -46,23 +46,6 @@ log = logging.getLogger("agentstream.worker")
 def new_worker_id() -> str:
     """``<hostname>:<pid>:<random>``: unique per process and host, readable in XINFO."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    """One queue entry: the run it names and where it came from."""
-
-    partition: int
-    agent_key: str
-    job_id: str
-    run_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Queue:
-    partition: int
-    agent_key: str
-    key: str
 
 
 class Worker:
@@ -117,9 +100,7 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._stop_now = asyncio.Event()
-        self._rotation = 0
-        self._hot: list[Queue] = []  # queues the last read found jobs in
-        self._queue_set = set(self.queues)
+        self.reader = QueueReader(store.redis, self.worker_id, self.queues)
         self._closing = False
         self._handing_back = False
         self._early_cancels: dict[str, float] = {}  # cancel broadcasts for runs not started here yet
@@ -191,10 +172,10 @@ class Worker:
                 await self._slot_freed.wait()
                 continue
             try:
-                jobs = await self._read(free, block=False)
+                jobs = await self.reader.read(free)
                 if not jobs:  # nothing where we looked: wait on every queue
                     block_ms = min(self.block_ms, 100) if self.burst else self.block_ms
-                    jobs = await self._read(free, block=True, block_ms=block_ms)
+                    jobs = await self.reader.read(free, block_ms=block_ms)
             except TRANSIENT as exc:
                 log.warning("cannot read jobs (%s); retrying in 1s", exc)
                 await asyncio.sleep(1.0)
@@ -210,50 +191,6 @@ class Worker:
                     self._start(job)
                 else:
                     self._backlog.append(job)
-
-    async def _read(self, free: int, *, block: bool, block_ms: int = 0) -> list[Job]:
-        """Up to ``free`` jobs; a blocking read may return a few more (they wait in the backlog).
-
-        XREADGROUP's COUNT is per stream. With at least as many free slots as queues, one read
-        asks ``free // queues`` of each. Otherwise it asks ``free // n`` of ``n = free`` queues:
-        those that had jobs last time first, then the others in rotation. When that finds
-        nothing, a blocking read waits on every queue for one job each (woken by the first).
-        """
-        queues = self.queues
-        if block:
-            chosen, count = queues, 1
-        elif free >= len(queues):
-            chosen, count = queues, free // len(queues)
-        else:
-            chosen = [q for q in self._hot if q in self._queue_set][:free]
-            start = self._rotation % len(queues)
-            for i in range(len(queues)):
-                if len(chosen) >= free:
-                    break
-                queue = queues[(start + i) % len(queues)]
-                if queue not in chosen:
-                    chosen.append(queue)
-            self._rotation += free
-            count = free // len(chosen)
-        by_key = {q.key: q for q in chosen}
-        streams: dict[Any, Any] = {q.key: ">" for q in chosen}
-        reply: Any = await self.store.redis.xreadgroup(
-            WORKERS_GROUP, self.worker_id, streams, count=count, block=block_ms if block else None
-        )
-        jobs: list[Job] = []
-        hot: list[Queue] = []
-        for stream, entries in reply or []:
-            queue = by_key[_s(stream)]
-            if entries:
-                hot.append(queue)
-            for entry_id, fields in entries:
-                jobs.append(self._job(queue, _s(entry_id), fields))
-        self._hot = hot
-        return jobs
-
-    def _job(self, queue: Queue, entry_id: str, fields: Any) -> Job:
-        run_id = fields.get(b"r", b"") if fields else b""
-        return Job(queue.partition, queue.agent_key, entry_id, _s(run_id))
 
     async def _drained(self) -> bool:
         """Burst mode: nothing running, nothing queued for us, nothing delayed."""
@@ -397,7 +334,7 @@ class Worker:
             for entry_id, fields in reply[1]:
                 if fields is None:
                     continue  # deleted meanwhile; XAUTOCLAIM drops it from the PEL
-                job = self._job(queue, _s(entry_id), fields)
+                job = job_from(queue, _s(entry_id), fields)
                 if job.run_id in self.attempts:
                     continue  # ours already (a late heartbeat); the claim just renewed it
                 log.info("run %s reclaimed from an expired lease (job %s)", job.run_id, job.job_id)

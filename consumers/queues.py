@@ -1,0 +1,99 @@
+"""Reading jobs from the queues a worker serves, never more than it can start.
+
+XREADGROUP's COUNT applies per stream, so reading ``free`` jobs across many queues takes a
+plan: with at least as many free slots as queues, ask ``free // queues`` of each; otherwise ask
+``free // n`` of ``n = free`` queues, those that had jobs last time first (a busy queue keeps
+its batch size), then the others in rotation (every queue gets its turn). When that finds
+nothing, a blocking read waits on every queue for one job each, and is woken by the first;
+if several queues fill at once it can return a few more than ``free`` (the worker keeps them
+in a backlog that it starts first and whose leases it renews).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agentstream.core.keys import WORKERS_GROUP
+from agentstream.core.store import Redis
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    partition: int
+    agent_key: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One queue entry: the run it names and where it came from."""
+
+    partition: int
+    agent_key: str
+    job_id: str
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPlan:
+    queues: Sequence[Queue]
+    count: int  # per queue; len(queues) * count <= free
+
+
+def plan_read(queues: Sequence[Queue], hot: Sequence[Queue], rotation: int, free: int) -> ReadPlan:
+    """Which queues to ask, and how many jobs of each, so that at most ``free`` come back."""
+    if free >= len(queues):
+        return ReadPlan(queues, free // len(queues))
+    chosen = [q for q in hot if q in queues][:free]
+    start = rotation % len(queues)
+    for i in range(len(queues)):
+        if len(chosen) >= free:
+            break
+        queue = queues[(start + i) % len(queues)]
+        if queue not in chosen:
+            chosen.append(queue)
+    return ReadPlan(chosen, free // len(chosen))
+
+
+class QueueReader:
+    def __init__(self, client: Redis, consumer: str, queues: Sequence[Queue]) -> None:
+        if not queues:
+            raise ValueError("a worker needs at least one queue to read")
+        self._client = client
+        self._consumer = consumer
+        self.queues = list(queues)
+        self._hot: list[Queue] = []  # queues the last read found jobs in
+        self._rotation = 0
+
+    async def read(self, free: int, *, block_ms: int | None = None) -> list[Job]:
+        """Up to ``free`` jobs at once, or (``block_ms``) wait that long for the first."""
+        if block_ms:
+            plan = ReadPlan(self.queues, 1)
+        else:
+            plan = plan_read(self.queues, self._hot, self._rotation, free)
+            self._rotation += len(plan.queues)
+        by_key = {q.key: q for q in plan.queues}
+        streams: dict[Any, Any] = {q.key: ">" for q in plan.queues}
+        reply: Any = await self._client.xreadgroup(
+            WORKERS_GROUP, self._consumer, streams, count=plan.count, block=block_ms or None
+        )
+        jobs: list[Job] = []
+        hot: list[Queue] = []
+        for stream, entries in reply or []:
+            queue = by_key[_s(stream)]
+            if entries:
+                hot.append(queue)
+            jobs += [job_from(queue, _s(entry_id), fields) for entry_id, fields in entries]
+        self._hot = hot
+        return jobs
+
+
+def job_from(queue: Queue, entry_id: str, fields: Any) -> Job:
+    run_id = fields.get(b"r", b"") if fields else b""
+    return Job(queue.partition, queue.agent_key, entry_id, _s(run_id))
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
