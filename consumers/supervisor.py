@@ -57,6 +57,8 @@ def supervise(
                     continue
                 proc.join()
                 code = proc.exitcode or 0
+                if stopping and code in (-signal.SIGTERM, -signal.SIGINT):
+                    code = 0  # our forwarded signal reached it before its handlers: nothing was claimed
                 del children[slot]
                 if stopping or not restart or code == 0:
                     worst = max(worst, abs(code))
