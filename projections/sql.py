@@ -246,7 +246,7 @@ class SqlWriter:
                 copy.write("".join(["\t".join([_copy_value(v) for v in row]) + "\n" for row in rows]))
             order = f" ORDER BY {order_by}" if order_by else ""
             cursor.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {temp}{order} {conflict}")
-            cursor.execute(f"DELETE FROM {temp}")
+            cursor.execute(f"TRUNCATE {temp}")  # no dead rows piling up in long replays
 
     def _temp_table(self, cursor: Any, table: str, columns: Sequence[str]) -> str:
         temp = f"_as_in_{table.removeprefix('agentstream_')}"
@@ -309,7 +309,7 @@ class SqlWriter:
             with cursor.cursor.copy(f"COPY {temp} ({cols}) FROM STDIN") as copy:
                 copy.write("".join(lines))
             cursor.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {temp} {conflict}")
-            cursor.execute(f"DELETE FROM {temp}")
+            cursor.execute(f"TRUNCATE {temp}")  # no dead rows piling up in long replays
 
     # -- runs and conversations ----------------------------------------------------------------
 
