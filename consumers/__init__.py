@@ -15,8 +15,10 @@ An agent author needs only what this module exports::
 
 from agentstream.consumers.context import RunContext
 from agentstream.consumers.errors import AgentFailure, ConsumerError, PermanentFailure, RegistryError, Retry
+from agentstream.consumers.llm import LLMClient, get_llm_client, stream_completion
 from agentstream.consumers.registry import RuntimeRegistry, default_registry, get_runtime, register_runtime
 from agentstream.consumers.runtime import AgentRuntime, ErrorInfo, RunResult
+from agentstream.consumers.tools import Tool, ToolRegistry, run_tool_loop
 from agentstream.consumers.worker import Worker
 from agentstream.core.events import EventType
 
@@ -26,14 +28,20 @@ __all__ = [
     "ConsumerError",
     "ErrorInfo",
     "EventType",
+    "LLMClient",
     "PermanentFailure",
     "RegistryError",
     "Retry",
     "RunContext",
     "RunResult",
     "RuntimeRegistry",
+    "Tool",
+    "ToolRegistry",
     "Worker",
     "default_registry",
+    "get_llm_client",
     "get_runtime",
     "register_runtime",
+    "run_tool_loop",
+    "stream_completion",
 ]

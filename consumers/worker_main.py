@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agentstream.consumers.errors import RegistryError
+from agentstream.consumers.llm.config import configure as configure_llm
 from agentstream.consumers.registry import RuntimeRegistry, default_registry
 from agentstream.consumers.supervisor import supervise
 from agentstream.consumers.worker import Worker
@@ -73,6 +74,7 @@ def load_registry(paths: Sequence[str], registry: RuntimeRegistry = default_regi
 def run_worker_process(config: WorkerConfig) -> None:
     """The body of one worker process (also a spawned child's target)."""
     logging.basicConfig(level=config.log_level, format=LOG_FORMAT)
+    configure_llm(config.settings)  # get_llm_client() in agents reads MODEL_PROVIDER etc. from here
     registry = load_registry([*config.settings.RUNTIME_REGISTRY, *config.registry_paths])
     run_async(serve(config, registry))
 
