@@ -130,6 +130,9 @@ class LogEntry:
     event: Event
 
 
+READ_TIMEOUT_S = 60.0
+
+
 def redis_from_url(url: str) -> Redis:
     """A client for ``redis://``, ``rediss://``, ``unix://``, or ``fakeredis://<name>``.
 
@@ -141,7 +144,15 @@ def redis_from_url(url: str) -> Redis:
 
         server = _fake_servers.setdefault(url, fakeredis.FakeServer())
         return fakeredis.FakeAsyncRedis(server=server)
-    options: dict[str, Any] = {"health_check_interval": 30}
+    # redis-py 8 gives up on a read after 5 s by default, which would cut every blocking XREAD /
+    # XREADGROUP of 5 s or more; blocking reads here stay below READ_TIMEOUT_S, keepalive and the
+    # health check find dead connections.
+    options: dict[str, Any] = {
+        "health_check_interval": 30,
+        "socket_timeout": READ_TIMEOUT_S,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+    }
     if url.startswith("redis://") and _hiredis_pack is not None:
         options["connection_class"] = HiredisPackConnection
     client: Redis = aioredis.Redis.from_url(url, **options)
@@ -225,7 +236,9 @@ class EventStore:
         if payload is None:
             if len(self._started_payloads) > 1000:
                 self._started_payloads.clear()
-            payload = self._started_payloads[worker_id] = self._encode(EventType.RUN_STARTED, {"worker": worker_id})
+            payload = self._started_payloads[worker_id] = self._encode(
+                EventType.RUN_STARTED, {"worker": worker_id}
+            )
         return payload
 
     def _tag(self, run_id: str) -> str:

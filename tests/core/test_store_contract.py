@@ -352,3 +352,19 @@ class TestConversations:
             "conversation.updated",
             "conversation.deleted",
         ]
+
+
+async def test_a_blocking_tail_longer_than_redis_py_default_read_timeout_is_not_cut(
+    store: EventStore,
+) -> None:
+    run_id = (await store.submit(request())).run_id
+    c = await claim(store, run_id)
+
+    async def append_later() -> None:
+        await asyncio.sleep(5.5)  # past redis-py 8's default 5 s read timeout
+        await store.append(run_id, c.attempt, "assistant.message", {"content": "late"})
+
+    writer = asyncio.create_task(append_later())
+    got = await store.tail({run_id: 2}, block_ms=8000)
+    await writer
+    assert [e.payload["content"] for e in got[run_id]] == ["late"]
