@@ -4,120 +4,17 @@ and a screenshot shows the key elements."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import itertools
-import json
-import shutil
 import struct
-import tempfile
-import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
-import websockets
 
-from tests.demo.live import Demo, free_port
+from tests.browser import CHROMIUM, chromium
+from tests.demo.live import Demo
 from tests.services import IN_CI
 
 pytestmark = pytest.mark.slow
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--remote-allow-origins=*",
-    "--window-size=1400,900",
-]
-
-
-class Browser:
-    """The little of CDP this test needs; console errors and exceptions are collected as they come."""
-
-    def __init__(self, ws: Any) -> None:
-        self.ws = ws
-        self.ids = itertools.count(1)
-        self.errors: list[str] = []
-
-    async def send(self, method: str, **params: Any) -> Any:
-        call_id = next(self.ids)
-        await self.ws.send(json.dumps({"id": call_id, "method": method, "params": params}))
-        while True:
-            message = json.loads(await asyncio.wait_for(self.ws.recv(), 30))
-            self._collect(message)
-            if message.get("id") == call_id:
-                assert "error" not in message, message
-                return message.get("result")
-
-    def _collect(self, message: dict[str, Any]) -> None:
-        method, params = message.get("method"), message.get("params", {})
-        if method == "Runtime.exceptionThrown":
-            self.errors.append(json.dumps(params["exceptionDetails"])[:500])
-        elif method == "Runtime.consoleAPICalled" and params.get("type") == "error":
-            self.errors.append(json.dumps(params.get("args"))[:500])
-        elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
-            self.errors.append(f"{params['entry'].get('text', '')[:400]} {params['entry'].get('url', '')}")
-
-    async def js(self, expression: str) -> Any:
-        result = await self.send(
-            "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
-        )
-        assert "exceptionDetails" not in result, result
-        return result["result"].get("value")
-
-    async def wait_for(self, expression: str, what: str, timeout_s: float = 20) -> Any:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            value = await self.js(expression)
-            if value:
-                return value
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            await asyncio.sleep(0.05)
-
-
-@asynccontextmanager
-async def chromium() -> AsyncIterator[Browser]:
-    assert CHROMIUM is not None
-    port = free_port()
-    profile = tempfile.mkdtemp(prefix="agentstream-dashboard-")
-    process = await asyncio.create_subprocess_exec(
-        CHROMIUM,
-        *FLAGS,
-        f"--remote-debugging-port={port}",
-        f"--user-data-dir={profile}",
-        "about:blank",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        async with httpx.AsyncClient() as client:
-            while True:
-                try:
-                    targets = (await client.get(f"http://127.0.0.1:{port}/json/list")).json()
-                    page = next(t for t in targets if t["type"] == "page")
-                    break
-                except (httpx.HTTPError, StopIteration):
-                    assert time.monotonic() < deadline, "chromium did not start"
-                    await asyncio.sleep(0.05)
-        async with websockets.connect(page["webSocketDebuggerUrl"], max_size=None) as ws:
-            browser = Browser(ws)
-            for domain in ("Runtime", "Log", "Page"):
-                await browser.send(f"{domain}.enable")
-            yield browser
-    finally:
-        process.kill()
-        await asyncio.wait_for(process.wait(), 10)
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def png_size(data: bytes) -> tuple[int, int]:
