@@ -38,7 +38,15 @@ def _require_servers(command: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
+    from agentstream.core.errors import ConfigurationError
+
+    try:
+        _dispatch(list(sys.argv[1:] if argv is None else argv))
+    except ConfigurationError as exc:  # a bad AGENTSTREAM_* value: one line, not a traceback
+        sys.exit(f"agentstream: {exc}")
+
+
+def _dispatch(args: list[str]) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", SETTINGS_MODULE)
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE.strip())
