@@ -47,6 +47,7 @@ class Record:
     min: float | None = None
     max: float | None = None
     rounds: int = 1
+    note: str = ""  # e.g. why a peer could not run
 
 
 def summarize(scenario: str, system: str, metric: str, unit: str, n: int, samples: Iterable[float]) -> Record:
@@ -86,10 +87,10 @@ def save(records: list[Record]) -> None:
 
 
 def table(records: list[Record]) -> str:
-    rows = [("scenario", "system", "metric", "median", "min–max", "unit", "n")]
+    rows = [("scenario", "system", "metric", "median", "min–max", "unit", "n", "note")]
     for r in records:
         spread = f"{r.min:g}–{r.max:g}" if r.min is not None and r.max is not None else ""
-        rows.append((r.scenario, r.system, r.metric, f"{r.value:g}", spread, r.unit, str(r.n)))
+        rows.append((r.scenario, r.system, r.metric, f"{r.value:g}", spread, r.unit, str(r.n), r.note))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

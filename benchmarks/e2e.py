@@ -1,12 +1,12 @@
 """End to end: no-op runs through real worker processes (``worker_main``), 1 and 2 processes.
 
 Each run: ``run.queued`` (submit), then the worker's ``run.started``, one ``assistant.message``
-and ``run.succeeded``. Two measurements per round, alternating 1 and 2 processes:
-
-- throughput: N runs submitted (pipelined) before the workers start; runs/s from the first
-  ``started`` to the last ``finished`` time Redis recorded (process start-up excluded);
-- pickup latency: workers idle and ready, runs submitted at a steady pace well under capacity;
-  submit -> started p50/p99 from the runs' ``created``/``started`` times (Redis clock).
+and ``run.succeeded``. Side by side with the same no-op job on arq, Dramatiq, Celery, RQ and
+taskiq (``benchmarks/peers.py``), same N, processes and concurrency, systems alternating (the
+order rotates each round). Throughput: N jobs queued before the workers start; runs/s from the
+first job started (ours) / done (peers) to the last done, so process start-up is excluded; the
+ratio ours / fastest peer is taken within each round. The pickup latency lives in ``latency``
+(``latency_round`` below is its machinery).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import asyncio
 import os
 import resource
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,10 +25,15 @@ from pathlib import Path
 from agentstream.consumers import AgentRuntime, RunContext, RunResult
 from agentstream.core.settings import Settings
 from agentstream.core.store import EventStore, Redis, SubmitRequest, redis_from_url
+from benchmarks import peers
 from benchmarks.common import Options, Record, summarize
+from benchmarks.peers import PEERS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = 256
+# Side by side with the peers everyone gets the same in-flight jobs per process (thread pools of
+# 256 exhaust the peers' Redis connection pools; RQ runs one at a time whatever we set).
+PEER_CONCURRENCY = 32
 
 
 class NoOp(AgentRuntime):
@@ -140,7 +144,7 @@ def children_cpu_s() -> float:
 
 
 async def throughput_round(
-    client: Redis, redis_url: str, n: int, processes: int, log: Path
+    client: Redis, redis_url: str, n: int, processes: int, log: Path, concurrency: int = CONCURRENCY
 ) -> tuple[float, float]:
     """(runs/s, worker CPU µs per run: user + system of every worker process, start-up included)."""
     prefix = f"bench{uuid.uuid4().hex[:8]}"
@@ -154,7 +158,7 @@ async def throughput_round(
             processes,
             burst=True,
             registry="benchmarks.e2e:register",
-            concurrency=CONCURRENCY,
+            concurrency=concurrency,
             log=log,
         )
         await asyncio.to_thread(proc.wait, 600)
@@ -208,52 +212,80 @@ def percentile(values: list[int], q: float) -> float:
     return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
 
 
+def peer_records(system: str, n: int, samples: list[float], failures: list[str]) -> list[Record]:
+    if samples:
+        return [summarize("e2e", system, "throughput", "runs/s", n, samples)]
+    reason = failures[-1] if failures else "not run"
+    return [Record("e2e", system, "throughput", 0.0, "runs/s", n, rounds=0, note=f"could not run: {reason}")]
+
+
 async def main(opts: Options) -> list[Record]:
-    n = opts.size(20_000, 3_000)
-    n_latency = opts.size(1_000, 300) if not opts.n else min(opts.n, 1_000)
-    rate = 200.0
+    """Ours and every peer, same N, processes and concurrency; systems alternate, rotated per round."""
+    n = opts.size(5_000, 300)  # RQ does ~100-150 jobs/s here: 5,000 keeps a full run bounded
     client = redis_from_url(opts.redis_url)
     log = Path(tempfile.gettempdir()) / "agentstream-bench-e2e.log"
-    samples: dict[tuple[int, str], list[float]] = {}
+    systems = ["agentstream", *(peer.name for peer in PEERS)]
+    runs_per_s: dict[tuple[int, str], list[float]] = {}
+    cpu: dict[int, list[float]] = {}
+    failures: dict[tuple[int, str], list[str]] = {}
+    ratios: dict[int, list[float]] = {}
     try:
-        for _ in range(opts.rounds):
+        for round_no in range(opts.rounds):
             for processes in (1, 2):
-                runs_per_s, cpu_us = await throughput_round(client, opts.redis_url, n, processes, log)
-                latencies = await latency_round(client, opts.redis_url, n_latency, processes, rate, log)
-                samples.setdefault((processes, "runs/s"), []).append(runs_per_s)
-                samples.setdefault((processes, "cpu"), []).append(cpu_us)
-                samples.setdefault((processes, "p50"), []).append(statistics.median(latencies))
-                samples.setdefault((processes, "p99"), []).append(percentile(latencies, 0.99))
-                print(
-                    f"  e2e {processes} proc: {runs_per_s:,.0f} runs/s ({cpu_us:.0f} µs worker CPU/run); pickup p50 "
-                    f"{statistics.median(latencies):.0f} ms p99 {percentile(latencies, 0.99):.0f} ms",
-                    flush=True,
-                )
+                order = systems[round_no % len(systems) :] + systems[: round_no % len(systems)]
+                this_round: dict[str, float] = {}
+                for system in order:
+                    if system == "agentstream":
+                        value, cpu_us = await throughput_round(
+                            client, opts.redis_url, n, processes, log, PEER_CONCURRENCY
+                        )
+                        cpu.setdefault(processes, []).append(cpu_us)
+                    else:
+                        peer = next(p for p in PEERS if p.name == system)
+                        try:
+                            value = await asyncio.to_thread(
+                                peers.throughput_round,
+                                peer,
+                                opts.redis_url,
+                                n,
+                                processes,
+                                PEER_CONCURRENCY,
+                                log,
+                            )
+                        except peers.PeerUnavailable as e:
+                            failures.setdefault((processes, system), []).append(str(e))
+                            print(f"  e2e {system} {processes} proc: {e}", flush=True)
+                            continue
+                    this_round[system] = value
+                    runs_per_s.setdefault((processes, system), []).append(value)
+                    print(
+                        f"  e2e {system} {processes} proc x {PEER_CONCURRENCY}: {value:,.0f} runs/s",
+                        flush=True,
+                    )
+                fastest_peer = max((v for k, v in this_round.items() if k != "agentstream"), default=0.0)
+                if fastest_peer and "agentstream" in this_round:
+                    ratios.setdefault(processes, []).append(this_round["agentstream"] / fastest_peer)
     finally:
         await client.aclose()
     records: list[Record] = []
     for processes in (1, 2):
-        system = f"agentstream ({processes} proc x {CONCURRENCY})"
-        records.append(summarize("e2e", system, "throughput", "runs/s", n, samples[(processes, "runs/s")]))
-        records.append(summarize("e2e", system, "worker CPU per run", "µs", n, samples[(processes, "cpu")]))
+        ours = f"agentstream ({processes} proc x {PEER_CONCURRENCY})"
         records.append(
-            summarize(
-                "e2e",
-                system,
-                f"submit->started p50 @{rate:g}/s",
-                "ms",
-                n_latency,
-                samples[(processes, "p50")],
-            )
+            summarize("e2e", ours, "throughput", "runs/s", n, runs_per_s[(processes, "agentstream")])
         )
-        records.append(
-            summarize(
-                "e2e",
-                system,
-                f"submit->started p99 @{rate:g}/s",
-                "ms",
-                n_latency,
-                samples[(processes, "p99")],
+        records.append(summarize("e2e", ours, "worker CPU per run", "µs", n, cpu[processes]))
+        for peer in PEERS:
+            note = f", {peer.concurrency_note}" if peer.concurrency_note else ""
+            records += peer_records(
+                f"{peer.name} ({processes} proc x {1 if peer.name == 'rq' else PEER_CONCURRENCY}{note})",
+                n,
+                runs_per_s.get((processes, peer.name), []),
+                failures.get((processes, peer.name), []),
             )
-        )
+        if ratios.get(processes):
+            records.append(
+                summarize(
+                    "e2e", ours, "throughput / fastest peer (same round)", "ratio", n, ratios[processes]
+                )
+            )
     return records
