@@ -368,3 +368,12 @@ async def test_a_blocking_tail_longer_than_redis_py_default_read_timeout_is_not_
     got = await store.tail({run_id: 2}, block_ms=8000)
     await writer
     assert [e.payload["content"] for e in got[run_id]] == ["late"]
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+async def test_scripts_are_reloaded_after_redis_forgets_them(store: EventStore, pipelined: bool) -> None:
+    store = EventStore(store.redis, store.settings, pipeline_scripts=pipelined)
+    first = (await store.submit(request())).run_id
+    await store.redis.script_flush()  # what a Redis restart does to the script cache
+    second = (await store.submit(request())).run_id
+    assert await statuses(store, first, second) == ["queued", "queued"]
