@@ -10,7 +10,7 @@ import sys
 from benchmarks import report
 from benchmarks.common import Options, Record, save, table
 
-SCENARIOS = ["limit", "append", "projector", "replay", "sse", "e2e", "worker-memory"]
+SCENARIOS = ["limit", "append", "projector", "replay", "sse", "e2e", "latency", "worker-memory"]
 
 
 def main(argv: list[str] | None = None) -> int:

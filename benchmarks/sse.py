@@ -281,6 +281,7 @@ async def one_round(opts: Options, n: int, latency_events: int) -> dict[str, flo
             latencies = sorted(x for c in clients for x in c.latencies_ms)
             out["p50_ms"] = statistics.median(latencies)
             out["p99_ms"] = latencies[int(len(latencies) * 0.99) - 1]
+            out["p999_ms"] = latencies[int(len(latencies) * 0.999) - 1]
             out["delivered"] = float(len(latencies))
             for reader in readers:
                 reader.cancel()
@@ -315,6 +316,7 @@ async def main(opts: Options) -> list[Record]:
         "connect_per_s": "clients/s",
         "p50_ms": "ms",
         "p99_ms": "ms",
+        "p999_ms": "ms",
         "delivered": "frames",
     }
     return [
