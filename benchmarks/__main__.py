@@ -6,9 +6,10 @@ import argparse
 import asyncio
 import importlib
 import sys
+from pathlib import Path
 
 from benchmarks import report
-from benchmarks.common import Options, Record, save, table
+from benchmarks.common import RESULTS_DIR, Options, Record, save, table
 
 SCENARIOS = ["limit", "append", "projector", "replay", "sse", "e2e", "latency", "worker-memory"]
 
@@ -19,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes; finishes in under 2 minutes")
     parser.add_argument("--n", type=int, default=None, help="override the scenario's size")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per system (>= 3)")
+    parser.add_argument(
+        "--results-dir", type=Path, default=RESULTS_DIR, help="where latest.json and the charts go"
+    )
     args = parser.parse_args(argv)
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
@@ -30,8 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         got: list[Record] = asyncio.run(module.main(opts))
         print(table(got), flush=True)
         records += got
-    save(records)
-    report.write()
+    save(records, opts, args.results_dir)
+    # RESULTS.md is the repository's report: regenerated only from the repository's results
+    md = report.RESULTS_MD if args.results_dir == RESULTS_DIR else args.results_dir / "RESULTS.md"
+    report.write(args.results_dir, md)
     return 0
 
 

@@ -66,24 +66,52 @@ def summarize(scenario: str, system: str, metric: str, unit: str, n: int, sample
     )
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def machine() -> dict[str, str | int]:
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count() or 0,
+        "cpu": cpu_model(),
+        "load average (1/5/15 min) at save": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
 
 
-def save(records: list[Record]) -> None:
-    """Merge into results/latest.json: this run's scenarios replace their older records."""
-    RESULTS_DIR.mkdir(exist_ok=True)
-    old: list[dict[str, object]] = []
-    if LATEST.exists():
-        old = json.loads(LATEST.read_text()).get("records", [])
+def settings_of(opts: Options) -> dict[str, object]:
+    """The exact settings of a scenario's run (URLs without credentials)."""
+    return {
+        "quick": opts.quick,
+        "n": opts.n,
+        "rounds": opts.rounds,
+        "redis": opts.redis_url.rsplit("@", 1)[-1],
+        "postgres": opts.database_url.rsplit("@", 1)[-1],
+    }
+
+
+def save(records: list[Record], opts: Options | None = None, results_dir: Path = RESULTS_DIR) -> Path:
+    """Merge into <results_dir>/latest.json: this run's scenarios replace their older records."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    latest = results_dir / LATEST.name
+    old: dict[str, object] = json.loads(latest.read_text()) if latest.exists() else {}
+    old_records: list[dict[str, object]] = old.get("records", [])  # type: ignore[assignment]
+    settings: dict[str, object] = dict(old.get("settings", {}))  # type: ignore[call-overload]
     fresh = {r.scenario for r in records}
-    kept = [r for r in old if r.get("scenario") not in fresh]
-    data = {"machine": machine(), "records": kept + [asdict(r) for r in records]}
-    LATEST.write_text(json.dumps(data, indent=2) + "\n")
+    for scenario in fresh:
+        settings[scenario] = settings_of(opts or Options())
+    kept = [r for r in old_records if r.get("scenario") not in fresh]
+    data = {"machine": machine(), "settings": settings, "records": kept + [asdict(r) for r in records]}
+    latest.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    return latest
 
 
 def table(records: list[Record]) -> str:
