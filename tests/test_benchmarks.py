@@ -1,0 +1,78 @@
+"""The benchmark harness never rots: a tiny scenario runs through ``python -m benchmarks`` end to
+end (records, latest.json, charts, RESULTS.md) into a temp dir. No timing thresholds here."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+import redis
+
+from benchmarks import e2e, peers, report
+from benchmarks.__main__ import SCENARIOS
+from benchmarks.__main__ import main as bench_main
+from tests.services import REDIS_UP, REDIS_URL, require
+
+
+def test_every_registered_scenario_is_a_module_with_an_async_main() -> None:
+    for name in SCENARIOS:
+        module = importlib.import_module(f"benchmarks.{name.replace('-', '_')}")
+        assert inspect.iscoroutinefunction(module.main), name
+
+
+@pytest.mark.redis
+def test_a_tiny_scenario_runs_through_the_harness_into_its_own_results_dir(tmp_path: Path) -> None:
+    require("Redis", REDIS_UP)
+    repo_report = report.RESULTS_MD.read_text()
+
+    assert bench_main(["limit", "--n", "300", "--rounds", "3", "--results-dir", str(tmp_path)]) == 0
+
+    data = json.loads((tmp_path / "latest.json").read_text())
+    records = [r for r in data["records"] if r["scenario"] == "limit"]
+    assert {r["metric"] for r in records} == {"pipelined XADD", "XREADGROUP+XACK"}
+    for r in records:
+        assert {"scenario", "system", "metric", "value", "unit", "n", "when"} <= r.keys()
+        assert r["rounds"] == 3 and r["n"] == 300 and r["min"] <= r["value"] <= r["max"]
+    assert data["settings"]["limit"]["rounds"] == 3 and data["machine"]["cpus"] >= 1
+    markdown = (tmp_path / "RESULTS.md").read_text()
+    assert "## limit" in markdown and "## Goals" in markdown and "Settings:" in markdown
+    assert (tmp_path / "append.png").stat().st_size > 0  # limit's records chart beside append's
+    assert report.RESULTS_MD.read_text() == repo_report  # the repository's report is left alone
+
+
+def test_a_peer_that_cannot_run_is_a_record_with_the_reason_not_dropped() -> None:
+    missing = peers.Peer("ghost", "no_such_library_for_bench", 9, lambda n: None, lambda u, p, c: [])
+    with pytest.raises(peers.PeerUnavailable, match="not installed"):
+        peers.available(missing)
+
+    (record,) = e2e.peer_records("ghost (1 proc x 32)", 100, [], ["ghost is not installed"])
+
+    assert record.rounds == 0 and "ghost is not installed" in record.note
+
+
+@pytest.mark.redis
+def test_a_peer_round_runs_real_worker_processes_and_leaves_its_db_empty(tmp_path: Path) -> None:
+    require("Redis", REDIS_UP)
+    pytest.importorskip("rq")
+    rq = next(p for p in peers.PEERS if p.name == "rq")
+
+    runs_per_s = peers.throughput_round(rq, REDIS_URL, 30, 2, 1, tmp_path / "workers.log")
+
+    assert runs_per_s > 0
+    assert redis.Redis.from_url(peers.db_url(REDIS_URL, rq.db)).dbsize() == 0
+
+
+def test_a_goal_short_of_its_target_reads_short_and_one_without_a_record_reads_not_measured() -> None:
+    records = [
+        {"scenario": "append", "system": "agentstream", "metric": "append_many / ceiling", "value": 0.4},
+        {"scenario": "worker-memory", "system": "w", "metric": "RSS with 1000 running runs", "value": 40.0},
+    ]
+
+    lines = "\n".join(report.goal_lines(records))
+
+    assert "| append_many: at least 50% of the redis-py ceiling | 0.4 x | **short** |" in lines
+    assert "| worker-memory: under 150 MB at 1,000 in-flight runs | 40 MB | met |" in lines
+    assert "| projector: at least 20,000 events/s | not measured | — |" in lines
