@@ -23,6 +23,7 @@ from agentstream.consumers.outcome import FailureDecision, Outcome, decide_failu
 from agentstream.consumers.runtime import AgentRuntime, ErrorInfo, RunResult
 from agentstream.core.errors import FencedOut, IllegalTransition, NotFound, RetryableError
 from agentstream.core.events import EventType
+from agentstream.core.logfmt import run_fields
 from agentstream.core.store import Claim, EventStore
 
 log = logging.getLogger("agentstream.worker")
@@ -42,9 +43,20 @@ class AttemptOptions:
 
 class Attempt:
     def __init__(
-        self, store: EventStore, runtime: AgentRuntime, claim: Claim, agent_key: str, options: AttemptOptions
+        self,
+        store: EventStore,
+        runtime: AgentRuntime,
+        claim: Claim,
+        agent_key: str,
+        options: AttemptOptions,
+        *,
+        worker_id: str | None = None,
     ) -> None:
         self.store = store
+        # on every log line about this attempt (see core.logfmt)
+        self.log_fields = run_fields(
+            claim.run_id, attempt=claim.attempt, agent_key=agent_key, worker_id=worker_id
+        )
         self.runtime = runtime
         self.claim = claim
         self.agent_key = agent_key
@@ -161,6 +173,7 @@ class Attempt:
                 decision.delay_s,
                 self.claim.attempt,
                 decision.error.message,
+                extra=self.log_fields,
             )
             return Outcome.RETRYING
         return Outcome.FAILED
@@ -220,7 +233,9 @@ class Attempt:
         try:
             return await asyncio.wait_for(call, HOOK_TIMEOUT_S)
         except Exception:
-            log.exception("run %s: the runtime's %s hook raised; ignoring it", self.run_id, name)
+            log.exception(
+                "run %s: the runtime's %s hook raised; ignoring it", self.run_id, name, extra=self.log_fields
+            )
             return None
 
 

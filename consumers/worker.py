@@ -38,6 +38,7 @@ from agentstream.consumers.outcome import Outcome
 from agentstream.consumers.queues import Job, Queue, QueueReader, job_from
 from agentstream.consumers.registry import RuntimeRegistry
 from agentstream.core.keys import WORKERS_GROUP
+from agentstream.core.logfmt import run_fields
 from agentstream.core.store import Claim, EventStore
 
 log = logging.getLogger("agentstream.worker")
@@ -224,7 +225,7 @@ class Worker:
         claim = await self.store.begin_attempt(job.run_id, job.job_id, self.worker_id, job.agent_key)
         if not isinstance(claim, Claim):
             level = logging.WARNING if claim.dead_lettered else logging.DEBUG
-            log.log(level, "run %s not started: %s", job.run_id, claim.reason)
+            log.log(level, "run %s not started: %s", job.run_id, claim.reason, extra=self._fields(job))
             self._count(Outcome.DROPPED)
             return
         attempt = Attempt(
@@ -233,13 +234,15 @@ class Worker:
             claim,
             job.agent_key,
             _with_timeout(self.attempt_options, claim.timeout_s),
+            worker_id=self.worker_id,
         )
         self.attempts[job.run_id] = (job, attempt)
         if self._early_cancels.pop(job.run_id, None) is not None:
             attempt.request_cancel("cancel requested")
         if self._handing_back:  # began while the drain ended: give it straight back
             attempt.stop(Outcome.HANDED_BACK)
-        log.info("run %s started: attempt %d on %s", job.run_id, claim.attempt, self.worker_id)
+        fields = self._fields(job, claim.attempt)
+        log.info("run %s started: attempt %d on %s", job.run_id, claim.attempt, self.worker_id, extra=fields)
         try:
             outcome = await attempt.execute()
         finally:
@@ -249,9 +252,23 @@ class Worker:
             await self._hand_back([job])
         elif outcome is Outcome.CANCELLED and attempt.cancel_requested_at is not None:
             took_ms = (time.monotonic() - attempt.cancel_requested_at) * 1000
-            log.info("run %s cancelled (%.1f ms after the request reached the worker)", job.run_id, took_ms)
+            log.info(
+                "run %s cancelled (%.1f ms after the request reached the worker)",
+                job.run_id,
+                took_ms,
+                extra=fields,
+            )
         elif outcome is not Outcome.RETRYING:
-            log.info("run %s %s (attempt %d)", job.run_id, outcome.value.replace("_", " "), claim.attempt)
+            log.info(
+                "run %s %s (attempt %d)",
+                job.run_id,
+                outcome.value.replace("_", " "),
+                claim.attempt,
+                extra=fields,
+            )
+
+    def _fields(self, job: Job, attempt: int | None = None) -> dict[str, Any]:
+        return run_fields(job.run_id, attempt=attempt, agent_key=job.agent_key, worker_id=self.worker_id)
 
     def _count(self, outcome: Outcome) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
@@ -337,7 +354,12 @@ class Worker:
                 job = job_from(queue, _s(entry_id), fields)
                 if job.run_id in self.attempts:
                     continue  # ours already (a late heartbeat); the claim just renewed it
-                log.info("run %s reclaimed from an expired lease (job %s)", job.run_id, job.job_id)
+                log.info(
+                    "run %s reclaimed from an expired lease (job %s)",
+                    job.run_id,
+                    job.job_id,
+                    extra=self._fields(job),
+                )
                 self._start(job)
 
     async def _promote(self) -> None:
@@ -408,7 +430,7 @@ class Worker:
                 )
             await pipe.execute(raise_on_error=False)
         for job in jobs:
-            log.info("run %s handed back (job %s)", job.run_id or "?", job.job_id)
+            log.info("run %s handed back (job %s)", job.run_id or "?", job.job_id, extra=self._fields(job))
 
     def _install_signals(self) -> None:
         if not self.handle_signals:

@@ -20,11 +20,11 @@ from agentstream.consumers.llm.config import configure as configure_llm
 from agentstream.consumers.registry import RuntimeRegistry, default_registry
 from agentstream.consumers.supervisor import supervise
 from agentstream.consumers.worker import Worker
+from agentstream.core.logfmt import configure_logging
 from agentstream.core.settings import Settings
 from agentstream.core.store import EventStore, redis_from_url
 
 log = logging.getLogger("agentstream.worker")
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +73,7 @@ def load_registry(paths: Sequence[str], registry: RuntimeRegistry = default_regi
 
 def run_worker_process(config: WorkerConfig) -> None:
     """The body of one worker process (also a spawned child's target)."""
-    logging.basicConfig(level=config.log_level, format=LOG_FORMAT)
+    configure_logging(config.log_level, config.settings.LOG_FORMAT)
     configure_llm(config.settings)  # get_llm_client() in agents reads MODEL_PROVIDER etc. from here
     registry = load_registry([*config.settings.RUNTIME_REGISTRY, *config.registry_paths])
     run_async(serve(config, registry))
@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     processes = args.processes or settings.DEFAULT_PROCESSES
     if processes > 1:
-        logging.basicConfig(level=config.log_level, format=LOG_FORMAT)
+        configure_logging(config.log_level, config.settings.LOG_FORMAT)
         load_registry([*settings.RUNTIME_REGISTRY, *config.registry_paths])  # fail here, not N times
         return supervise(run_worker_process, (config,), processes, restart=not args.burst)
     run_worker_process(config)

@@ -91,6 +91,8 @@ class Settings:
     LANGFUSE_PUBLIC_KEY: str | None = None
     LANGFUSE_SECRET_KEY: str | None = None
     LANGFUSE_HOST: str | None = None
+    # observability
+    LOG_FORMAT: str = "text"  # or "json": one object per line, with the run's fields
 
     def __post_init__(self) -> None:
         _check(self.PARTITIONS >= 1, "PARTITIONS must be at least 1")
@@ -103,6 +105,7 @@ class Settings:
             self.DEFAULT_CONVERSATION_POLICY in POLICIES,
             f"DEFAULT_CONVERSATION_POLICY must be one of {', '.join(POLICIES)}",
         )
+        _check(self.LOG_FORMAT in ("text", "json"), "LOG_FORMAT must be 'text' or 'json'")
         _check(
             ":" not in self.KEY_PREFIX and "{" not in self.KEY_PREFIX,
             "KEY_PREFIX must not contain ':' or '{'",

@@ -331,3 +331,18 @@ async def test_a_cancel_broadcast_while_the_attempt_is_beginning_still_cancels_i
         assert state.status is RunStatus.CANCELLED
     finally:
         await delete_prefix(redis_client, long_lease.KEY_PREFIX)
+
+
+async def test_every_log_line_about_a_run_carries_its_run_id_attempt_agent_key_and_worker_id(
+    wstore: EventStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG", logger="agentstream.worker")
+    ok = await submit(wstore, "echo")
+    failing = await submit(wstore, "flaky")  # fails, retries, is dead-lettered
+    worker = await burst(wstore)
+    about_runs = [r for r in caplog.records if ok in r.getMessage() or failing in r.getMessage()]
+    assert len(about_runs) >= 4  # started + ended for each, and the retry line
+    for line in about_runs:
+        assert getattr(line, "run_id", None) in (ok, failing), line.getMessage()
+        assert line.agent_key in ("echo", "flaky") and line.worker_id == worker.worker_id  # type: ignore[attr-defined]
+        assert isinstance(line.attempt, int)  # type: ignore[attr-defined]

@@ -17,6 +17,7 @@ from django.conf import settings as django_settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from agentstream.core.errors import ConfigurationError
+from agentstream.core.logfmt import configure_logging
 from agentstream.core.store import redis_from_url
 from agentstream.django_app.conf import runtime_settings
 from agentstream.projections.logs import lag, trim_logs
@@ -57,8 +58,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **opts: Any) -> None:
         if opts["processes"] > 1:
             sys.exit(self._supervise(opts["processes"]))
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         try:
+            configure_logging(logging.INFO, runtime_settings().LOG_FORMAT)
             asyncio.run(self._main(opts))
         except ConfigurationError as exc:
             raise CommandError(str(exc)) from None

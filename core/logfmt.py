@@ -1,0 +1,68 @@
+"""Structured logs on stdlib ``logging``: a JSON formatter and the run fields every run's line carries.
+
+A line about a run passes ``extra=run_fields(...)``; the JSON formatter writes those fields as keys
+(``run_id``, ``attempt``, ``agent_key``, ``worker_id``) and the text format ignores them. Nothing
+else from ``extra`` is copied, so a caller cannot leak a secret or a message body by accident.
+
+    LOG_FORMAT = "json"  ->  {"ts": "...", "level": "INFO", "logger": "agentstream.worker",
+                              "message": "run ... started: attempt 1 on w-1", "run_id": "...", ...}
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+RUN_FIELDS = ("run_id", "attempt", "agent_key", "worker_id")
+LOG_FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
+
+
+def run_fields(
+    run_id: str,
+    *,
+    attempt: int | None = None,
+    agent_key: str | None = None,
+    worker_id: str | None = None,
+) -> dict[str, Any]:
+    """The ``extra=`` of a log line about a run (only the fields that are known)."""
+    fields: dict[str, Any] = {"run_id": run_id}
+    if attempt is not None:
+        fields["attempt"] = attempt
+    if agent_key is not None:
+        fields["agent_key"] = agent_key
+    if worker_id is not None:
+        fields["worker_id"] = worker_id
+    return fields
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, pid, message, the run fields, the traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        for name in RUN_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                line[name] = value
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(line, default=str).decode()
+
+
+def configure_logging(level: str | int = "INFO", log_format: str = "text") -> None:
+    """Root logging for a process of ours (worker, projector, server): text or JSON on stderr."""
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"log format {log_format!r} is unknown; use one of {', '.join(LOG_FORMATS)}")
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler])

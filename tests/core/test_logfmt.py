@@ -1,0 +1,51 @@
+"""Structured logs: the JSON formatter writes the run's fields and nothing else from ``extra``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import pytest
+
+from agentstream.core.logfmt import JsonFormatter, configure_logging, run_fields
+
+
+def record(**extra: object) -> logging.LogRecord:
+    made = logging.LogRecord("agentstream.worker", logging.INFO, __file__, 1, "run %s started", ("r1",), None)
+    for name, value in extra.items():
+        setattr(made, name, value)
+    return made
+
+
+def test_a_json_line_carries_the_message_and_the_run_fields() -> None:
+    fields = run_fields("r1", attempt=2, agent_key="echo", worker_id="h:1:ab")
+    line = json.loads(JsonFormatter().format(record(**fields)))
+    assert line["message"] == "run r1 started"
+    assert line["level"] == "INFO" and line["logger"] == "agentstream.worker"
+    assert {k: line[k] for k in fields} == {
+        "run_id": "r1",
+        "attempt": 2,
+        "agent_key": "echo",
+        "worker_id": "h:1:ab",
+    }
+
+
+def test_other_extra_fields_such_as_a_message_body_or_a_key_are_never_written() -> None:
+    line = json.loads(JsonFormatter().format(record(run_id="r1", messages=["secret body"], api_key="sk-1")))
+    assert "messages" not in line and "api_key" not in line
+    assert "secret" not in json.dumps(line)
+
+
+def test_a_traceback_is_one_field_of_the_same_line() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        made = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    text = JsonFormatter().format(made)
+    assert "\n" not in text and "ValueError: boom" in json.loads(text)["exc"]
+
+
+def test_an_unknown_log_format_is_refused_with_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="text, json"):
+        configure_logging("INFO", "xml")
