@@ -153,9 +153,13 @@ def token() -> tuple[str, str]:
             INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes", "agentstream.django_app"],
         )
         django.setup()
+    from django.test.utils import override_settings
+
     from agentstream.django_app.api.authentication import issue_token
 
-    session, signed = issue_token()
+    # another scenario in this process may have configured Django with its own SECRET_KEY
+    with override_settings(SECRET_KEY=SECRET_KEY):
+        session, signed = issue_token()
     return signed, session.id
 
 
