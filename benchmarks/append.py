@@ -73,7 +73,7 @@ async def batched_concurrent(store: EventStore, n: int, runs: int = 16) -> float
 
 
 async def main(opts: Options) -> list[Record]:
-    n = opts.size(100_000, 20_000)
+    n = opts.size(100_000, 5_000)
     client = aioredis.Redis.from_url(opts.redis_url)
     samples: dict[str, list[float]] = {k: [] for k in ("ceiling", "append", "append_many", "append_many x16")}
     try:

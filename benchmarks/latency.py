@@ -97,14 +97,14 @@ async def pickup_round(client: Redis, redis_url: str, n: int, *, loaded: bool, l
 
 
 async def main(opts: Options) -> list[Record]:
-    n = opts.size(2_000, 300)
-    clients = 300 if opts.quick else 1_000
+    n = opts.size(2_000, 100)
+    clients = 100 if opts.quick else 1_000
     sse.raise_fd_limit()
     client = redis_from_url(opts.redis_url)
     log = Path(tempfile.gettempdir()) / "agentstream-bench-latency.log"
     samples: dict[tuple[str, str], list[float]] = {}
     try:
-        for _ in range(opts.rounds):
+        for _ in range(1 if opts.quick else opts.rounds):  # --quick: CI's smoke run
             for loaded in (False, True):
                 latencies = await pickup_round(client, opts.redis_url, n, loaded=loaded, log=log)
                 system = (

@@ -49,7 +49,7 @@ async def readgroup_ack(client: aioredis.Redis, key: str, n: int) -> float:
 
 
 async def main(opts: Options) -> list[Record]:
-    n = opts.size(100_000, 20_000)
+    n = opts.size(100_000, 5_000)
     client = aioredis.Redis.from_url(opts.redis_url)
     adds: list[float] = []
     reads: list[float] = []

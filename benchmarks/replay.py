@@ -94,10 +94,10 @@ def _apply_runs_only(events: list[Any]) -> None:
 
 async def main(opts: Options) -> list[Record]:
     await asyncio.to_thread(setup_django, opts.database_url)
-    runs = opts.size(full=30_000, quick=5_000)
+    runs = opts.size(full=30_000, quick=300)
     await asyncio.to_thread(truncate_read_models)
     n = await asyncio.to_thread(archive_history, runs)
-    naive_n = min(n, 2_000 if opts.quick else 5_000)
+    naive_n = min(n, 200 if opts.quick else 5_000)
     ours: list[float] = []
     naive: list[float] = []
     for _ in range(max(3, opts.rounds)):

@@ -82,7 +82,7 @@ async def one_round(client: Redis, redis_url: str, n: int, log: Path) -> tuple[f
 
 
 async def main(opts: Options) -> list[Record]:
-    n = opts.size(1_000, 1_000)
+    n = opts.size(1_000, 200)
     client = redis_from_url(opts.redis_url)
     log = Path(tempfile.gettempdir()) / "agentstream-bench-worker-memory.log"
     idle: list[float] = []
