@@ -105,7 +105,7 @@ PEERS = [
         "arq",
         11,
         enqueue_arq,
-        lambda u, p, c: [[str(BIN / "arq"), "benchmarks.peer_tasks.arq_noop.WorkerSettings"]] * p,
+        lambda u, p, c: [[sys.executable, "-m", "benchmarks.peer_tasks.arq_noop"]] * p,
     ),
     Peer(
         "dramatiq",
@@ -161,7 +161,21 @@ PEERS = [
         14,
         enqueue_rq,
         lambda u, p, c: (
-            [[str(BIN / "rq"), "worker", "--burst", "-w", "rq.worker.SimpleWorker", "--url", u, "bench"]] * p
+            [
+                [
+                    str(BIN / "rq"),
+                    "worker",
+                    "--burst",
+                    "-w",
+                    "rq.worker.SimpleWorker",
+                    "--url",
+                    u,
+                    "--logging_level",
+                    "WARNING",
+                    "bench",
+                ]
+            ]
+            * p
         ),
         "1 job at a time per process: RQ has no in-process concurrency",
     ),

@@ -20,3 +20,12 @@ class WorkerSettings:
     keep_result = 0
     poll_delay = 0.05
     log_results = False
+
+
+if __name__ == "__main__":  # arq's CLI logs every job at INFO; the peers all log at WARNING, as ours do
+    import logging
+
+    from arq import run_worker
+
+    logging.basicConfig(level=logging.WARNING)
+    run_worker(WorkerSettings)  # type: ignore[arg-type]
