@@ -8,23 +8,29 @@
 A failed apply (PostgreSQL down, a deadlock, a bug in a user's projection) is retried, the same
 batch, with exponential backoff and jitter: nothing is acked before it is committed, so nothing
 is lost. Several processes share a group; redelivery is harmless because writes are idempotent.
+Redis going away (restart, failover, a cut connection) is waited out the same way: every read,
+claim and ack is retried with backoff until Redis answers again or the projector is stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import os
 import random
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from django.db import connections, transaction
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agentstream.core.errors import CorruptEntry
 from agentstream.core.events import Event
@@ -35,6 +41,9 @@ from agentstream.projections.projection import Projection
 from agentstream.projections.sql import Skipped, SqlWriter
 
 log = logging.getLogger("agentstream.projections")
+T = TypeVar("T")
+# Redis down, restarting or still loading its AOF (BusyLoadingError is a ConnectionError)
+REDIS_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,25 +148,65 @@ class Projector:
     async def run(self, *, burst: bool = False, stop: asyncio.Event | None = None) -> None:
         """Project until ``stop`` is set; ``burst``: until the logs are drained, then return."""
         stop = stop or asyncio.Event()
-        await self.ensure_groups()
-        prefetch: asyncio.Task[Delivery] | None = None
+        prefetch: asyncio.Task[Delivery | None] | None = None
         try:
+            if not await self._until_redis_answers("creating its groups", self._ensure_groups, stop):
+                return
             while not stop.is_set():
-                delivery = await (prefetch or self.next_delivery(burst))
+                delivery = await (prefetch or self._next_delivery_or_stop(burst, stop))
                 prefetch = None
+                if delivery is None:
+                    return  # stopped while Redis was away
                 if delivery.size == 0:
                     if burst:
                         return
                     continue
                 # read and decode the next batch while this one commits (the DB waits are long)
-                prefetch = asyncio.create_task(self.next_delivery(burst))
+                prefetch = asyncio.create_task(self._next_delivery_or_stop(burst, stop))
                 if not await self.apply(delivery, stop):
                     return  # stopped while retrying: the batch stays pending for the next consumer
-                await self.ack(delivery)
+                # committed: an ack lost to a Redis outage only means a harmless redelivery
+                await self._until_redis_answers("acking", functools.partial(self._ack_true, delivery), stop)
         finally:
             if prefetch is not None:
                 await self._finish_prefetched(prefetch)
             await self.close()
+
+    async def _ensure_groups(self) -> bool:
+        await self.ensure_groups()
+        return True
+
+    async def _ack_true(self, delivery: Delivery) -> bool:
+        await self.ack(delivery)
+        return True
+
+    async def _next_delivery_or_stop(self, burst: bool, stop: asyncio.Event) -> Delivery | None:
+        return await self._until_redis_answers("reading the logs", lambda: self.next_delivery(burst), stop)
+
+    async def _until_redis_answers(
+        self, doing: str, call: Callable[[], Awaitable[T]], stop: asyncio.Event
+    ) -> T | None:
+        """``call()``, retried with exponential backoff and jitter while Redis is unreachable;
+        None when ``stop`` is set first."""
+        failures = 0
+        while True:
+            try:
+                return await call()
+            except REDIS_UNAVAILABLE as exc:
+                failures += 1
+                delay_s = min(
+                    self.options.backoff_max_s, self.options.backoff_base_s * 2 ** min(failures, 16)
+                )
+                delay_s *= random.uniform(0.5, 1.5)
+                log.warning(
+                    "projection %s: Redis unavailable while %s (%s); retry %d in %.2fs",
+                    self.projection.name, doing, exc, failures, delay_s,
+                )  # fmt: skip
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=delay_s)
+                except TimeoutError:
+                    continue
+                return None
 
     async def next_delivery(self, burst: bool) -> Delivery:
         delivery = await self.claim_stale()
@@ -165,15 +214,16 @@ class Projector:
             delivery = await self.read(block_ms=None if burst else self.options.block_ms)
         return delivery
 
-    async def _finish_prefetched(self, prefetch: asyncio.Task[Delivery]) -> None:
+    async def _finish_prefetched(self, prefetch: asyncio.Task[Delivery | None]) -> None:
         """Stopping with a batch already read: apply it once (no retries) rather than leave it to
         wait ``claim_idle_ms`` for another consumer."""
         try:
             delivery = await prefetch
         except Exception:
             return
-        if delivery.size and await self.apply(delivery, _already_set()):
-            await self.ack(delivery)
+        if delivery is not None and delivery.size and await self.apply(delivery, _already_set()):
+            with contextlib.suppress(*REDIS_UNAVAILABLE):
+                await self.ack(delivery)
 
     async def read(self, *, block_ms: int | None) -> Delivery:
         streams: dict[Any, Any] = dict.fromkeys(self.logs, ">")
