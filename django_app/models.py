@@ -214,3 +214,22 @@ class SkippedEntry(models.Model):
         constraints = (
             models.UniqueConstraint(fields=["projection", "partition", "entry_id"], name="as_skipped_entry"),
         )
+
+
+class RunNotice(models.Model):
+    """A terminal run whose ``run_finished`` signal and ``RUN_COMPLETED_HOOK`` were claimed.
+
+    Written by the ``run_finished`` projection in its batch's transaction (insert-or-ignore on the
+    run id), so redelivery, a second projector or a replay never notify twice. ``notified_at`` is
+    set once the receivers have been called; a row left without it was committed by a projector
+    that died before calling them.
+    """
+
+    run_id = models.CharField(max_length=64, primary_key=True)
+    status = models.CharField(max_length=16)
+    seq = models.BigIntegerField()
+    created_at = models.DateTimeField()
+    notified_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.run_id} {self.status}"

@@ -112,6 +112,11 @@ def load_projections(settings: Settings, names: Iterable[str] | None = None) -> 
                 f"AGENTSTREAM['PROJECTIONS'] entry {path!r} must be a Projection subclass with a name"
             )
         found.append(cls())
+    if settings.RUN_COMPLETED_HOOK:
+        from agentstream.projections.notify import RunFinishedProjection
+
+        found = [p for p in found if not isinstance(p, RunFinishedProjection)]
+        found.append(RunFinishedProjection(settings.RUN_COMPLETED_HOOK))
     by_name: dict[str, Projection] = {}
     for projection in found:
         if projection.name in by_name:
