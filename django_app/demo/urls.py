@@ -8,6 +8,7 @@ from rest_framework.routers import DefaultRouter
 from agentstream.django_app.api import BaseAgentConversationViewSet, BaseAgentRunViewSet
 from agentstream.django_app.api.authentication import AnonymousSessionAuthentication
 from agentstream.django_app.dashboard import views as dashboard
+from agentstream.django_app.metrics import metrics_view
 
 # The demo's API accepts the printed token as well (what a project does with its own viewsets).
 AUTHENTICATION = (TokenAuthentication, SessionAuthentication, AnonymousSessionAuthentication)
@@ -31,6 +32,7 @@ urlpatterns: list[URLPattern | URLResolver] = [
     # the rest of the app's API (schema, anonymous sessions) as shipped
     path("api/agents/", include("agentstream.django_app.urls")),
     path("admin/", admin.site.urls),
+    path("metrics", metrics_view, name="demo-metrics"),  # Prometheus (the prometheus extra)
     # the demo logs the printed token's user in (/?token=...); then the reusable dashboard
     path("", dashboard.token_login, name="demo-dashboard"),
     path("", include("agentstream.django_app.dashboard.urls")),

@@ -1,0 +1,148 @@
+"""Prometheus metrics at a view you mount: ``path("metrics", agentstream.django_app.metrics.metrics_view)``.
+
+Needs the ``prometheus`` extra (``prometheus-client``). Every figure is read at scrape time from
+where the truth is, never from this process's counters, so any one API process can be scraped for
+the whole deployment:
+
+* Redis (``core.inspect.deployment_status``, ``projections.logs.lag``): queue waiting / pending /
+  consumers / oldest pending age per agent key, delayed runs, dead letters, log length, and each
+  projection group's pending, unread and seconds behind per partition;
+* the read-model (one ``GROUP BY`` on the runs table): runs by agent key and status, and attempts
+  beyond the first (retries plus reclaims after a lost lease) by agent key;
+* this process: the SSE clients its hubs hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from django.db import connection
+from django.http import HttpRequest, HttpResponse
+
+from agentstream.core.inspect import DeploymentStatus, deployment_status
+from agentstream.django_app.api.backend import api_backend
+from agentstream.django_app.sse import hub as sse_hub
+from agentstream.projections.logs import PartitionLag, lag
+from agentstream.projections.sql import RUN
+
+try:
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    from prometheus_client.core import GaugeMetricFamily, Metric
+    from prometheus_client.registry import Collector
+except ImportError:  # pragma: no cover - exercised by users without the extra
+    CONTENT_TYPE_LATEST = ""
+    Collector = object  # type: ignore[assignment,misc]
+
+MISSING_EXTRA = "the /metrics view needs prometheus-client: pip install 'agentstream[prometheus]'"
+
+
+class DeploymentCollector(Collector):
+    """Collects on every scrape: two pipelined Redis round trips, lag per group, one SQL query."""
+
+    def collect(self) -> Iterator[Metric]:
+        backend = api_backend()
+        status, lags = backend.call(lambda: _redis_figures(backend.store))
+        yield from _queue_metrics(status)
+        yield from _lag_metrics(lags)
+        yield from _run_metrics(_runs_by_agent_and_status())
+        clients = GaugeMetricFamily("agentstream_sse_clients", "SSE clients connected to this process")
+        clients.add_metric([], sum(h.clients for h in list(sse_hub._hubs.values())))
+        yield clients
+
+
+async def _redis_figures(store: Any) -> tuple[DeploymentStatus, list[PartitionLag]]:
+    status = await deployment_status(store)
+    lags: list[PartitionLag] = []
+    for group in status.projections:
+        lags += await lag(store.redis, store.keys, group.group)
+    return status, lags
+
+
+def _queue_metrics(status: DeploymentStatus) -> Iterator[Metric]:
+    labels = ["agent_key"]
+    waiting = GaugeMetricFamily(
+        "agentstream_queue_waiting", "jobs not yet delivered to a worker", labels=labels
+    )
+    pending = GaugeMetricFamily(
+        "agentstream_queue_pending",
+        "jobs delivered and not acknowledged (runs being worked on)",
+        labels=labels,
+    )
+    consumers = GaugeMetricFamily(
+        "agentstream_queue_consumers", "workers in the queue's group", labels=labels
+    )
+    oldest = GaugeMetricFamily(
+        "agentstream_queue_oldest_pending_age_seconds", "age of the oldest pending job", labels=labels
+    )
+    for queue in status.queues:
+        waiting.add_metric([queue.agent_key], queue.waiting)
+        pending.add_metric([queue.agent_key], queue.pending)
+        consumers.add_metric([queue.agent_key], queue.consumers)
+        oldest.add_metric([queue.agent_key], queue.oldest_pending_age_s)
+    yield from (waiting, pending, consumers, oldest)
+    yield GaugeMetricFamily(
+        "agentstream_delayed_runs", "retries and scheduled runs not yet due", value=status.delayed
+    )
+    yield GaugeMetricFamily(
+        "agentstream_dead_letters", "entries in the dead-letter streams", value=status.dead_letters
+    )
+    yield GaugeMetricFamily(
+        "agentstream_log_entries", "entries in the partition logs", value=status.log_length
+    )
+
+
+def _lag_metrics(lags: list[PartitionLag]) -> Iterator[Metric]:
+    labels = ["group", "partition"]
+    pending = GaugeMetricFamily(
+        "agentstream_projector_pending", "log entries read by a projection, not yet committed", labels=labels
+    )
+    unread = GaugeMetricFamily(
+        "agentstream_projector_unread", "log entries a projection has not read", labels=labels
+    )
+    behind = GaugeMetricFamily(
+        "agentstream_projector_lag_seconds",
+        "age of the oldest entry a projection has not applied",
+        labels=labels,
+    )
+    for item in lags:
+        key = [item.group, str(item.partition)]
+        pending.add_metric(key, item.pending)
+        unread.add_metric(key, item.undelivered)
+        behind.add_metric(key, item.seconds_behind)
+    yield from (pending, unread, behind)
+
+
+def _runs_by_agent_and_status() -> list[tuple[str, str, int, int]]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT agent_key, status, COUNT(*), COALESCE(SUM(CASE WHEN attempt > 1 THEN attempt - 1 ELSE 0 END), 0) "
+            f"FROM {RUN} GROUP BY agent_key, status"
+        )
+        return [(str(a), str(s), int(n), int(extra)) for a, s, n, extra in cursor.fetchall()]
+
+
+def _run_metrics(rows: list[tuple[str, str, int, int]]) -> Iterator[Metric]:
+    runs = GaugeMetricFamily("agentstream_runs", "runs in the read-model", labels=["agent_key", "status"])
+    restarts: dict[str, int] = {}
+    for agent_key, status, count, extra_attempts in rows:
+        runs.add_metric([agent_key, status], count)
+        restarts[agent_key] = restarts.get(agent_key, 0) + extra_attempts
+    yield runs
+    again = GaugeMetricFamily(
+        "agentstream_run_attempts_after_first",
+        "attempts beyond each run's first: retries plus reclaims after a lost lease",
+        labels=["agent_key"],
+    )
+    for agent_key, extra_attempts in sorted(restarts.items()):
+        again.add_metric([agent_key], extra_attempts)
+    yield again
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """The Prometheus exposition of ``DeploymentCollector`` (mount it behind your own access rules)."""
+    if not CONTENT_TYPE_LATEST:
+        return HttpResponse(MISSING_EXTRA, status=501, content_type="text/plain")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DeploymentCollector())
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
