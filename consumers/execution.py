@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,10 +22,12 @@ import redis.exceptions
 from agentstream.consumers.context import RunContext
 from agentstream.consumers.outcome import FailureDecision, Outcome, decide_failure
 from agentstream.consumers.runtime import AgentRuntime, ErrorInfo, RunResult
+from agentstream.consumers.tracing import current_tracer
 from agentstream.core.errors import FencedOut, IllegalTransition, NotFound, RetryableError
 from agentstream.core.events import EventType
 from agentstream.core.logfmt import run_fields
 from agentstream.core.store import Claim, EventStore
+from agentstream.core.tracing import TRACEPARENT
 
 log = logging.getLogger("agentstream.worker")
 
@@ -95,6 +98,21 @@ class Attempt:
             self.task.cancel()
 
     async def execute(self) -> Outcome:
+        """The attempt in one span (a child of the caller's trace when the run carries one)."""
+        traceparent = self.ctx.metadata.get(TRACEPARENT)
+        attributes = {k: v for k, v in self.log_fields.items() if v is not None}
+        with current_tracer().span(
+            f"run {self.agent_key}",
+            traceparent=traceparent if isinstance(traceparent, str) else None,
+            attributes={f"agentstream.{k}": v for k, v in attributes.items()},
+        ) as span:
+            outcome = await self._execute()
+            span.set_attribute("agentstream.outcome", outcome.value)
+            if outcome in (Outcome.FAILED, Outcome.TIMED_OUT, Outcome.RETRYING):
+                span.record_error(outcome.value)
+            return outcome
+
+    async def _execute(self) -> Outcome:
         if self.stop_reason is not None:
             return self.stop_reason
         if self.cancel_reason is not None:  # requested before this attempt began
@@ -159,7 +177,7 @@ class Attempt:
         if not await self._flush_or_stop():
             return self.stop_reason or Outcome.FENCED
         try:
-            outcome = await _with_retries(
+            outcome = await ride_out_redis(
                 lambda: self.store.schedule_retry(self.run_id, self.claim.attempt, decision.delay_s, error)
             )
         except FencedOut:
@@ -208,7 +226,7 @@ class Attempt:
         except FencedOut:
             return Outcome.FENCED
         try:
-            await _with_retries(
+            await ride_out_redis(
                 lambda: self.store.finish(self.run_id, self.claim.attempt, event_type, payload, events=last)
             )
         except FencedOut:
@@ -220,7 +238,7 @@ class Attempt:
     async def _flush_or_stop(self) -> bool:
         """Write what the agent emitted before the lifecycle event; False if fenced out."""
         try:
-            await _with_retries(self.ctx.flush)
+            await ride_out_redis(self.ctx.flush)
         except FencedOut:
             self.stop_reason = self.stop_reason or Outcome.FENCED
             return False
@@ -260,15 +278,22 @@ async def _finished_within(task: asyncio.Task[Any], timeout_s: float) -> bool:
     return task.done()
 
 
-async def _with_retries(call: Callable[[], Awaitable[T]], tries: int = 4) -> T:
-    """Ride out a short Redis hiccup (connection reset, failover) on lifecycle writes."""
-    for n in range(tries - 1):
+async def ride_out_redis(call: Callable[[], Awaitable[T]], budget_s: float = 20.0) -> T:
+    """Ride out a Redis outage (connection reset, restart, failover) on lifecycle writes: retry
+    with capped exponential backoff for up to ``budget_s``, then let the error through (the job
+    stays pending and is reclaimed after its lease)."""
+    deadline = time.monotonic() + budget_s
+    n = 0
+    while True:
         try:
             return await call()
         except TRANSIENT as exc:
-            log.warning("redis unavailable (%s); retrying", exc)
-            await asyncio.sleep(0.2 * 2**n)
-    return await call()
+            delay_s = min(2.0, 0.1 * 2**n) * random.uniform(0.5, 1.5)  # jitter: no thundering herd
+            if time.monotonic() + delay_s > deadline:
+                raise
+            log.warning("redis unavailable (%s); retrying in %.2fs", exc, delay_s)
+            await asyncio.sleep(delay_s)
+            n += 1
 
 
 def _merge_usage(*parts: Any) -> dict[str, int | float]:

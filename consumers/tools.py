@@ -36,6 +36,7 @@ from typing import Any, Literal
 from agentstream.consumers.errors import AgentFailure
 from agentstream.consumers.llm.streaming import EmittingContext, stream_completion
 from agentstream.consumers.llm.types import LLMClient, Message, ToolCall, Usage
+from agentstream.consumers.tracing import current_tracer
 from agentstream.core.errors import PermanentError, RetryableError
 
 JSON = dict[str, Any]
@@ -489,8 +490,13 @@ class ToolRegistry:
             return ToolResult(name, error=f"invalid arguments: {exc}", call_id=call_id)
         timeout_s = tool.timeout_s if tool.timeout_s is not None else self.default_timeout_s
         try:
-            async with asyncio.timeout(timeout_s):
-                value = await _call(tool.fn, kwargs)
+            with current_tracer().span(f"tool {name}", attributes={"agentstream.tool": name}) as span:
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        value = await _call(tool.fn, kwargs)
+                except Exception as exc:
+                    span.record_error(type(exc).__name__)
+                    raise
         except TimeoutError:
             return ToolResult(name, error=f"the tool did not finish within {timeout_s:g} s", call_id=call_id)
         except (AgentFailure, RetryableError, PermanentError):

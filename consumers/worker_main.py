@@ -19,6 +19,7 @@ from agentstream.consumers.errors import RegistryError
 from agentstream.consumers.llm.config import configure as configure_llm
 from agentstream.consumers.registry import RuntimeRegistry, default_registry
 from agentstream.consumers.supervisor import supervise
+from agentstream.consumers.tracing import tracer_for, use_tracer
 from agentstream.consumers.worker import Worker
 from agentstream.core.logfmt import configure_logging
 from agentstream.core.settings import Settings
@@ -74,6 +75,7 @@ def load_registry(paths: Sequence[str], registry: RuntimeRegistry = default_regi
 def run_worker_process(config: WorkerConfig) -> None:
     """The body of one worker process (also a spawned child's target)."""
     configure_logging(config.log_level, config.settings.LOG_FORMAT)
+    use_tracer(tracer_for(config.settings.TRACER))
     configure_llm(config.settings)  # get_llm_client() in agents reads MODEL_PROVIDER etc. from here
     registry = load_registry([*config.settings.RUNTIME_REGISTRY, *config.registry_paths])
     run_async(serve(config, registry))

@@ -93,6 +93,7 @@ class Settings:
     LANGFUSE_HOST: str | None = None
     # observability
     LOG_FORMAT: str = "text"  # or "json": one object per line, with the run's fields
+    TRACER: str = "noop"  # or "otel": spans per attempt, LLM call and tool (the otel extra)
 
     def __post_init__(self) -> None:
         _check(self.PARTITIONS >= 1, "PARTITIONS must be at least 1")
@@ -105,6 +106,7 @@ class Settings:
             self.DEFAULT_CONVERSATION_POLICY in POLICIES,
             f"DEFAULT_CONVERSATION_POLICY must be one of {', '.join(POLICIES)}",
         )
+        _check(self.TRACER in ("noop", "otel"), "TRACER must be 'noop' or 'otel'")
         _check(self.LOG_FORMAT in ("text", "json"), "LOG_FORMAT must be 'text' or 'json'")
         _check(
             ":" not in self.KEY_PREFIX and "{" not in self.KEY_PREFIX,

@@ -40,6 +40,7 @@ from agentstream.core.ids import idempotency_partition, new_run_id, partition_of
 from agentstream.core.keys import WORKERS_GROUP, Keys
 from agentstream.core.settings import POLICIES, Settings
 from agentstream.core.state import RunState, RunStatus
+from agentstream.core.tracing import TRACEPARENT
 
 Redis = aioredis.Redis
 # What the stream reads return with decode_responses=False (redis-py's stubs are looser).
@@ -67,7 +68,8 @@ class SubmitRequest:
             "agent_key": self.agent_key,
             "messages": list(self.messages),
             "params": dict(self.params),
-            "metadata": dict(self.metadata),
+            # the caller's trace context differs per request: it is not part of "the same request"
+            "metadata": {k: v for k, v in self.metadata.items() if k != TRACEPARENT},
             "conversation_id": self.conversation_id,
             "max_attempts": self.max_attempts,
             "run_at_ms": self.run_at_ms,

@@ -12,8 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 from agentstream.consumers.llm.types import LLMClient
+from agentstream.consumers.tracing import current_tracer
 from agentstream.core.errors import ConfigurationError
 from agentstream.core.settings import Settings
+from agentstream.core.tracing import NoopTracer
 
 ProviderFactory = Callable[..., LLMClient]  # (settings, model, **options) -> LLMClient
 
@@ -80,7 +82,12 @@ def get_llm_client(
             f"unknown LLM provider {name!r}; use one of {', '.join(sorted(PROVIDERS))} "
             "(setting MODEL_PROVIDER) or register_provider() your own"
         )
-    return factory(settings, model or settings.DEFAULT_MODEL, **options)
+    client = factory(settings, model or settings.DEFAULT_MODEL, **options)
+    if isinstance(current_tracer(), NoopTracer):
+        return client
+    from agentstream.consumers.llm.traced import TracedLLMClient
+
+    return TracedLLMClient(client)
 
 
 def missing_extra(provider: str, module: str) -> ConfigurationError:

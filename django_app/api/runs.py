@@ -18,6 +18,7 @@ from rest_framework.reverse import reverse
 from agentstream.core.errors import NotFound as StoreNotFound
 from agentstream.core.errors import RunTerminal
 from agentstream.core.store import SubmitRequest
+from agentstream.core.tracing import TRACEPARENT
 from agentstream.django_app import hooks
 from agentstream.django_app.api.agent_keys import known_agent_keys
 from agentstream.django_app.api.base import AgentViewSet
@@ -105,7 +106,7 @@ class BaseAgentRunViewSet(AgentViewSet):
             owner=owner,
             messages=data["messages"],
             params=data["params"],
-            metadata=data["metadata"],
+            metadata=with_trace_context(data["metadata"], request),
             conversation_id=str(data["conversation_id"]) if data["conversation_id"] else None,
             idempotency_key=data["idempotency_key"],
             max_attempts=data["max_attempts"],
@@ -234,3 +235,12 @@ class BaseAgentRunViewSet(AgentViewSet):
     def events_stream(self, request: Request, pk: str | None = None) -> Any:
         """The seed's async path: the same stream."""
         return event_stream(self, request, self.object_id(), visibility_filter(request))
+
+
+def with_trace_context(metadata: dict[str, Any], request: Any) -> dict[str, Any]:
+    """The caller's W3C ``traceparent`` header rides in the run's metadata, so the worker's span
+    of each attempt joins the caller's trace (agentstream.core.tracing)."""
+    traceparent = request.META.get("HTTP_TRACEPARENT")
+    if isinstance(traceparent, str) and traceparent and TRACEPARENT not in metadata:
+        return {**metadata, TRACEPARENT: traceparent[:128]}
+    return metadata

@@ -241,3 +241,26 @@ def test_completed_run_helper_events_are_in_the_stream(agentstream: dict[str, An
     body = client.get(f"{RUNS}{run_id}/?events=1&include_all=1").json()
     assert body["status"] == "succeeded"
     assert [e["type"] for e in body["events"]] == ["run.queued", "run.started", "run.succeeded"]
+
+
+def test_the_traceparent_header_of_the_creating_request_rides_in_the_runs_queued_metadata(
+    agentstream: dict[str, Any],
+) -> None:
+    announce_sync(agentstream)
+    client, _ = anon_client()
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    created = post(client, hello(metadata={"k": "v"}), HTTP_TRACEPARENT=traceparent)
+    assert created.status_code == 201, created.content
+
+    run_id = created.json()["id"]
+    assert run(lambda: _metadata_of(agentstream, run_id)) == {"k": "v", "traceparent": traceparent}
+    plain = post(client, hello())
+    assert run(lambda: _metadata_of(agentstream, plain.json()["id"])) == {}
+
+
+async def _metadata_of(values: dict[str, Any], run_id: str) -> Any:
+    store = store_for(values)
+    try:
+        return (await store.read_run(run_id))[0].payload["metadata"]
+    finally:
+        await store.redis.aclose()
