@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agentstream.core.ids import is_valid_id, partition_of
 from agentstream.core.keys import WORKERS_GROUP
 from agentstream.core.store import Redis
 
@@ -34,6 +35,7 @@ class Job:
     agent_key: str
     job_id: str
     run_id: str
+    undecodable: str = ""  # why the entry's fields do not decode, if they do not
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +94,28 @@ class QueueReader:
 
 def job_from(queue: Queue, entry_id: str, fields: Any) -> Job:
     run_id = fields.get(b"r", b"") if fields else b""
-    return Job(queue.partition, queue.agent_key, entry_id, _s(run_id))
+    try:
+        return Job(queue.partition, queue.agent_key, entry_id, _s(run_id))
+    except UnicodeDecodeError:  # written by hand or corrupted: dead-lettered, never a crash
+        return Job(
+            queue.partition, queue.agent_key, entry_id, "", undecodable="the job's run id is not UTF-8"
+        )
+
+
+def job_problem(job: Job, partitions: int) -> str:
+    """Why a job entry cannot be run ('' when it can). Entries written by hand, corrupted, or
+    from a deployment with another PARTITIONS are dead-lettered with this reason; a run id of
+    another partition would make the scripts ack in the wrong queue and the job loop forever."""
+    if job.undecodable:
+        return job.undecodable
+    if not job.run_id:
+        return "job entry names no run"
+    if not is_valid_id(job.run_id):
+        return f"job entry's run id {job.run_id[:80]!r} is not a run id"
+    home = partition_of(job.run_id, partitions)
+    if home != job.partition:
+        return f"run {job.run_id} belongs to partition {home}, not {job.partition} (PARTITIONS changed?)"
+    return ""
 
 
 def _s(value: Any) -> str:

@@ -33,9 +33,9 @@ from typing import Any
 
 from agentstream.consumers.cancel_listener import CancelListener
 from agentstream.consumers.errors import RegistryError
-from agentstream.consumers.execution import TRANSIENT, Attempt, AttemptOptions
+from agentstream.consumers.execution import TRANSIENT, Attempt, AttemptOptions, ride_out_redis
 from agentstream.consumers.outcome import Outcome
-from agentstream.consumers.queues import Job, Queue, QueueReader, job_from
+from agentstream.consumers.queues import Job, Queue, QueueReader, job_from, job_problem
 from agentstream.consumers.registry import RuntimeRegistry
 from agentstream.core.keys import WORKERS_GROUP
 from agentstream.core.logfmt import run_fields
@@ -219,10 +219,17 @@ class Worker:
             log.error("job task crashed", exc_info=task.exception())
 
     async def _handle(self, job: Job) -> None:
-        if not job.run_id:
-            await self.store.dead_letter(job.partition, job.agent_key, job.job_id, "job entry names no run")
+        problem = job_problem(job, self.store.settings.PARTITIONS)
+        if problem:
+            log.warning("job %s dead-lettered: %s", job.job_id, problem, extra=self._fields(job))
+            await ride_out_redis(
+                lambda: self.store.dead_letter(job.partition, job.agent_key, job.job_id, problem)
+            )
             return
-        claim = await self.store.begin_attempt(job.run_id, job.job_id, self.worker_id, job.agent_key)
+        # a Redis outage here must not orphan the job until its lease runs out
+        claim = await ride_out_redis(
+            lambda: self.store.begin_attempt(job.run_id, job.job_id, self.worker_id, job.agent_key)
+        )
         if not isinstance(claim, Claim):
             level = logging.WARNING if claim.dead_lettered else logging.DEBUG
             log.log(level, "run %s not started: %s", job.run_id, claim.reason, extra=self._fields(job))
