@@ -22,10 +22,12 @@ import redis.exceptions
 from agentstream.consumers.context import RunContext
 from agentstream.consumers.outcome import FailureDecision, Outcome, decide_failure
 from agentstream.consumers.runtime import AgentRuntime, ErrorInfo, RunResult
+from agentstream.consumers.tracing import current_tracer
 from agentstream.core.errors import FencedOut, IllegalTransition, NotFound, RetryableError
 from agentstream.core.events import EventType
 from agentstream.core.logfmt import run_fields
 from agentstream.core.store import Claim, EventStore
+from agentstream.core.tracing import TRACEPARENT
 
 log = logging.getLogger("agentstream.worker")
 
@@ -96,6 +98,21 @@ class Attempt:
             self.task.cancel()
 
     async def execute(self) -> Outcome:
+        """The attempt in one span (a child of the caller's trace when the run carries one)."""
+        traceparent = self.ctx.metadata.get(TRACEPARENT)
+        attributes = {k: v for k, v in self.log_fields.items() if v is not None}
+        with current_tracer().span(
+            f"run {self.agent_key}",
+            traceparent=traceparent if isinstance(traceparent, str) else None,
+            attributes={f"agentstream.{k}": v for k, v in attributes.items()},
+        ) as span:
+            outcome = await self._execute()
+            span.set_attribute("agentstream.outcome", outcome.value)
+            if outcome in (Outcome.FAILED, Outcome.TIMED_OUT, Outcome.RETRYING):
+                span.record_error(outcome.value)
+            return outcome
+
+    async def _execute(self) -> Outcome:
         if self.stop_reason is not None:
             return self.stop_reason
         if self.cancel_reason is not None:  # requested before this attempt began
