@@ -96,6 +96,7 @@ class Worker:
         )
         self.attempts: dict[str, tuple[Job, Attempt]] = {}  # run id -> what runs it
         self.outcomes: dict[Outcome, int] = {}
+        self.reclaims = 0  # jobs taken over from an expired lease (for --metrics-port)
         self._jobs: set[asyncio.Task[None]] = set()
         self._backlog: deque[Job] = deque()  # read but not started (a blocking read over-delivered)
         self._slot_freed = asyncio.Event()
@@ -367,6 +368,7 @@ class Worker:
                     job.job_id,
                     extra=self._fields(job),
                 )
+                self.reclaims += 1
                 self._start(job)
 
     async def _promote(self) -> None:

@@ -40,6 +40,7 @@ class WorkerConfig:
     registry_paths: tuple[str, ...] = ()
     log_level: str = "INFO"
     handle_signals: bool = True
+    metrics_port: int | None = None  # serve this process's counters for Prometheus
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +53,9 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         "--queue-poll-interval", type=float, default=1.0, help="seconds a blocking read waits for a job"
     )
     parser.add_argument("--burst", action="store_true", help="drain the queues, then exit")
+    parser.add_argument(
+        "--metrics-port", type=int, default=None, help="serve this worker's Prometheus counters on this port"
+    )
 
 
 def split_keys(value: str) -> tuple[str, ...]:
@@ -98,11 +102,26 @@ async def serve(config: WorkerConfig, registry: RuntimeRegistry) -> Worker:
         await client.aclose()
         print(f"agentstream: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    if config.metrics_port is not None:
+        start_metrics(worker, config.metrics_port)
     try:
         await worker.run()
     finally:
         await client.aclose()
     return worker
+
+
+def start_metrics(worker: Worker, port: int) -> None:
+    try:
+        from agentstream.consumers.worker_metrics import serve_worker_metrics
+    except ImportError:
+        print(
+            "agentstream: --metrics-port needs prometheus-client: pip install 'agentstream[prometheus]'",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
+    serve_worker_metrics(worker, port)
+    log.info("worker %s: metrics on port %d", worker.worker_id, port)
 
 
 def run_async(main: object) -> None:
@@ -130,8 +149,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         block_ms=max(1, int(args.queue_poll_interval * 1000)),
         registry_paths=tuple(args.registry),
         log_level=args.log_level,
+        metrics_port=args.metrics_port,
     )
     processes = args.processes or settings.DEFAULT_PROCESSES
+    if processes > 1 and args.metrics_port is not None:
+        print("agentstream: --metrics-port serves one process; use --processes 1 per port", file=sys.stderr)
+        return 2
     if processes > 1:
         configure_logging(config.log_level, config.settings.LOG_FORMAT)
         load_registry([*settings.RUNTIME_REGISTRY, *config.registry_paths])  # fail here, not N times

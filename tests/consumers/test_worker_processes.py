@@ -178,3 +178,39 @@ async def test_sigterm_lets_in_flight_runs_finish_and_hands_the_rest_to_another_
         assert (await wait_terminal(rstore, run_id)).status is RunStatus.SUCCEEDED
         started = next(e for e in await rstore.read_run(run_id) if e.type == "run.started")
         assert started.payload["worker"].split(":")[1] == str(successor.pid)
+
+
+async def test_a_workers_metrics_port_counts_outcomes_retries_and_a_reclaim_after_a_kill(
+    rstore: EventStore, spawn: Any
+) -> None:
+    import socket
+
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ticker = await submit(rstore, "ticker", params={"ticks": 20, "every_s": 0.05})
+    first = spawn("--concurrency", "2")
+    await wait_for_event(rstore, ticker, "tick")
+    first.signal(signal.SIGKILL)
+    first.wait()
+    echoes = [await submit(rstore, "echo") for _ in range(2)]
+    flaky = await submit(rstore, "flaky", max_attempts=2)
+    spawn("--concurrency", "4", "--metrics-port", str(port), RETRY_BACKOFF_BASE="0.01")
+    for run_id in [ticker, *echoes, flaky]:
+        await wait_terminal(rstore, run_id, timeout_s=30)
+
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    samples = {
+        (s.name, s.labels.get("outcome", "")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("agentstream_worker_reclaims_total", "")] == 1
+    assert samples[("agentstream_worker_attempts_total", "succeeded")] == 3  # the ticker and two echoes
+    assert samples[("agentstream_worker_attempts_total", "retrying")] == 1
+    assert samples[("agentstream_worker_attempts_total", "failed")] == 1
+    assert samples[("agentstream_worker_running", "")] == 0

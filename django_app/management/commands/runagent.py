@@ -12,7 +12,7 @@ import dataclasses
 from typing import Any
 
 from django.conf import settings as django_settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.utils import autoreload
 
 from agentstream.consumers.supervisor import supervise
@@ -41,8 +41,11 @@ class Command(BaseCommand):
             burst=options["burst"],
             block_ms=max(1, int(options["queue_poll_interval"] * 1000)),
             log_level="DEBUG" if options["verbosity"] >= 3 else "INFO",
+            metrics_port=options["metrics_port"],
         )
         processes = options["processes"] or settings.DEFAULT_PROCESSES
+        if processes > 1 and config.metrics_port is not None:
+            raise CommandError("--metrics-port serves one process; use --processes 1 per port")
         if processes > 1:
             code = supervise(django_worker_process, (config,), processes, restart=not config.burst)
             if code:
