@@ -1,7 +1,7 @@
 """A worker process's own counters for Prometheus (``--metrics-port``; the ``prometheus`` extra).
 
 Only what happens inside this process is counted here — attempts by outcome (``retrying`` is a
-retry), reclaims of expired leases, runs in progress. Queue depths, pending jobs and lag are
+retry), reclaims of expired leases, runs in progress, LLM tokens by model. Queue depths, pending jobs and lag are
 deployment-wide and come from Redis at the ``/metrics`` view (``agentstream.django_app.metrics``).
 """
 
@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from agentstream.consumers.llm.traced import token_meter
 
 if TYPE_CHECKING:
     from agentstream.consumers.worker import Worker
@@ -38,6 +40,12 @@ class WorkerCollector(Collector):
         )
         reclaims.add_metric(key, self.worker.reclaims)
         yield reclaims
+        tokens = CounterMetricFamily(
+            "agentstream_llm_tokens", "LLM tokens used by this process's agents", labels=["model", "kind"]
+        )
+        for (model, kind), count in sorted(token_meter.tokens.items()):
+            tokens.add_metric([model, kind], count)
+        yield tokens
         running = GaugeMetricFamily(
             "agentstream_worker_running", "attempts running in this process", labels=labels
         )
@@ -46,7 +54,8 @@ class WorkerCollector(Collector):
 
 
 def serve_worker_metrics(worker: Worker, port: int, addr: str = "0.0.0.0") -> None:
-    """Serve ``/metrics`` for this worker on a daemon thread."""
+    """Serve ``/metrics`` for this worker on a daemon thread (and count LLM tokens from now on)."""
+    token_meter.enabled = True
     registry = CollectorRegistry(auto_describe=False)
     registry.register(WorkerCollector(worker))
     start_http_server(port, addr=addr, registry=registry)

@@ -83,10 +83,10 @@ def get_llm_client(
             "(setting MODEL_PROVIDER) or register_provider() your own"
         )
     client = factory(settings, model or settings.DEFAULT_MODEL, **options)
-    if isinstance(current_tracer(), NoopTracer):
-        return client
-    from agentstream.consumers.llm.traced import TracedLLMClient
+    from agentstream.consumers.llm.traced import TracedLLMClient, token_meter
 
+    if isinstance(current_tracer(), NoopTracer) and not token_meter.enabled:
+        return client
     return TracedLLMClient(client)
 
 

@@ -1,5 +1,7 @@
-"""An ``LLMClient`` that wraps each call in a span of the process's tracer: model, provider,
-token usage and status (never the messages)."""
+"""An ``LLMClient`` that wraps each call in a span of the process's tracer (model, provider, token
+usage and status; never the messages) and, when the worker serves metrics, counts tokens by model.
+
+``get_llm_client`` wraps only when one of them is on, so a default process pays nothing."""
 
 from __future__ import annotations
 
@@ -9,6 +11,21 @@ from typing import Any
 from agentstream.consumers.llm.types import LLMChunk, LLMClient, LLMResponse, ToolSpec, Usage
 from agentstream.consumers.tracing import current_tracer
 from agentstream.core.tracing import Span
+
+
+class TokenMeter:
+    """Tokens by (model, kind) used in this process; kind is ``input`` or ``output``."""
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self.tokens: dict[tuple[str, str], int] = {}
+
+    def add(self, model: str, usage: Usage) -> None:
+        for kind, amount in (("input", usage.prompt_tokens), ("output", usage.completion_tokens)):
+            self.tokens[(model, kind)] = self.tokens.get((model, kind), 0) + amount
+
+
+token_meter = TokenMeter()
 
 
 class TracedLLMClient:
@@ -32,7 +49,7 @@ class TracedLLMClient:
             f"llm {model or self.default_model}", attributes=self._attributes(model)
         ) as span:
             response = await self.inner.generate(messages, model=model, tools=tools, **kwargs)
-            _record(span, response.usage, response.finish_reason)
+            _record(span, model or self.default_model, response.usage, response.finish_reason)
             return response
 
     async def stream(
@@ -52,14 +69,16 @@ class TracedLLMClient:
                 usage = chunk.usage or usage
                 finish = chunk.finish_reason or finish
                 yield chunk
-            _record(span, usage, finish)
+            _record(span, model or self.default_model, usage, finish)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
 
 
-def _record(span: Span, usage: Usage | None, finish_reason: str | None) -> None:
+def _record(span: Span, model: str, usage: Usage | None, finish_reason: str | None) -> None:
     if usage is not None:
+        if token_meter.enabled:
+            token_meter.add(model, usage)
         span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
         span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
     if finish_reason:
