@@ -84,7 +84,21 @@ def machine() -> dict[str, str | int]:
         "cpus": os.cpu_count() or 0,
         "cpu": cpu_model(),
         "load average (1/5/15 min) at save": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "packages": ", ".join(f"{name} {version}" for name, version in versions().items()),
     }
+
+
+def versions() -> dict[str, str]:
+    """Ours and the peers' installed versions (``bench`` extra): the settings include them."""
+    from importlib import metadata
+
+    found: dict[str, str] = {}
+    for name in ("redis", "hiredis", "arq", "dramatiq", "celery", "rq", "taskiq", "taskiq-redis"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
 
 
 def settings_of(opts: Options) -> dict[str, object]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -134,6 +135,15 @@ def goal_lines(records: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def scenario_doc(scenario: str) -> list[str]:
+    """The scenario module's docstring: what is measured, how, and its fixed sizes."""
+    try:
+        doc = importlib.import_module(f"benchmarks.{scenario.replace('-', '_')}").__doc__ or ""
+    except ImportError:
+        return []
+    return [*(f"> {line}".rstrip() for line in doc.strip().splitlines()), ""]
+
+
 def render(data: dict[str, Any], chart_files: list[str] | None = None) -> str:
     machine = data.get("machine", {})
     records: list[dict[str, Any]] = data.get("records", [])
@@ -147,7 +157,7 @@ def render(data: dict[str, Any], chart_files: list[str] | None = None) -> str:
     settings: dict[str, dict[str, Any]] = data.get("settings", {})
     for scenario, group in by_scenario.items():
         when = max(r["when"] for r in group)
-        lines += [f"## {scenario}", "", f"Measured {when}."]
+        lines += [f"## {scenario}", "", *scenario_doc(scenario), f"Measured {when}."]
         if scenario in settings:
             lines.append("Settings: " + ", ".join(f"{k} {v}" for k, v in settings[scenario].items()) + ".")
         lines += [
