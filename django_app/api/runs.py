@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import OperationalError
 from django.urls import NoReverseMatch
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
@@ -156,11 +157,16 @@ class BaseAgentRunViewSet(AgentViewSet):
     def retrieve(self, request: Request, pk: str | None = None) -> Response:
         run_id = self.object_id()
         owner = self.owner
-        row = Run.objects.filter(id=run_id, owner=owner).first()
         store = self.backend.store
         state, queued = self.backend.call(lambda: run_snapshot(store, run_id))
         if state is not None and state.owner != owner:
             raise NotFound(f"no such run {run_id!r}")
+        try:
+            row = Run.objects.filter(id=run_id, owner=owner).first()
+        except OperationalError:
+            if state is None:
+                raise  # 503: only the database knows this run
+            row = None  # the database is down: a run still in Redis is answered from its state
         if state_is_ahead(state, row):
             assert state is not None
             run = run_from_state(state, queued, row)

@@ -126,7 +126,12 @@ class Topology:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def start(self, worker_args: tuple[str, ...] = ("--processes", "2", "--concurrency", "10")) -> None:
+    def start(
+        self,
+        worker_args: tuple[str, ...] = ("--processes", "2", "--concurrency", "10"),
+        serve_env: dict[str, str] | None = None,
+    ) -> None:
+        """Migrate, then start the three processes; ``serve_env`` overrides the API's environment."""
         self.manage("migrate", "--verbosity", "0")
         self.token = self.manage(
             "shell", "-c", "from agentstream.django_app.demo.embedded import demo_token; print(demo_token())"
@@ -140,7 +145,7 @@ class Topology:
         for name, command in commands.items():
             self.processes[name] = subprocess.Popen(
                 [*CLI, *command],
-                env=self.env,
+                env=self.env | (serve_env or {}) if name == "serve" else self.env,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
