@@ -21,6 +21,7 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse
 
 from agentstream.core.inspect import DeploymentStatus, deployment_status
+from agentstream.django_app.api import backend
 from agentstream.django_app.api.backend import api_backend
 from agentstream.django_app.sse import hub as sse_hub
 from agentstream.projections.logs import PartitionLag, lag
@@ -47,8 +48,16 @@ class DeploymentCollector(Collector):
         yield from _lag_metrics(lags)
         yield from _run_metrics(_runs_by_agent_and_status())
         clients = GaugeMetricFamily("agentstream_sse_clients", "SSE clients connected to this process")
-        clients.add_metric([], sum(h.clients for h in list(sse_hub._hubs.values())))
+        clients.add_metric([], _sse_clients())
         yield clients
+
+
+def _sse_clients() -> int:
+    """Clients of this process's hubs: one per ASGI event loop, and the WSGI store thread's."""
+    hubs = set(sse_hub._hubs.values())
+    if backend._current is not None:
+        hubs.add(backend._current.hub)
+    return sum(h.clients for h in hubs)
 
 
 async def _redis_figures(store: Any) -> tuple[DeploymentStatus, list[PartitionLag]]:

@@ -105,3 +105,29 @@ def test_projector_lag_counts_entries_a_projection_has_not_read(agentstream: dic
     unread = sum(v for (name, _), v in m.items() if name == "agentstream_projector_unread")
     assert unread == 3
     assert m[("agentstream_runs", (("agent_key", "echo"), ("status", "queued")))] == 1
+
+
+class Listener:
+    def deliver(self, frames: Any) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def test_sse_clients_counts_the_subscribers_of_this_process_hub(agentstream: dict[str, Any]) -> None:
+    from agentstream.django_app.api.backend import api_backend
+
+    store_thread = api_backend()
+    hub = store_thread.hub
+    listeners = [Listener(), Listener()]
+    for listener in listeners:
+        store_thread.call(lambda listener=listener: hub.subscribe("run-1", 0, listener))  # type: ignore[misc]
+    assert scrape()[("agentstream_sse_clients", ())] == 2
+
+    async def unsubscribe_all() -> None:  # on the hub's own loop, as the SSE views do
+        for listener in listeners:
+            hub.unsubscribe("run-1", listener)
+
+    store_thread.call(unsubscribe_all)
+    assert scrape()[("agentstream_sse_clients", ())] == 0
