@@ -73,3 +73,12 @@ def test_a_sleepy_agent_run_is_cancelled_midway_with_its_progress_kept(demo: Dem
     assert events[-1]["type"] == "run.cancelled"
     steps = [e["payload"]["step"] for e in events if e["type"] == "progress"]
     assert 1 <= len(steps) < 100 and steps == list(range(1, len(steps) + 1))
+
+
+def test_the_demo_serves_prometheus_metrics_with_the_runs_it_did(demo: Demo) -> None:
+    run = start(demo, "chat-agent", "count me")
+    stream(demo, run["id"])
+    text = httpx.get(f"{demo.url}/metrics", timeout=10).text
+    assert 'agentstream_queue_waiting{agent_key="chat-agent"}' in text
+    assert "agentstream_projector_lag_seconds{" in text
+    assert "agentstream_sse_clients " in text
