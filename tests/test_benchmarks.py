@@ -76,3 +76,14 @@ def test_a_goal_short_of_its_target_reads_short_and_one_without_a_record_reads_n
     assert "| append_many: at least 50% of the redis-py ceiling | 0.4 x | **short** |" in lines
     assert "| worker-memory: under 150 MB at 1,000 in-flight runs | 40 MB | met |" in lines
     assert "| projector: at least 20,000 events/s | not measured | — |" in lines
+
+
+def test_a_crashing_scenario_fails_the_run_and_writes_no_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens there: the scenario crashes
+
+    with pytest.raises(redis.exceptions.ConnectionError):
+        bench_main(["limit", "--n", "10", "--results-dir", str(tmp_path)])
+
+    assert not (tmp_path / "latest.json").exists()
