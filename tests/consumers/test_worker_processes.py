@@ -214,3 +214,21 @@ async def test_a_workers_metrics_port_counts_outcomes_retries_and_a_reclaim_afte
     assert samples[("agentstream_worker_attempts_total", "retrying")] == 1
     assert samples[("agentstream_worker_attempts_total", "failed")] == 1
     assert samples[("agentstream_worker_running", "")] == 0
+
+
+async def test_a_worker_with_log_format_json_writes_one_object_per_line_with_the_runs_fields(
+    rstore: EventStore, spawn: Any
+) -> None:
+    import json
+
+    worker = spawn("--concurrency", "2", LOG_FORMAT="json")
+    run_id = await submit(rstore, "echo", messages=[{"role": "user", "content": "a private message"}])
+    await wait_terminal(rstore, run_id, timeout_s=30)
+    worker.wait_for_log("succeeded")
+    lines = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
+    about_run = [line for line in lines if line.get("run_id") == run_id]
+    assert [line["message"].split()[2] for line in about_run] == ["started:", "succeeded"]
+    assert all(
+        line["attempt"] == 1 and line["agent_key"] == "echo" and line["worker_id"] for line in about_run
+    )
+    assert "a private message" not in worker.log()
