@@ -17,6 +17,7 @@ from typing import Any
 from agentstream.core.codec import encode_payload
 from agentstream.core.errors import FencedOut
 from agentstream.core.events import LIFECYCLE_TYPES, EventType, NewEvent, Visibility
+from agentstream.core.logfmt import run_fields
 from agentstream.core.store import AppendResult, Claim, EventStore
 
 log = logging.getLogger("agentstream.worker")
@@ -219,7 +220,12 @@ class RunContext:
         except FencedOut:
             pass  # reported through on_fenced; the engine stops the attempt
         except Exception as exc:  # Redis unreachable: the events stay buffered, try again soon
-            log.warning("run %s: could not append events yet (%s); retrying", self.run_id, exc)
+            log.warning(
+                "run %s: could not append events yet (%s); retrying",
+                self.run_id,
+                exc,
+                extra=run_fields(self.run_id, attempt=self.attempt, agent_key=self.agent_key),
+            )
             if self._timer is None and self._buffer:
                 self._timer = asyncio.get_running_loop().call_later(0.5, self._flush_in_background)
 

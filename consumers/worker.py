@@ -323,7 +323,10 @@ class Worker:
                     attempt.request_cancel("cancel requested")
                 elif status == "fenced":
                     log.warning(
-                        "run %s: attempt %d was taken over; stopping it", job.run_id, attempt.claim.attempt
+                        "run %s: attempt %d was taken over; stopping it",
+                        job.run_id,
+                        attempt.claim.attempt,
+                        extra=attempt.log_fields,
                     )
                     attempt.stop(Outcome.FENCED)
                 elif status == "gone":
