@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import httpx
 import pytest
@@ -75,6 +76,14 @@ def submit(topo: Topology, steps: int) -> str | None:
     return None
 
 
+def submit_until_acknowledged(topo: Topology, steps: int, timeout_s: float = 30) -> str:
+    deadline = time.monotonic() + timeout_s
+    while (run_id := submit(topo, steps)) is None:
+        assert time.monotonic() < deadline, f"no 201 within {timeout_s}s:\n{topo.log()}"
+        time.sleep(0.1)  # a client's retry delay after a 503, not synchronisation
+    return run_id
+
+
 def test_redis_killed_and_restarted_under_load_loses_no_acknowledged_run(
     redis_server: RedisServer, topology: Topology
 ) -> None:
@@ -94,8 +103,8 @@ def test_redis_killed_and_restarted_under_load_loses_no_acknowledged_run(
     assert refused == [None, None, None], "the API acknowledged a run while Redis was down"
     redis_server.start()
 
-    # submitting goes on after the restart (the API reconnects)
-    acknowledged += [run for run in (submit(topology, steps=5) for _ in range(10)) if run]
+    # submitting goes on after the restart: the API reconnects (a client retries a 503 as told)
+    acknowledged += [submit_until_acknowledged(topology, steps=5) for _ in range(10)]
     assert len(acknowledged) == 30, topology.log()
 
     r = redis_server.client()
