@@ -127,7 +127,11 @@ def test_the_curl_lines_work_against_the_demo(demo: Demo) -> None:
     run = json.loads(
         subprocess.run(["bash", "-c", create], env=env, capture_output=True, text=True, check=True).stdout
     )
-    assert run["status"] == "queued"
+    assert run["agent_key"] == "tool-agent" and run["status"] in (
+        "queued",
+        "running",
+        "succeeded",
+    )  # the demo is fast
     env["RUN_ID"] = run["id"]
     stream = subprocess.run(
         ["bash", "-c", follow], env=env, capture_output=True, text=True, check=True, timeout=30
