@@ -115,15 +115,13 @@ def _payload_types(projections: Sequence[Projection]) -> frozenset[str] | None:
     return frozenset(needed)
 
 
-def archive_pages(
-    connection: BaseDatabaseWrapper, *, page: int, payload_types: frozenset[str] | None
-) -> Iterator[list[Event]]:
-    """The archive in pages: conversation events, then run events in insertion order."""
+def archived_conversation_events(connection: BaseDatabaseWrapper) -> list[Event]:
+    """Every archived conversation event, in insertion order."""
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT conversation_id, seq, type, payload, ts FROM {CONVERSATION_EVENT} ORDER BY id"
         )
-        conv = [
+        return [
             Event(
                 run_id="",
                 seq=seq,
@@ -134,6 +132,13 @@ def archive_pages(
             )
             for c, seq, kind, p, ts in cursor.fetchall()
         ]
+
+
+def archive_pages(
+    connection: BaseDatabaseWrapper, *, page: int, payload_types: frozenset[str] | None
+) -> Iterator[list[Event]]:
+    """The archive in pages: conversation events, then run events in insertion order."""
+    conv = archived_conversation_events(connection)
     if conv:
         yield conv
     if payload_types is None:
@@ -224,21 +229,7 @@ def replay_read_model(connection: BaseDatabaseWrapper, *, page: int, step: Calla
     lifecycle events are read in full. Two streams ordered by run id, merged page by page, each
     run folded as its rows go by (``RunFacts``)."""
     projection = ReadModelProjection(write_archive=False)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT conversation_id, seq, type, payload, ts FROM {CONVERSATION_EVENT} ORDER BY id"
-        )
-        conv = [
-            Event(
-                run_id="",
-                seq=seq,
-                type=kind,
-                payload=_payload(p),
-                ts_ms=_ms(ts),
-                conversation_id=_uuid_text(c),
-            )
-            for c, seq, kind, p, ts in cursor.fetchall()
-        ]
+    conv = archived_conversation_events(connection)
     if conv:
         projection.handle(conv, connection)
         step(len(conv))
