@@ -9,12 +9,13 @@ says what to do, never a bare ``TypeError``.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from agentstream.core.errors import ConfigurationError
 from agentstream.core.events import Visibility
@@ -160,6 +161,23 @@ class Settings:
 
     def with_overrides(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+def load_callable(path: str, setting: str) -> Callable[..., Any]:
+    """The function a hook setting names (``pkg.mod.func`` or ``pkg.mod:func``), or a
+    ConfigurationError that names the setting and says what is wrong."""
+    module_name, sep, attr = path.replace(":", ".").rpartition(".")
+    try:
+        hook = getattr(importlib.import_module(module_name), attr) if sep else None
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"{setting} = {path!r} cannot be imported ({exc}); use 'package.module.function'"
+        ) from None
+    if hook is None:
+        raise ConfigurationError(f"{setting} = {path!r} cannot be imported; use 'package.module.function'")
+    if not callable(hook):
+        raise ConfigurationError(f"{setting} = {path!r} is not callable")
+    return cast(Callable[..., Any], hook)
 
 
 def _check(condition: bool, message: str) -> None:

@@ -14,23 +14,13 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
-from django.utils.module_loading import import_string
-
-from agentstream.core.errors import ConfigurationError
+from agentstream.core.settings import load_callable
 from agentstream.django_app.conf import runtime_settings
 
 
 @cache
 def _load(path: str, setting: str) -> Callable[..., Any]:
-    try:
-        hook = import_string(path.replace(":", "."))
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"{setting} = {path!r} cannot be imported ({exc}); use 'package.module.function'"
-        ) from None
-    if not callable(hook):
-        raise ConfigurationError(f"{setting} = {path!r} is not callable")
-    return hook  # type: ignore[no-any-return]
+    return load_callable(path, setting)
 
 
 def authz_hook() -> Callable[[Any, str, Any], bool] | None:

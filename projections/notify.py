@@ -26,10 +26,9 @@ from typing import Any, ClassVar
 from django.db import transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.dispatch import Signal
-from django.utils.module_loading import import_string
 
-from agentstream.core.errors import ConfigurationError
 from agentstream.core.events import TERMINAL_TYPES, Event
+from agentstream.core.settings import load_callable
 from agentstream.core.state import RunStatus
 from agentstream.projections.projection import Projection
 
@@ -139,12 +138,4 @@ def _finished(event: Event) -> RunFinished:
 
 @cache
 def _load_hook(path: str) -> Callable[[RunFinished], Any]:
-    try:
-        hook = import_string(path.replace(":", "."))
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"RUN_COMPLETED_HOOK = {path!r} cannot be imported ({exc}); use 'package.module.function'"
-        ) from None
-    if not callable(hook):
-        raise ConfigurationError(f"RUN_COMPLETED_HOOK = {path!r} is not callable")
-    return hook  # type: ignore[no-any-return]
+    return load_callable(path, "RUN_COMPLETED_HOOK")
