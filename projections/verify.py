@@ -3,6 +3,11 @@
 Drift is reported per row: ``missing`` (in the history, not in the table), ``extra`` (in the
 table, not in the history although the history reaches back to its creation), ``different``
 (the fields that disagree). Runs whose beginning was trimmed from the logs are not judged.
+
+Two sources of truth are used on purpose, neither of them the projector's own code: the state
+fields come from ``core.state``'s fold; what the fold does not track (a run's input, metadata,
+idempotency key and final messages, a conversation's run count, the archive's events) is read
+straight off the events' payloads here, so a projector bug cannot hide behind itself.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.apps import apps
+from django.db.models import Count
 
 from agentstream.core.errors import AgentStreamError, CorruptEntry
-from agentstream.core.events import Event, Visibility
+from agentstream.core.events import TERMINAL_TYPES, Event, EventType, Visibility
 from agentstream.core.keys import Keys
 from agentstream.core.state import (
     ConversationState,
@@ -49,6 +55,37 @@ class Report:
     @property
     def ok(self) -> bool:
         return not self.drift
+
+
+@dataclass(slots=True)
+class RunFacts:
+    """What a run's events say beyond the fold: compared with the row and the archive."""
+
+    owner: str = ""
+    input: dict[str, Any] = dataclasses.field(default_factory=dict)
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    idempotency_key: str | None = None
+    created_ms: int = 0
+    final_messages: Any = None
+    conversation_id: str = ""
+    events: int = 0  # logged events: the archive must hold exactly these
+
+
+def run_facts(events: Iterable[Event]) -> RunFacts:
+    facts = RunFacts()
+    for event in events:
+        facts.events += 1
+        p = event.payload
+        if event.type == EventType.RUN_QUEUED:
+            facts.owner = str(p.get("owner", ""))
+            facts.input = {"messages": list(p.get("messages") or []), "params": dict(p.get("params") or {})}
+            facts.metadata = dict(p.get("metadata") or {})
+            facts.idempotency_key = str(p["idempotency_key"]) if p.get("idempotency_key") else None
+            facts.created_ms = event.ts_ms
+            facts.conversation_id = str(p.get("conversation_id") or event.conversation_id or "")
+        elif event.type in TERMINAL_TYPES:
+            facts.final_messages = p.get("final_messages")
+    return facts
 
 
 def fold_log(events: Iterable[Event]) -> RunState | None:
@@ -120,10 +157,17 @@ def _ms(value: dt.datetime | None) -> int:
     return round(value.timestamp() * 1000) if value else 0
 
 
-def expected_state(
-    events: Iterable[Event],
-) -> tuple[dict[str, RunState], dict[str, ConversationState], list[Drift], int]:
-    """Fold every run and conversation; returns (runs, conversations, unfoldable, oldest ts)."""
+@dataclass(slots=True)
+class Expected:
+    runs: dict[str, RunState]
+    facts: dict[str, RunFacts]
+    conversations: dict[str, ConversationState]
+    problems: list[Drift]  # histories that do not fold
+    oldest_ms: int  # the oldest event seen: rows created before it are not judged "extra"
+
+
+def expected_state(events: Iterable[Event]) -> Expected:
+    """Fold every run and conversation whose history starts in ``events``."""
     by_run: dict[str, dict[int, Event]] = defaultdict(dict)
     by_conv: dict[str, dict[int, Event]] = defaultdict(dict)
     oldest_ms = 0
@@ -134,18 +178,21 @@ def expected_state(
         elif e.conversation_id:
             by_conv[e.conversation_id][e.seq] = e
     runs: dict[str, RunState] = {}
+    facts: dict[str, RunFacts] = {}
     convs: dict[str, ConversationState] = {}
     problems: list[Drift] = []
     for run_id, seqs in by_run.items():
         if 1 not in seqs:
             continue  # its beginning was trimmed from the log: nothing to compare with
+        ordered = [seqs[s] for s in sorted(seqs)]
         try:
-            state = fold_log(seqs[s] for s in sorted(seqs))
+            state = fold_log(ordered)
         except AgentStreamError as exc:
             problems.append(Drift("unfoldable", "run", run_id, str(exc)))
             continue
         if state is not None:
             runs[run_id] = state
+            facts[run_id] = run_facts(ordered)
     for conv_id, seqs in by_conv.items():
         if 1 not in seqs:
             continue
@@ -156,12 +203,30 @@ def expected_state(
             continue
         if cstate is not None:
             convs[conv_id] = cstate
-    return runs, convs, problems, oldest_ms
+    _release_reused_idempotency_keys(facts)
+    return Expected(runs, facts, convs, problems, oldest_ms)
 
 
-def run_differences(state: RunState, row: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Field -> (expected, found) for every field of the row the fold disagrees with."""
-    expected = {
+def _release_reused_idempotency_keys(facts: Mapping[str, RunFacts]) -> None:
+    """A key reused after its TTL names the newest run only; older runs' rows show none."""
+    holder: dict[tuple[str, str], RunFacts] = {}
+    for f in facts.values():
+        if f.idempotency_key:
+            scope = (f.owner, f.idempotency_key)
+            other = holder.get(scope)
+            if other is None or other.created_ms <= f.created_ms:
+                if other is not None:
+                    other.idempotency_key = None
+                holder[scope] = f
+            else:
+                f.idempotency_key = None
+
+
+def run_differences(
+    state: RunState, row: Mapping[str, Any], facts: RunFacts | None = None, archived: int | None = None
+) -> dict[str, tuple[Any, Any]]:
+    """Field -> (expected, found) for every field of the row the history disagrees with."""
+    expected: dict[str, Any] = {
         "status": str(state.status),
         "last_seq": state.seq,
         "attempt": state.attempt,
@@ -193,11 +258,28 @@ def run_differences(state: RunState, row: Mapping[str, Any]) -> dict[str, tuple[
         "error": row["error"],
         "usage": row["usage"] or {},
     }
+    if facts is not None:
+        expected |= {
+            "input": facts.input,
+            "metadata": facts.metadata,
+            "idempotency_key": facts.idempotency_key,
+            "final_messages": facts.final_messages,
+        }
+        found |= {
+            "input": row["input"] or {},
+            "metadata": row["metadata"] or {},
+            "idempotency_key": row["idempotency_key"],
+            "final_messages": row["final_messages"],
+        }
+        if archived is not None:
+            expected["archived events"], found["archived events"] = facts.events, archived
     return {k: (v, found[k]) for k, v in expected.items() if found[k] != v}
 
 
-def conversation_differences(state: ConversationState, row: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-    expected = {
+def conversation_differences(
+    state: ConversationState, row: Mapping[str, Any], run_count: int | None = None
+) -> dict[str, tuple[Any, Any]]:
+    expected: dict[str, Any] = {
         "owner": state.owner,
         "agent_key": state.agent_key,
         "title": state.title,
@@ -215,39 +297,60 @@ def conversation_differences(state: ConversationState, row: Mapping[str, Any]) -
         "last_seq": row["last_seq"],
         "created_ms": _ms(row["created_at"]),
     }
+    if run_count is not None:
+        expected["run_count"], found["run_count"] = run_count, row["run_count"]
     return {k: (v, found[k]) for k, v in expected.items() if found[k] != v}
 
 
 def compare(events: Iterable[Event], database: str) -> Report:
     """Drift between a fold of ``events`` and the read-model rows in ``database``."""
-    runs, convs, drift, oldest_ms = expected_state(events)
+    want = expected_state(events)
+    drift = want.problems
     run_model = apps.get_model("agentstream", "Run")
     conv_model = apps.get_model("agentstream", "Conversation")
+    event_model = apps.get_model("agentstream", "Event")
     run_rows = {str(r["id"]): r for r in run_model.objects.using(database).values()}
     conv_rows = {str(r["id"]): r for r in conv_model.objects.using(database).values()}
-    for run_id, state in sorted(runs.items()):
+    archived = {
+        str(run_id): n
+        for run_id, n in event_model.objects.using(database)
+        .values("run_id")
+        .annotate(n=Count("id"))
+        .values_list("run_id", "n")
+    }
+    runs_of_conversation: dict[str, int] = defaultdict(int)
+    for facts in want.facts.values():
+        if facts.conversation_id:
+            runs_of_conversation[facts.conversation_id] += 1
+    for run_id, state in sorted(want.runs.items()):
         row = run_rows.get(run_id)
         if row is None:
             drift.append(Drift("missing", "run", run_id, f"{state.status} in the log"))
             continue
-        diff = run_differences(state, row)
+        diff = run_differences(state, row, want.facts[run_id], archived.get(run_id, 0))
         if diff:
             drift.append(Drift("different", "run", run_id, _describe(diff)))
     for run_id, row in sorted(run_rows.items()):
-        if run_id not in runs and _ms(row["created_at"]) >= oldest_ms:
+        if run_id not in want.runs and _ms(row["created_at"]) >= want.oldest_ms:
             drift.append(Drift("extra", "run", run_id, f"{row['status']} in the table, not in the history"))
-    for conv_id, cstate in sorted(convs.items()):
+    for conv_id, cstate in sorted(want.conversations.items()):
         crow = conv_rows.get(conv_id)
         if crow is None:
             drift.append(Drift("missing", "conversation", conv_id))
             continue
-        diff = conversation_differences(cstate, crow)
+        # the conversation's history starts in ``events``, and its runs come after its creation
+        # in the same partition log: all of them are in ``events`` too
+        diff = conversation_differences(cstate, crow, runs_of_conversation.get(conv_id, 0))
         if diff:
             drift.append(Drift("different", "conversation", conv_id, _describe(diff)))
     for conv_id, crow in sorted(conv_rows.items()):
-        if conv_id not in convs and crow["created_at"] is not None and _ms(crow["created_at"]) >= oldest_ms:
+        if (
+            conv_id not in want.conversations
+            and crow["created_at"] is not None
+            and _ms(crow["created_at"]) >= want.oldest_ms
+        ):
             drift.append(Drift("extra", "conversation", conv_id))
-    return Report(len(runs), len(convs), tuple(drift))
+    return Report(len(want.runs), len(want.conversations), tuple(drift))
 
 
 def _describe(diff: Mapping[str, tuple[Any, Any]]) -> str:

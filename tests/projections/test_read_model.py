@@ -133,3 +133,33 @@ async def test_verify_reports_a_row_that_drifted_and_a_row_that_is_missing(
     kinds = {(d.kind, d.id) for d in report.drift}
     assert kinds == {("different", work.run_ids[0]), ("missing", work.run_ids[1])}
     assert "status" in next(d.detail for d in report.drift if d.kind == "different")
+
+
+async def test_verify_reports_drift_in_what_the_fold_does_not_track(store: EventStore, database: str) -> None:
+    from agentstream.django_app.models import Conversation, Event, Run
+
+    work = await make_workload(store, runs=8)
+    await projector_for(store, database).run(burst=True)
+    keyed, finished, other, archived = work.run_ids[0], work.run_ids[1], work.run_ids[2], work.run_ids[3]
+    conversation = work.conversation_ids[0]
+
+    def tamper() -> None:
+        runs = Run.objects.using(database)
+        runs.filter(id=keyed).update(idempotency_key=None, metadata={"i": "forged"})
+        runs.filter(id=finished).update(final_messages=[{"role": "assistant", "content": "forged"}])
+        runs.filter(id=other).update(input={"messages": [], "params": {}})
+        Event.objects.using(database).filter(run_id=archived, seq=2).delete()
+        Conversation.objects.using(database).filter(id=conversation).update(run_count=99)
+
+    await in_thread(tamper)
+    report = await verify_log(store.redis, store.keys, database)
+
+    details = {d.id: d.detail for d in report.drift}
+    assert {d.kind for d in report.drift} == {"different"}
+    assert set(details) == {keyed, finished, other, archived, conversation}
+    assert "idempotency_key: expected 'key-7-0', found None" in details[keyed]
+    assert "metadata: expected {'i': 0}, found {'i': 'forged'}" in details[keyed]
+    assert "final_messages" in details[finished]
+    assert "input" in details[other]
+    assert "archived events" in details[archived]
+    assert "run_count: expected" in details[conversation] and "found 99" in details[conversation]
