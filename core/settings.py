@@ -81,6 +81,8 @@ class Settings:
     AUTHZ_HOOK: str | None = None
     QUOTA_HOOK: str | None = None
     RUN_COMPLETED_HOOK: str | None = None
+    # a run_finished notice not confirmed delivered this long after its claim is delivered again
+    RUN_COMPLETED_LEASE_SECONDS: float = 300.0
     # LLM
     MODEL_PROVIDER: str = "openai"
     DEFAULT_MODEL: str = "gpt-4o"
@@ -103,6 +105,7 @@ class Settings:
         _check(self.MAX_RETRIES >= 1, "MAX_RETRIES must be at least 1 (one attempt)")
         _check(self.MAX_EVENT_BYTES >= 1024, "MAX_EVENT_BYTES must be at least 1024")
         _check(self.PROJECTOR_BATCH >= 1, "PROJECTOR_BATCH must be at least 1")
+        _check(self.RUN_COMPLETED_LEASE_SECONDS > 0, "RUN_COMPLETED_LEASE_SECONDS must be positive")
         _check(
             self.DEFAULT_CONVERSATION_POLICY in POLICIES,
             f"DEFAULT_CONVERSATION_POLICY must be one of {', '.join(POLICIES)}",
