@@ -105,7 +105,7 @@ async def test_a_run_without_a_traceparent_starts_a_trace_of_its_own(
 def test_the_noop_tracer_is_the_default_and_leaves_llm_clients_unwrapped() -> None:
     assert isinstance(current_tracer(), NoopTracer)
     assert not isinstance(get_llm_client("fake", settings=Settings()), TracedLLMClient)
-    with pytest.raises(ConfigurationError, match="noop or otel"):
+    with pytest.raises(ConfigurationError, match="noop, otel, langfuse"):
         tracer_for("zipkin")
 
 
