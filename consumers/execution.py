@@ -13,7 +13,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -189,7 +189,8 @@ class Attempt:
             return self.stop_reason or Outcome.FENCED
         try:
             outcome = await ride_out_redis(
-                lambda: self.store.schedule_retry(self.run_id, self.claim.attempt, decision.delay_s, error)
+                lambda: self.store.schedule_retry(self.run_id, self.claim.attempt, decision.delay_s, error),
+                log_fields=self.log_fields,
             )
         except FencedOut:
             return Outcome.FENCED
@@ -240,7 +241,8 @@ class Attempt:
             return Outcome.FENCED
         try:
             await ride_out_redis(
-                lambda: self.store.finish(self.run_id, self.claim.attempt, event_type, payload, events=last)
+                lambda: self.store.finish(self.run_id, self.claim.attempt, event_type, payload, events=last),
+                log_fields=self.log_fields,
             )
         except FencedOut:
             return Outcome.FENCED
@@ -251,7 +253,7 @@ class Attempt:
     async def _flush_or_stop(self) -> bool:
         """Write what the agent emitted before the lifecycle event; False if fenced out."""
         try:
-            await ride_out_redis(self.ctx.flush)
+            await ride_out_redis(self.ctx.flush, log_fields=self.log_fields)
         except FencedOut:
             self.stop_reason = self.stop_reason or Outcome.FENCED
             return False
@@ -291,10 +293,12 @@ async def _finished_within(task: asyncio.Task[Any], timeout_s: float) -> bool:
     return task.done()
 
 
-async def ride_out_redis(call: Callable[[], Awaitable[T]], budget_s: float = 20.0) -> T:
+async def ride_out_redis(
+    call: Callable[[], Awaitable[T]], budget_s: float = 20.0, *, log_fields: Mapping[str, Any] | None = None
+) -> T:
     """Ride out a Redis outage (connection reset, restart, failover) on lifecycle writes: retry
     with capped exponential backoff for up to ``budget_s``, then let the error through (the job
-    stays pending and is reclaimed after its lease)."""
+    stays pending and is reclaimed after its lease). ``log_fields``: the run's, for the log line."""
     deadline = time.monotonic() + budget_s
     n = 0
     while True:
@@ -304,7 +308,7 @@ async def ride_out_redis(call: Callable[[], Awaitable[T]], budget_s: float = 20.
             delay_s = min(2.0, 0.1 * 2**n) * random.uniform(0.5, 1.5)  # jitter: no thundering herd
             if time.monotonic() + delay_s > deadline:
                 raise
-            log.warning("redis unavailable (%s); retrying in %.2fs", exc, delay_s)
+            log.warning("redis unavailable (%s); retrying in %.2fs", exc, delay_s, extra=log_fields)
             await asyncio.sleep(delay_s)
             n += 1
 

@@ -36,6 +36,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.dispatch import Signal
 
 from agentstream.core.events import TERMINAL_TYPES, Event
+from agentstream.core.logfmt import run_fields
 from agentstream.core.settings import load_callable
 from agentstream.core.state import RunStatus
 from agentstream.projections.projection import Projection
@@ -102,7 +103,7 @@ class RunFinishedProjection(Projection):
             log.warning(
                 "run %s: delivering its run_finished notice again (claim %d of at most %d): "
                 "the projector that claimed it before did not confirm it",
-                item.run_id, deliveries, MAX_DELIVERIES, extra={"run_id": item.run_id},
+                item.run_id, deliveries, MAX_DELIVERIES, extra=run_fields(item.run_id, attempt=item.attempt),
             )  # fmt: skip
         if due:
             self.notify([item for item, _ in due], connection)
@@ -126,7 +127,9 @@ class RunFinishedProjection(Projection):
                 self.hook(item)
             except Exception:
                 log.exception(
-                    "RUN_COMPLETED_HOOK raised for run %s", item.run_id, extra={"run_id": item.run_id}
+                    "RUN_COMPLETED_HOOK raised for run %s",
+                    item.run_id,
+                    extra=run_fields(item.run_id, attempt=item.attempt),
                 )
         for receiver, result in run_finished.send_robust(sender=RunFinishedProjection, finished=item):
             if isinstance(result, Exception):
@@ -135,7 +138,7 @@ class RunFinishedProjection(Projection):
                     receiver,
                     item.run_id,
                     result,
-                    extra={"run_id": item.run_id},
+                    extra=run_fields(item.run_id, attempt=item.attempt),
                 )
 
 
