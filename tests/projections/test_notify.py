@@ -6,6 +6,7 @@ Redelivery, a second projector, a replay of the logs from the start and a worker
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -34,7 +35,7 @@ from tests.consumers.helpers import wait_for_event, wait_terminal, wait_until
 from tests.consumers.processes import WorkerProcess, start_worker, worker_env
 from tests.projections import notify_hooks
 from tests.projections.conftest import in_thread, make_workload
-from tests.services import REDIS_UP, REDIS_URL, require
+from tests.services import POSTGRES_UP, REDIS_UP, REDIS_URL, require
 
 pytestmark = pytest.mark.django_db(databases=["default", "embedded"], transaction=True)
 
@@ -361,3 +362,41 @@ async def test_a_projector_killed_inside_the_hook_after_commit_is_restarted_and_
             proc.wait(timeout=30)
         await delete_prefix(client, key_prefix)
         await client.aclose()
+
+
+@pytest.mark.postgres
+async def test_on_postgresql_a_sweep_skips_the_notices_another_projector_holds_instead_of_waiting(
+    store: EventStore, calls: list[RunFinished]
+) -> None:
+    require("PostgreSQL", POSTGRES_UP)
+    import psycopg
+    from django.db import connections
+
+    await make_workload(store, runs=6)
+    dead = died_after_commit(notifier(store, "default", consumer="dead"))
+    dead.projection.lease = timedelta(0)  # type: ignore[attr-defined]
+    await dead.run(burst=True)
+    due = len(await notified_at("default"))
+
+    s = connections["default"].settings_dict
+    other = psycopg.connect(
+        dbname=s["NAME"], user=s["USER"], host=s["HOST"], port=s["PORT"], password=s["PASSWORD"]
+    )
+    try:
+        other.execute("SELECT run_id FROM agentstream_runnotice FOR UPDATE")  # another sweep, mid-claim
+        held = await asyncio.wait_for(sweeps(notifier(store, "default", consumer="a")), 10)
+        assert held == [0] and not calls  # skipped at once: never blocked, never delivered twice
+    finally:
+        other.rollback()
+        other.close()
+    assert await sweeps(notifier(store, "default", consumer="b")) == [due]
+    assert len(calls) == due
+
+
+async def test_with_no_hook_and_no_receiver_the_notices_are_confirmed_in_one_go(
+    store: EventStore, database: str
+) -> None:
+    await make_workload(store, runs=6)
+    await notifier(store, database, hook=None).run(burst=True)
+    rows = await notified_at(database)
+    assert rows and all(done for _, done in rows)
