@@ -13,7 +13,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -76,6 +76,8 @@ class Attempt:
         self.cancel_reason: str | None = "cancel requested" if claim.cancel_requested else None
         self.stop_reason: Outcome | None = None
         self.cancel_requested_at: float | None = None  # monotonic, for the log line
+        self.ending = ""  # why the attempt ended short of success (the span's status message)
+        self.output: dict[str, Any] | None = None  # what it produced (the span's, with TRACE_CONTENT)
 
     @property
     def run_id(self) -> str:
@@ -101,15 +103,22 @@ class Attempt:
         """The attempt in one span (a child of the caller's trace when the run carries one)."""
         traceparent = self.ctx.metadata.get(TRACEPARENT)
         attributes = {k: v for k, v in self.log_fields.items() if v is not None}
-        with current_tracer().span(
+        tracer = current_tracer()
+        with tracer.span(
             f"run {self.agent_key}",
+            kind="attempt",
             traceparent=traceparent if isinstance(traceparent, str) else None,
             attributes={f"agentstream.{k}": v for k, v in attributes.items()},
         ) as span:
             outcome = await self._execute()
             span.set_attribute("agentstream.outcome", outcome.value)
+            why = f"{outcome.value}: {self.ending}" if self.ending else outcome.value
             if outcome in (Outcome.FAILED, Outcome.TIMED_OUT, Outcome.RETRYING):
-                span.record_error(outcome.value)
+                span.record_error(why)
+            elif outcome is not Outcome.SUCCEEDED:  # cancelled, fenced out, gone, handed back
+                span.record_warning(why)
+            if tracer.capture_content:
+                span.record_content(input=dict(self.claim.input), output=self.output)
             return outcome
 
     async def _execute(self) -> Outcome:
@@ -156,6 +165,7 @@ class Attempt:
             "usage": usage,
             "artifacts": dict(result.artifacts),
         }
+        self.output = dict(result.final_output)
         return await self._finish(EventType.RUN_SUCCEEDED, payload, Outcome.SUCCEEDED)
 
     async def _end_failed(self, exc: BaseException) -> Outcome:
@@ -170,6 +180,7 @@ class Attempt:
         return await self._retry_or_fail(decision)
 
     async def _retry_or_fail(self, decision: FailureDecision) -> Outcome:
+        self.ending = f"{decision.error.type}: {decision.error.message}"
         error = decision.error.to_payload()
         error_usage = {"usage": self.ctx.usage} if self.ctx.usage else {}
         if not decision.retry:
@@ -178,7 +189,8 @@ class Attempt:
             return self.stop_reason or Outcome.FENCED
         try:
             outcome = await ride_out_redis(
-                lambda: self.store.schedule_retry(self.run_id, self.claim.attempt, decision.delay_s, error)
+                lambda: self.store.schedule_retry(self.run_id, self.claim.attempt, decision.delay_s, error),
+                log_fields=self.log_fields,
             )
         except FencedOut:
             return Outcome.FENCED
@@ -199,7 +211,8 @@ class Attempt:
     async def _end_cancelled(self) -> Outcome:
         if self.task is not None:
             await self._hook(self.runtime.cancel(self.ctx), "cancel")
-        payload: dict[str, Any] = {"reason": self.cancel_reason or ""}
+        self.ending = self.cancel_reason or ""
+        payload: dict[str, Any] = {"reason": self.ending}
         if self.ctx.partial_text:
             payload["partial_output"] = {"content": self.ctx.partial_text}
         if self.ctx.emitted_messages:
@@ -215,6 +228,7 @@ class Attempt:
             "(RUN_TIMEOUT_SECONDS or the run's timeout); raise it for longer runs",
             retriable=False,
         ).to_payload()
+        self.ending = str(error["message"])
         payload: dict[str, Any] = {"error": error}
         if self.ctx.usage:
             payload["usage"] = self.ctx.usage
@@ -227,7 +241,8 @@ class Attempt:
             return Outcome.FENCED
         try:
             await ride_out_redis(
-                lambda: self.store.finish(self.run_id, self.claim.attempt, event_type, payload, events=last)
+                lambda: self.store.finish(self.run_id, self.claim.attempt, event_type, payload, events=last),
+                log_fields=self.log_fields,
             )
         except FencedOut:
             return Outcome.FENCED
@@ -238,7 +253,7 @@ class Attempt:
     async def _flush_or_stop(self) -> bool:
         """Write what the agent emitted before the lifecycle event; False if fenced out."""
         try:
-            await ride_out_redis(self.ctx.flush)
+            await ride_out_redis(self.ctx.flush, log_fields=self.log_fields)
         except FencedOut:
             self.stop_reason = self.stop_reason or Outcome.FENCED
             return False
@@ -278,10 +293,12 @@ async def _finished_within(task: asyncio.Task[Any], timeout_s: float) -> bool:
     return task.done()
 
 
-async def ride_out_redis(call: Callable[[], Awaitable[T]], budget_s: float = 20.0) -> T:
+async def ride_out_redis(
+    call: Callable[[], Awaitable[T]], budget_s: float = 20.0, *, log_fields: Mapping[str, Any] | None = None
+) -> T:
     """Ride out a Redis outage (connection reset, restart, failover) on lifecycle writes: retry
     with capped exponential backoff for up to ``budget_s``, then let the error through (the job
-    stays pending and is reclaimed after its lease)."""
+    stays pending and is reclaimed after its lease). ``log_fields``: the run's, for the log line."""
     deadline = time.monotonic() + budget_s
     n = 0
     while True:
@@ -291,7 +308,7 @@ async def ride_out_redis(call: Callable[[], Awaitable[T]], budget_s: float = 20.
             delay_s = min(2.0, 0.1 * 2**n) * random.uniform(0.5, 1.5)  # jitter: no thundering herd
             if time.monotonic() + delay_s > deadline:
                 raise
-            log.warning("redis unavailable (%s); retrying in %.2fs", exc, delay_s)
+            log.warning("redis unavailable (%s); retrying in %.2fs", exc, delay_s, extra=log_fields)
             await asyncio.sleep(delay_s)
             n += 1
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
+from typing import Any
 
+import orjson
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from agentstream.core.tracing import TRACEPARENT, AttributeValue, Span
+from agentstream.core.tracing import TRACEPARENT, AttributeValue, Span, SpanKind
 
 _propagator = TraceContextTextMapPropagator()
+_SPAN_KINDS = {"llm": trace.SpanKind.CLIENT}
 
 
 class _OTelSpan:
@@ -25,24 +28,45 @@ class _OTelSpan:
     def record_error(self, message: str) -> None:
         self._span.set_status(Status(StatusCode.ERROR, message))
 
+    def record_warning(self, message: str) -> None:
+        # OpenTelemetry has no "warning" status: the span stays unset, the reason is an attribute
+        self._span.set_attribute("agentstream.status_message", message)
+
+    def record_content(self, *, input: Any = None, output: Any = None) -> None:
+        # the GenAI semantic conventions' opt-in content attributes, as JSON
+        if input is not None:
+            self._span.set_attribute("gen_ai.input.messages", _json(input))
+        if output is not None:
+            self._span.set_attribute("gen_ai.output.messages", _json(output))
+
 
 class OTelTracer:
-    def __init__(self, provider: trace.TracerProvider | None = None) -> None:
+    def __init__(
+        self, provider: trace.TracerProvider | None = None, *, capture_content: bool = False
+    ) -> None:
         self._tracer = trace.get_tracer("agentstream", tracer_provider=provider)
+        self.capture_content = capture_content
 
     @contextlib.contextmanager
     def span(
         self,
         name: str,
         *,
+        kind: SpanKind = "internal",
         traceparent: str | None = None,
         attributes: Mapping[str, AttributeValue] | None = None,
     ) -> Iterator[Span]:
         parent: Context | None = _propagator.extract({TRACEPARENT: traceparent}) if traceparent else None
         with self._tracer.start_as_current_span(
-            name, context=parent, attributes=dict(attributes or {})
+            name,
+            context=parent,
+            kind=_SPAN_KINDS.get(kind, trace.SpanKind.INTERNAL),
+            attributes=dict(attributes or {}),
         ) as span:
             yield _OTelSpan(span)
+
+    def flush(self) -> None:
+        pass  # the provider is the application's: it flushes it (and it is not ours to shut down)
 
 
 def current_traceparent() -> str | None:
@@ -50,3 +74,7 @@ def current_traceparent() -> str | None:
     carrier: dict[str, str] = {}
     _propagator.inject(carrier)
     return carrier.get(TRACEPARENT)
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value, default=str).decode()

@@ -490,13 +490,16 @@ class ToolRegistry:
             return ToolResult(name, error=f"invalid arguments: {exc}", call_id=call_id)
         timeout_s = tool.timeout_s if tool.timeout_s is not None else self.default_timeout_s
         try:
-            with current_tracer().span(f"tool {name}", attributes={"agentstream.tool": name}) as span:
+            tracer = current_tracer()
+            with tracer.span(f"tool {name}", kind="tool", attributes={"agentstream.tool": name}) as span:
                 try:
                     async with asyncio.timeout(timeout_s):
                         value = await _call(tool.fn, kwargs)
                 except Exception as exc:
                     span.record_error(type(exc).__name__)
                     raise
+                if tracer.capture_content:
+                    span.record_content(input=dict(kwargs), output=value)
         except TimeoutError:
             return ToolResult(name, error=f"the tool did not finish within {timeout_s:g} s", call_id=call_id)
         except (AgentFailure, RetryableError, PermanentError):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -211,25 +212,29 @@ class Worker:
     def _start(self, job: Job) -> None:
         task = asyncio.get_running_loop().create_task(self._handle(job), name=f"run {job.run_id}")
         self._jobs.add(task)
-        task.add_done_callback(self._job_done)
+        task.add_done_callback(functools.partial(self._job_done, job))
 
-    def _job_done(self, task: asyncio.Task[None]) -> None:
+    def _job_done(self, job: Job, task: asyncio.Task[None]) -> None:
         self._jobs.discard(task)
         self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:
-            log.error("job task crashed", exc_info=task.exception())
+            log.error(
+                "run %s: job task crashed", job.run_id, exc_info=task.exception(), extra=self._fields(job)
+            )
 
     async def _handle(self, job: Job) -> None:
         problem = job_problem(job, self.store.settings.PARTITIONS)
         if problem:
             log.warning("job %s dead-lettered: %s", job.job_id, problem, extra=self._fields(job))
             await ride_out_redis(
-                lambda: self.store.dead_letter(job.partition, job.agent_key, job.job_id, problem)
+                lambda: self.store.dead_letter(job.partition, job.agent_key, job.job_id, problem),
+                log_fields=self._fields(job),
             )
             return
         # a Redis outage here must not orphan the job until its lease runs out
         claim = await ride_out_redis(
-            lambda: self.store.begin_attempt(job.run_id, job.job_id, self.worker_id, job.agent_key)
+            lambda: self.store.begin_attempt(job.run_id, job.job_id, self.worker_id, job.agent_key),
+            log_fields=self._fields(job),
         )
         if not isinstance(claim, Claim):
             level = logging.WARNING if claim.dead_lettered else logging.DEBUG

@@ -19,7 +19,7 @@ from agentstream.consumers.errors import RegistryError
 from agentstream.consumers.llm.config import configure as configure_llm
 from agentstream.consumers.registry import RuntimeRegistry, default_registry
 from agentstream.consumers.supervisor import supervise
-from agentstream.consumers.tracing import tracer_for, use_tracer
+from agentstream.consumers.tracing import current_tracer, tracer_for, tracer_name, use_tracer
 from agentstream.consumers.worker import Worker
 from agentstream.core.logfmt import configure_logging
 from agentstream.core.settings import Settings
@@ -79,10 +79,13 @@ def load_registry(paths: Sequence[str], registry: RuntimeRegistry = default_regi
 def run_worker_process(config: WorkerConfig) -> None:
     """The body of one worker process (also a spawned child's target)."""
     configure_logging(config.log_level, config.settings.LOG_FORMAT)
-    use_tracer(tracer_for(config.settings.TRACER))
+    use_tracer(tracer_for(tracer_name(config.settings), config.settings))
     configure_llm(config.settings)  # get_llm_client() in agents reads MODEL_PROVIDER etc. from here
     registry = load_registry([*config.settings.RUNTIME_REGISTRY, *config.registry_paths])
-    run_async(serve(config, registry))
+    try:
+        run_async(serve(config, registry))
+    finally:
+        current_tracer().flush()  # spans an exporter still buffers (Langfuse batches them)
 
 
 async def serve(config: WorkerConfig, registry: RuntimeRegistry) -> Worker:

@@ -1,14 +1,20 @@
 """What an operator asks of a deployment: queue depths, leases, lag, dead letters.
 
-Every figure comes from Redis itself (XLEN, XPENDING, XINFO GROUPS, ZCARD), never from per-process
-counters, so any process can report on the whole deployment. Two pipelined round trips in all.
+Every figure comes from Redis itself (XLEN, XPENDING, XINFO GROUPS / STREAM, ZCARD, HGETALL),
+never from per-process counters, so any process can report on the whole deployment. Two
+pipelined round trips in all.
+
+The deployment-wide counters (``Counters``) only ever grow, like Prometheus counters: the partition
+logs' ``entries-added`` (XINFO STREAM, Redis 7.0+; ``rate()`` of it is events/s, trimming does not
+lower it), and the per-partition ``stats`` hash that the Lua scripts HINCRBY inside the very
+transition they count (retries, reclaims, dead letters, runs finished by status).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from agentstream.core.keys import WORKERS_GROUP
@@ -33,12 +39,24 @@ class GroupLag:
 
 
 @dataclass(frozen=True, slots=True)
+class Counters:
+    """Totals since the deployment's keys were created (summed over partitions)."""
+
+    log_events: int = 0  # state events ever appended to the partition logs
+    retries: int = 0  # attempts that ended in run.retrying
+    reclaims: int = 0  # attempts begun on a job whose previous attempt's lease expired
+    dead_letters: int = 0  # jobs written to the dead-letter streams
+    finished: dict[str, int] = field(default_factory=dict)  # terminal status -> runs
+
+
+@dataclass(frozen=True, slots=True)
 class DeploymentStatus:
     queues: list[QueueStatus]
     projections: list[GroupLag]
     delayed: int
     dead_letters: int
     log_length: int
+    counters: Counters = field(default_factory=Counters)
 
 
 async def deployment_status(store: EventStore) -> DeploymentStatus:
@@ -60,8 +78,9 @@ async def deployment_status(store: EventStore) -> DeploymentStatus:
                 pipe.xpending_range(queue, WORKERS_GROUP, min="-", max="+", count=1)
             pipe.zcard(keys.delayed(p))
             pipe.xlen(keys.dead(p))
-            pipe.xlen(keys.log(p))
+            pipe.xinfo_stream(keys.log(p))
             pipe.xinfo_groups(keys.log(p))
+            pipe.hgetall(keys.stats(p))
         replies = iter(await pipe.execute(raise_on_error=False))
 
     per_agent: dict[str, dict[str, float]] = {
@@ -69,6 +88,7 @@ async def deployment_status(store: EventStore) -> DeploymentStatus:
     }
     groups: dict[str, dict[str, Any]] = {}
     delayed = dead = log_length = 0
+    totals: dict[str, int] = {}
     for _ in partitions:
         for agent in agents:
             length, infos, oldest = next(replies), next(replies), next(replies)
@@ -83,13 +103,19 @@ async def deployment_status(store: EventStore) -> DeploymentStatus:
                 acc["age"] = max(acc["age"], (now_ms - enqueued_ms) / 1000)
         delayed += _int(next(replies))
         dead += _int(next(replies))
-        log_length += _int(next(replies))
+        log_info = next(replies)  # an error when the log does not exist yet
+        if isinstance(log_info, Mapping):
+            log_length += _int(log_info.get("length"))
+            totals["log_events"] = totals.get("log_events", 0) + _int(log_info.get("entries-added"))
         for info in _list(next(replies)):
             name = _text(info.get("name"))
             g = groups.setdefault(name, {"pending": 0, "lag": 0, "last": "0-0"})
             g["pending"] += int(info.get("pending", 0))
             g["lag"] += int(info.get("lag") or 0)
             g["last"] = max(g["last"], _text(info.get("last-delivered-id", "0-0")), key=_id_key)
+        stats = next(replies)
+        for name, value in stats.items() if isinstance(stats, Mapping) else ():
+            totals[_text(name)] = totals.get(_text(name), 0) + _int(value)
 
     queues = [
         QueueStatus(
@@ -102,7 +128,17 @@ async def deployment_status(store: EventStore) -> DeploymentStatus:
         for a, v in per_agent.items()
     ]
     lags = [GroupLag(name, g["pending"], g["lag"], g["last"]) for name, g in sorted(groups.items())]
-    return DeploymentStatus(queues, lags, delayed, dead, log_length)
+    return DeploymentStatus(queues, lags, delayed, dead, log_length, _counters(totals))
+
+
+def _counters(totals: Mapping[str, int]) -> Counters:
+    return Counters(
+        log_events=totals.get("log_events", 0),
+        retries=totals.get("retries", 0),
+        reclaims=totals.get("reclaims", 0),
+        dead_letters=totals.get("dead_letters", 0),
+        finished={k.removeprefix("finished:"): v for k, v in totals.items() if k.startswith("finished:")},
+    )
 
 
 def _int(value: object) -> int:

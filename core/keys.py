@@ -16,6 +16,8 @@ P:{p}:delayed              zset     retries and scheduled runs (member run id, s
 P:{p}:dead                 stream   dead-lettered jobs with reason and delivery count
 P:{p}:idem:<owner>:<key>   string   idempotency key -> ``run_id|fingerprint`` (TTL)
 P:{p}:agents               set      agent keys that have a queue in this partition
+P:{p}:stats                hash     deployment-wide counters (retries, reclaims, dead_letters,
+                                    finished:<status>), HINCRBY'd by the transition's script
 P:cancel                   channel  pub/sub: run ids whose cancellation was requested
 P:sse:wake:<hub>           stream   wakes one SSE hub's blocking XREAD when its clients change
 ========================== ======== ==========================================================
@@ -78,6 +80,9 @@ class Keys:
 
     def agents(self, partition: int) -> str:
         return f"{self.tag(partition)}:agents"
+
+    def stats(self, partition: int) -> str:
+        return f"{self.tag(partition)}:stats"
 
     def run_prefix(self, partition: int) -> str:
         """What ``run_stream()`` puts before the run id, for scripts that touch sibling runs."""

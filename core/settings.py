@@ -20,6 +20,7 @@ from typing import Any, cast
 from agentstream.core.errors import ConfigurationError
 from agentstream.core.events import Visibility
 from agentstream.core.keys import Keys
+from agentstream.core.tracing import TRACERS
 
 POLICIES = ("enqueue", "reject", "interrupt")
 
@@ -81,20 +82,23 @@ class Settings:
     AUTHZ_HOOK: str | None = None
     QUOTA_HOOK: str | None = None
     RUN_COMPLETED_HOOK: str | None = None
+    # a run_finished notice not confirmed delivered this long after its claim is delivered again
+    RUN_COMPLETED_LEASE_SECONDS: float = 300.0
     # LLM
     MODEL_PROVIDER: str = "openai"
     DEFAULT_MODEL: str = "gpt-4o"
     OPENAI_API_KEY: str | None = None
     OPENAI_BASE_URL: str | None = None
     ANTHROPIC_API_KEY: str | None = None
-    # tracing (accepted and validated; the Langfuse integration is not built yet)
+    # Langfuse (TRACER = "langfuse"; LANGFUSE_ENABLED = True, the seed's switch, selects it too)
     LANGFUSE_ENABLED: bool = False
     LANGFUSE_PUBLIC_KEY: str | None = None
     LANGFUSE_SECRET_KEY: str | None = None
     LANGFUSE_HOST: str | None = None
     # observability
     LOG_FORMAT: str = "text"  # or "json": one object per line, with the run's fields
-    TRACER: str = "noop"  # or "otel": spans per attempt, LLM call and tool (the otel extra)
+    TRACER: str = "noop"  # "otel" or "langfuse": spans per attempt, LLM call and tool (extras)
+    TRACE_CONTENT: bool = False  # send messages, outputs and tool arguments to the tracer too
 
     def __post_init__(self) -> None:
         _check(self.PARTITIONS >= 1, "PARTITIONS must be at least 1")
@@ -103,11 +107,12 @@ class Settings:
         _check(self.MAX_RETRIES >= 1, "MAX_RETRIES must be at least 1 (one attempt)")
         _check(self.MAX_EVENT_BYTES >= 1024, "MAX_EVENT_BYTES must be at least 1024")
         _check(self.PROJECTOR_BATCH >= 1, "PROJECTOR_BATCH must be at least 1")
+        _check(self.RUN_COMPLETED_LEASE_SECONDS > 0, "RUN_COMPLETED_LEASE_SECONDS must be positive")
         _check(
             self.DEFAULT_CONVERSATION_POLICY in POLICIES,
             f"DEFAULT_CONVERSATION_POLICY must be one of {', '.join(POLICIES)}",
         )
-        _check(self.TRACER in ("noop", "otel"), "TRACER must be 'noop' or 'otel'")
+        _check(self.TRACER in TRACERS, f"TRACER must be one of {', '.join(TRACERS)}")
         _check(self.LOG_FORMAT in ("text", "json"), "LOG_FORMAT must be 'text' or 'json'")
         _check(
             ":" not in self.KEY_PREFIX and "{" not in self.KEY_PREFIX,

@@ -7,6 +7,9 @@ the whole deployment:
 * Redis (``core.inspect.deployment_status``, ``projections.logs.lag``): queue waiting / pending /
   consumers / oldest pending age per agent key, delayed runs, dead letters, log length, and each
   projection group's pending, unread and seconds behind per partition;
+* Redis counters, deployment-wide and monotonic (``rate()`` them): events appended to the logs
+  (``entries-added``, so ``rate(agentstream_log_events_total[1m])`` is events/s), retries, reclaims,
+  dead letters and runs finished by status, counted by the Lua scripts in the transitions themselves;
 * the read-model (one ``GROUP BY`` on the runs table): runs by agent key and status, and attempts
   beyond the first (retries plus reclaims after a lost lease) by agent key;
 * this process: the SSE clients its hubs hold.
@@ -20,7 +23,7 @@ from typing import Any
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
 
-from agentstream.core.inspect import DeploymentStatus, deployment_status
+from agentstream.core.inspect import Counters, DeploymentStatus, deployment_status
 from agentstream.django_app.api import backend
 from agentstream.django_app.api.backend import api_backend
 from agentstream.django_app.sse import hub as sse_hub
@@ -29,7 +32,7 @@ from agentstream.projections.sql import RUN
 
 try:
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-    from prometheus_client.core import GaugeMetricFamily, Metric
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
     from prometheus_client.registry import Collector
 except ImportError:  # pragma: no cover - exercised by users without the extra
     CONTENT_TYPE_LATEST = ""
@@ -45,6 +48,7 @@ class DeploymentCollector(Collector):
         backend = api_backend()
         status, lags = backend.call(lambda: _redis_figures(backend.store))
         yield from _queue_metrics(status)
+        yield from _counter_metrics(status.counters)
         yield from _lag_metrics(lags)
         yield from _run_metrics(_runs_by_agent_and_status())
         clients = GaugeMetricFamily("agentstream_sse_clients", "SSE clients connected to this process")
@@ -99,6 +103,31 @@ def _queue_metrics(status: DeploymentStatus) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "agentstream_log_entries", "entries in the partition logs", value=status.log_length
     )
+
+
+def _counter_metrics(counters: Counters) -> Iterator[Metric]:
+    yield CounterMetricFamily(
+        "agentstream_log_events",
+        "state events appended to the partition logs (rate() is events/s)",
+        value=counters.log_events,
+    )
+    yield CounterMetricFamily(
+        "agentstream_retries", "attempts that ended in run.retrying", value=counters.retries
+    )
+    yield CounterMetricFamily(
+        "agentstream_reclaims",
+        "attempts begun on a job whose worker's lease expired (crash, stall, shutdown)",
+        value=counters.reclaims,
+    )
+    yield CounterMetricFamily(
+        "agentstream_dead_lettered", "jobs written to the dead-letter streams", value=counters.dead_letters
+    )
+    finished = CounterMetricFamily(
+        "agentstream_runs_finished", "runs that reached a terminal status", labels=["status"]
+    )
+    for status, count in sorted(counters.finished.items()):
+        finished.add_metric([status], count)
+    yield finished
 
 
 def _lag_metrics(lags: list[PartitionLag]) -> Iterator[Metric]:

@@ -217,12 +217,13 @@ class SkippedEntry(models.Model):
 
 
 class RunNotice(models.Model):
-    """A terminal run whose ``run_finished`` signal and ``RUN_COMPLETED_HOOK`` were claimed.
+    """The outbox of ``run_finished`` / ``RUN_COMPLETED_HOOK``: one row per terminal run.
 
-    Written by the ``run_finished`` projection in its batch's transaction (insert-or-ignore on the
-    run id), so redelivery, a second projector or a replay never notify twice. ``notified_at`` is
-    set once the receivers have been called; a row left without it was committed by a projector
-    that died before calling them.
+    Inserted (insert-or-ignore on the run id) by the ``run_finished`` projection in its batch's
+    transaction, with ``finished`` (what the receivers get) and a lease: the inserting projector
+    delivers it after COMMIT and sets ``notified_at``. A row still undelivered when its lease runs
+    out (its projector died) is claimed again by any running projector (``deliveries`` + 1, a new
+    lease) and delivered; ``finished`` is cleared once delivered.
     """
 
     run_id = models.CharField(max_length=64, primary_key=True)
@@ -230,6 +231,15 @@ class RunNotice(models.Model):
     seq = models.BigIntegerField()
     created_at = models.DateTimeField()
     notified_at = models.DateTimeField(null=True, blank=True)
+    finished = models.TextField(null=True, blank=True)  # JSON of RunFinished, until delivered
+    lease_until = models.DateTimeField(null=True, blank=True)
+    deliveries = models.IntegerField(default=0)
+
+    class Meta:
+        indexes = (
+            # the sweep's query: undelivered rows by lease, without scanning every run ever notified
+            models.Index(fields=["lease_until"], condition=Q(notified_at__isnull=True), name="as_notice_due"),
+        )
 
     def __str__(self) -> str:
         return f"{self.run_id} {self.status}"

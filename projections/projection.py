@@ -54,6 +54,12 @@ class Projection:
         """Called (in the replay's transaction) before a full replay from the archive: remove
         what the projection built, so history is applied to a clean slate."""
 
+    def sweep(self, connection: BaseDatabaseWrapper) -> int:
+        """Called by the projector every ``sweep_every_s`` on its DB thread, outside any batch and
+        transaction: finish what another (dead) process left undone after its COMMIT, e.g. the
+        ``run_finished`` outbox. Returns how many items it handled."""
+        return 0
+
 
 class ReadModelProjection(Projection):
     """Runs, conversations, the event archive and state checkpoints (the models of django_app)."""
@@ -112,11 +118,14 @@ def load_projections(settings: Settings, names: Iterable[str] | None = None) -> 
                 f"AGENTSTREAM['PROJECTIONS'] entry {path!r} must be a Projection subclass with a name"
             )
         found.append(cls())
-    if settings.RUN_COMPLETED_HOOK:
-        from agentstream.projections.notify import RunFinishedProjection
+    from agentstream.projections.notify import RunFinishedProjection
 
+    listed = any(isinstance(p, RunFinishedProjection) for p in found)
+    if settings.RUN_COMPLETED_HOOK or listed:  # configured here: the hook and the outbox lease
         found = [p for p in found if not isinstance(p, RunFinishedProjection)]
-        found.append(RunFinishedProjection(settings.RUN_COMPLETED_HOOK))
+        found.append(
+            RunFinishedProjection(settings.RUN_COMPLETED_HOOK, lease_s=settings.RUN_COMPLETED_LEASE_SECONDS)
+        )
     by_name: dict[str, Projection] = {}
     for projection in found:
         if projection.name in by_name:

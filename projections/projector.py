@@ -52,6 +52,7 @@ class ProjectorOptions:
     block_ms: int = 1000
     claim_idle_ms: int = 30_000  # an entry pending this long belongs to a dead (or stuck) consumer
     claim_every_s: float = 5.0
+    sweep_every_s: float = 5.0  # how often the projection's ``sweep`` runs (its outbox, if any)
     backoff_base_s: float = 0.1
     backoff_max_s: float = 10.0
 
@@ -129,6 +130,7 @@ class Projector:
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"projector-{projection.name}")
         self._claim_cursors = dict.fromkeys(range(keys.partitions), "0-0")
         self._next_claim_at = 0.0
+        self._next_sweep_at = 0.0  # at once: a restarted projector delivers what is overdue first
         self.applied = 0  # entries applied and acked by this process
         self.failures = 0  # failed apply attempts (each retried)
 
@@ -153,6 +155,7 @@ class Projector:
             if not await self._until_redis_answers("creating its groups", self._ensure_groups, stop):
                 return
             while not stop.is_set():
+                await self._sweep_if_due()
                 delivery = await (prefetch or self._next_delivery_or_stop(burst, stop))
                 prefetch = None
                 if delivery is None:
@@ -224,6 +227,28 @@ class Projector:
         if delivery is not None and delivery.size and await self.apply(delivery, _already_set()):
             with contextlib.suppress(*REDIS_UNAVAILABLE):
                 await self.ack(delivery)
+
+    async def _sweep_if_due(self) -> None:
+        now = time.monotonic()
+        if now < self._next_sweep_at:
+            return
+        self._next_sweep_at = now + self.options.sweep_every_s
+        try:
+            await self.sweep()
+        except Exception as exc:  # PostgreSQL away: the next sweep tries again; batches go on
+            log.warning("projection %s: sweep failed (%s: %s)", self.projection.name, type(exc).__name__, exc)
+
+    async def sweep(self) -> int:
+        """Run the projection's ``sweep`` on the DB thread (between batches, never inside one)."""
+        return await asyncio.get_running_loop().run_in_executor(self._db, self._sweep_sync)
+
+    def _sweep_sync(self) -> int:
+        connection = connections[self.database]
+        try:
+            return self.projection.sweep(connection)
+        except Exception:
+            connection.close()  # a broken connection is replaced on the next attempt
+            raise
 
     async def read(self, *, block_ms: int | None) -> Delivery:
         streams: dict[Any, Any] = dict.fromkeys(self.logs, ">")

@@ -18,16 +18,20 @@ end
 local f = redis.call('HMGET', st, 'status', 'attempt', 'max_attempts', 'job', 'timeout_ms', 'conv', 'cancel')
 if not f[1] then
   redis.call('XADD', DEAD, '*', 'r', run_id, 'job', job, 'reason', 'no state for this run (expired or never submitted)', 'ts', now)
+  redis.call('HINCRBY', STATS, 'dead_letters', 1)
   return drop('no_run')
 end
 if TERMINAL[f[1]] then return drop(f[1]) end
 if f[4] ~= job then return drop('stale job entry') end
 
 local attempt = tonumber(f[2])
+-- still 'running': its worker's lease expired (crash, stall, or handed back at shutdown)
+if f[1] == 'running' then redis.call('HINCRBY', STATS, 'reclaims', 1) end
 if attempt >= tonumber(f[3]) then
   -- every allowed attempt started and none finished: the job keeps killing its workers
   local seq = terminate(run_id, 'run.failed', ARGV[8], ARGV[7], ARGV[9], now)
   redis.call('XADD', DEAD, '*', 'r', run_id, 'job', job, 'reason', 'max attempts exceeded', 'attempts', attempt, 'ts', now)
+  redis.call('HINCRBY', STATS, 'dead_letters', 1)
   return { 'dead', seq }
 end
 

@@ -11,6 +11,8 @@ Key layout (mirrors core/keys.py; TAG = "<prefix>:{<partition>}:"):
   TAG delayed             zset    run id scored by due time (ms)
   TAG dead                stream  dead letters
   TAG agents              set     agent keys with a queue in this partition
+  TAG stats               hash    deployment-wide counters: retries, reclaims, dead_letters,
+                                  finished:<status> (HINCRBY in the transition's own script)
 
 Every key a script touches shares TAG, hence one Cluster slot. Replies are tables whose first
 element is a status word; scripts never raise for an expected refusal.
@@ -36,6 +38,7 @@ local function conv_key(conv_id) return TAG .. 'conv:' .. conv_id end
 local LOG = TAG .. 'log'
 local DELAYED = TAG .. 'delayed'
 local DEAD = TAG .. 'dead'
+local STATS = TAG .. 'stats'
 
 -- One event: the run stream always; the partition log unless the event is ephemeral.
 local function write_event(run_id, seq, etype, payload, ts, attempt, vis, conv, to_log)
@@ -107,6 +110,7 @@ local function terminate(run_id, etype, payload, vis, retention_s, now)
   local conv = f[2] or ''
   write_event(run_id, seq, etype, payload, now, f[1] or '0', vis, conv, true)
   redis.call('HSET', st, 'status', STATUS_OF[etype], 'finished', now)
+  redis.call('HINCRBY', STATS, 'finished:' .. STATUS_OF[etype], 1)
   drop_job(st)
   redis.call('ZREM', DELAYED, run_id)
   if conv ~= '' then release_conversation(conv, run_id, now) end

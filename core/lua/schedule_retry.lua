@@ -13,6 +13,7 @@ local f = redis.call('HMGET', st, 'attempt', 'max_attempts', 'conv', 'job')
 if tonumber(f[1]) >= tonumber(f[2]) then
   local seq = terminate(run_id, 'run.failed', ARGV[8], ARGV[7], ARGV[9], now)
   redis.call('XADD', DEAD, '*', 'r', run_id, 'job', f[4] or '', 'reason', 'retries exhausted', 'attempts', f[1], 'ts', now)
+  redis.call('HINCRBY', STATS, 'dead_letters', 1)
   return { 'failed', seq }
 end
 local seq = next_seq(st)
@@ -21,4 +22,5 @@ drop_job(st)
 local due = now + tonumber(ARGV[4])
 redis.call('HSET', st, 'status', 'queued', 'due', due)
 redis.call('ZADD', DELAYED, due, run_id)
+redis.call('HINCRBY', STATS, 'retries', 1)
 return { 'retrying', seq, due }

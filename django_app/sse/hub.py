@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 
 from agentstream.core.codec import decode_entry
 from agentstream.core.errors import CorruptEntry
+from agentstream.core.logfmt import run_fields
 from agentstream.core.settings import Settings
 from agentstream.core.store import EventStore, Redis, after_seq_id, redis_from_url
 from agentstream.django_app.sse.framing import Frame
@@ -202,7 +203,12 @@ class Hub:
                 try:
                     frames.append(Frame.of(decode_entry(fields, run_id)))
                 except CorruptEntry as exc:
-                    log.error("run %s: skipping an undecodable stream entry: %s", run_id, exc)
+                    log.error(
+                        "run %s: skipping an undecodable stream entry: %s",
+                        run_id,
+                        exc,
+                        extra=run_fields(run_id),
+                    )
             if not frames:
                 continue
             tail.cursor = frames[-1].event.seq

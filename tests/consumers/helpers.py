@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -64,14 +65,18 @@ async def wait_for_event(store: EventStore, run_id: str, event_type: str, timeou
     raise AssertionError(f"run {run_id} has no {event_type} after {timeout_s}s")
 
 
+async def _truth(value: Any) -> bool:
+    return bool(await value) if inspect.isawaitable(value) else bool(value)
+
+
 def types(events: list[Event]) -> list[str]:
     return [e.type for e in events]
 
 
 async def wait_until(predicate: Any, timeout_s: float = 10, what: str = "condition") -> None:
-    """Poll ``predicate()`` until true; a deadline is the backstop."""
+    """Poll ``predicate()`` (a function or a coroutine function) until true; a deadline is the backstop."""
     deadline = time.monotonic() + timeout_s
-    while not predicate():
+    while not await _truth(predicate()):
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout_s}s")
         await asyncio.sleep(0.01)

@@ -105,7 +105,7 @@ async def test_a_run_without_a_traceparent_starts_a_trace_of_its_own(
 def test_the_noop_tracer_is_the_default_and_leaves_llm_clients_unwrapped() -> None:
     assert isinstance(current_tracer(), NoopTracer)
     assert not isinstance(get_llm_client("fake", settings=Settings()), TracedLLMClient)
-    with pytest.raises(ConfigurationError, match="noop or otel"):
+    with pytest.raises(ConfigurationError, match="noop, otel, langfuse"):
         tracer_for("zipkin")
 
 
@@ -116,3 +116,44 @@ def test_the_traceparent_is_not_part_of_an_idempotent_requests_fingerprint() -> 
     )
     assert one.fingerprint() == other.fingerprint()
     assert one.fingerprint() != SubmitRequest("a", "user:1", metadata={"k": 2}).fingerprint()
+
+
+async def test_a_failed_attempt_span_is_an_error_with_the_reason_and_bodies_stay_out_by_default(
+    wstore: EventStore, exporter: InMemorySpanExporter
+) -> None:
+    from opentelemetry.trace import StatusCode
+
+    from tests.consumers.agents import Permanent
+
+    found = registry()
+    found.register(Permanent())
+    await wstore.submit(SubmitRequest("permanent", "user:1"))
+    await wstore.submit(SubmitRequest("traced", "user:1"))
+    await burst(wstore, registry=found)
+
+    spans = exporter.get_finished_spans()
+    [failed] = by_name(spans, "run permanent")
+    assert failed.status.status_code is StatusCode.ERROR
+    assert "failed: " in str(failed.status.description) and "the prompt is invalid" in str(
+        failed.status.description
+    )
+    assert not [s.name for s in spans if s.attributes and "gen_ai.input.messages" in s.attributes]
+
+
+async def test_with_trace_content_llm_spans_carry_the_messages_and_the_answer(wstore: EventStore) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    use_tracer(OTelTracer(provider, capture_content=True))
+    try:
+        await wstore.submit(SubmitRequest("traced", "user:1"))
+        await burst(wstore, registry=registry())
+    finally:
+        use_tracer(NoopTracer())
+        provider.shutdown()
+    llm_spans = by_name(exporter.get_finished_spans(), "llm ")
+    assert len(llm_spans) == 2
+    for span in llm_spans:
+        assert span.attributes is not None
+        assert '"role":"user"' in str(span.attributes["gen_ai.input.messages"])
+        assert '"role":"assistant"' in str(span.attributes["gen_ai.output.messages"])

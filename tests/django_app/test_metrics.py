@@ -81,6 +81,13 @@ def test_metrics_after_a_scripted_workload_show_runs_queues_dead_letters_retries
     assert m[("agentstream_dead_letters", ())] == 1
     assert m[("agentstream_delayed_runs", ())] == 0
     assert m[("agentstream_sse_clients", ())] == 0
+    # deployment-wide counters, counted by the Lua scripts in Redis (not by any process)
+    assert m[("agentstream_retries_total", ())] == 1
+    assert m[("agentstream_reclaims_total", ())] == 0
+    assert m[("agentstream_dead_lettered_total", ())] == 1
+    assert m[("agentstream_runs_finished_total", (("status", "succeeded"),))] == 3
+    assert m[("agentstream_runs_finished_total", (("status", "failed"),))] == 1
+    assert m[("agentstream_log_events_total", ())] == m[("agentstream_log_entries", ())] > 0
     lags = {labels: v for (name, labels), v in m.items() if name == "agentstream_projector_unread"}
     assert len(lags) == 4 and set(lags.values()) == {0}  # 4 partitions, the read-model caught up
     assert all(dict(labels)["group"] == "projection:read_model" for labels in lags)

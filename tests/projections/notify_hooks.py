@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+from pathlib import Path
 
 from agentstream.projections.notify import RunFinished
 
@@ -20,3 +22,20 @@ def explode(finished: RunFinished) -> None:
 
 
 not_callable = 42
+
+
+_calls_here = 0
+
+
+def recorded_in_a_file(finished: RunFinished) -> None:
+    """Appends ``<pid> <run id>`` to ``$NOTIFY_LOG``. With ``$NOTIFY_BLOCK_AFTER=n`` the call after
+    the n-th writes its run id to ``$NOTIFY_BLOCKED`` and never returns (the test kills us there)."""
+    global _calls_here
+    with lock:
+        _calls_here += 1
+        block_after = os.environ.get("NOTIFY_BLOCK_AFTER")
+        if block_after is not None and _calls_here > int(block_after):
+            Path(os.environ["NOTIFY_BLOCKED"]).write_text(finished.run_id)
+            threading.Event().wait()
+        with open(os.environ["NOTIFY_LOG"], "a") as out:
+            out.write(f"{os.getpid()} {finished.run_id}\n")

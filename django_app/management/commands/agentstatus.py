@@ -31,6 +31,8 @@ def render(status: DeploymentStatus, runs_by_status: dict[str, int]) -> str:
         "",
         f"delayed (retries, scheduled): {status.delayed}   dead letters: {status.dead_letters}   "
         f"log entries: {status.log_length}",
+        f"since the start: {status.counters.log_events} events, {status.counters.retries} retries, "
+        f"{status.counters.reclaims} reclaims, {status.counters.dead_letters} dead-lettered",
         "runs: " + (", ".join(f"{k} {v}" for k, v in sorted(runs_by_status.items())) or "none projected yet"),
     ]
     return "\n".join(lines)

@@ -49,6 +49,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--claim-every-s", type=float, default=5.0, help="how often to look for them")
         parser.add_argument(
+            "--sweep-every-s",
+            type=float,
+            default=5.0,
+            help="how often to deliver run_finished notices a dead projector left undelivered",
+        )
+        parser.add_argument(
             "--trim-every-s", type=float, default=60.0, help="how often to trim the logs (0: never)"
         )
         parser.add_argument(
@@ -114,6 +120,7 @@ class Command(BaseCommand):
                 block_ms=opts["block_ms"],
                 claim_idle_ms=opts["claim_idle_ms"],
                 claim_every_s=opts["claim_every_s"],
+                sweep_every_s=opts["sweep_every_s"],
             )
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
