@@ -751,6 +751,8 @@ class ScriptBatcher:
                     result = await self._scripts[name](keys=list(keys), args=list(args))
                 except Exception as exc:
                     result = exc
+                if future.done():  # its caller was cancelled while the script was reloaded
+                    continue
             if isinstance(result, Exception):
                 future.set_exception(result)
             else:
