@@ -77,7 +77,24 @@ def cluster_from_url(url: str, **options: Any) -> RedisCluster:
         options[name] = parse(value)
     if parts.scheme.lower() == "rediss+cluster":
         options["ssl"] = True
-    return RedisCluster(startup_nodes=nodes, **options)
+    connection_class = options.pop("connection_class", None)
+    client = RedisCluster(startup_nodes=nodes, **options)
+    if connection_class is not None:
+        _use_connection_class(client, connection_class)
+    return client
+
+
+def _use_connection_class(client: RedisCluster, connection_class: type[Any]) -> None:
+    """RedisCluster takes no ``connection_class``; set it where its node manager makes nodes
+    (as redis-py itself does for its maintenance hooks). Should that change, only the faster
+    packer is lost."""
+    manager = getattr(client, "nodes_manager", None)
+    kwargs = getattr(manager, "connection_kwargs", None)
+    if not isinstance(kwargs, dict):
+        return
+    kwargs["connection_class"] = connection_class
+    for node in getattr(manager, "startup_nodes", {}).values():
+        node.connection_class = connection_class
 
 
 def _node(hostport: str, url: str) -> ClusterNode:
