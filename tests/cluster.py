@@ -76,31 +76,11 @@ class RedisClusterServers:
         for port in self.ports:
             node_dir = self.directory / str(port)
             node_dir.mkdir(parents=True, exist_ok=True)
-            self.procs.append(
-                subprocess.Popen(
-                    [
-                        server,
-                        "--port",
-                        str(port),
-                        "--bind",
-                        "127.0.0.1",
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        str(node_dir / "nodes.conf"),
-                        "--cluster-node-timeout",
-                        "2000",
-                        "--appendonly",
-                        "no",
-                        "--save",
-                        "",
-                        "--dir",
-                        str(node_dir),
-                        "--logfile",
-                        str(node_dir / "redis.log"),
-                    ],
-                )  # fmt: skip
-            )
+            args = [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                    "--cluster-config-file", str(node_dir / "nodes.conf"), "--cluster-node-timeout", "2000",
+                    "--appendonly", "no", "--save", "", "--dir", str(node_dir),
+                    "--logfile", str(node_dir / "redis.log")]  # fmt: skip
+            self.procs.append(subprocess.Popen(args))
         for port in self.ports:
             wait_until(lambda port=port: _pings(port), 20, f"cluster node on port {port}")
         subprocess.run(
