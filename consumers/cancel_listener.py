@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from agentstream.core.cluster import ready
 from agentstream.core.store import Redis
 
 log = logging.getLogger("agentstream.worker")
@@ -31,8 +32,11 @@ class CancelListener:
         """Listen until cancelled; reconnect after a lost connection."""
         delay_s = 0.1
         while not self._stopped:
+            # on a cluster: one node's connection (PUBLISH reaches every node); after a failover
+            # the next round picks the slot's new master
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
+                await ready(self._client)
                 await pubsub.subscribe(self._channel)
                 self.ready.set()
                 delay_s = 0.1

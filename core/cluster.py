@@ -114,6 +114,13 @@ def is_cluster(client: object) -> bool:
     return isinstance(client, RedisCluster)
 
 
+async def ready(client: object) -> None:
+    """Let a cluster client learn the slot map before something needs it without a command
+    (a pub/sub connection picks its node by the channel's slot); a no-op once it knows it."""
+    if isinstance(client, RedisCluster):
+        await client.initialize()
+
+
 @dataclass(frozen=True, slots=True)
 class SlotRouting:
     """Which partitions one multi-key command may span: all of them, or (cluster) one."""
