@@ -134,7 +134,7 @@ async def test_pipelined_scripts_reload_on_every_node_that_lost_them(
     for port in redis_cluster.ports:
         with redis.Redis(port=port) as node:
             node.script_flush()
-    results = await asyncio.gather(*(cluster_store.submit(request()) for _ in range(30)))
+    results = await asyncio.gather(*(cluster_store.submit(request()) for _ in range(60)))
     partitions = {cluster_store.keys.run_partition(r.run_id) for r in results}
     assert len(partitions) > 3 and all(r.created for r in results)
     nodes = {redis_cluster.master_of(cluster_store.keys.run_stream(r.run_id)) for r in results}
@@ -155,8 +155,14 @@ async def test_a_cancel_published_on_any_master_reaches_a_worker_listening_on_an
     listening = asyncio.create_task(listener.run())
     try:
         await asyncio.wait_for(listener.ready.wait(), 10)
-        runs = [c.run_id for c in await running_runs(cluster_store, 12)]
-        by_node = {redis_cluster.master_of(cluster_store.keys.run_stream(r)): r for r in runs}
+        by_node: dict[int, str] = {}
+        for _ in range(200):  # a run on every master
+            [started] = await running_runs(cluster_store, 1)
+            by_node.setdefault(
+                redis_cluster.master_of(cluster_store.keys.run_stream(started.run_id)), started.run_id
+            )
+            if len(by_node) == len(redis_cluster.ports):
+                break
         assert len(by_node) == 3, "the runs should span every master"
         for run_id in by_node.values():
             assert not (await cluster_store.cancel(run_id, reason="test")).cancelled  # requested
@@ -205,6 +211,9 @@ async def test_the_sse_hub_holds_one_blocking_read_per_partition_whatever_the_nu
                 await hub.subscribe(c.run_id, state.seq, buffer)
         assert hub.clients == 240 and hub.shards == len(partitions) > 3
         await every_client_gets_the_next_event(many, EventType.TOOL_CALL)
-        assert tail_connections() == with_few, "the hub's connections grew with its clients"
+        # in flight: one read per shard; idle beside them: redis-py's first-use command lookups,
+        # at most one per read that ran concurrently. Neither grows with the clients.
+        bound = 2 * len(partitions)
+        assert with_few <= bound and tail_connections() <= bound, (with_few, tail_connections())
     finally:
         await hub.close()

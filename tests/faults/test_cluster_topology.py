@@ -106,7 +106,9 @@ def test_the_whole_flow_runs_on_a_three_master_redis_cluster(
     client = redis.RedisCluster(host="127.0.0.1", port=redis_cluster.ports[0])
     try:
         # submit: runs land in every partition, so on every master
-        run_ids = [submit(topo, steps=5) for _ in range(30)]
+        run_ids: list[str] = []
+        while len({keys.run_partition(r) for r in run_ids}) < PARTITIONS and len(run_ids) < 200:
+            run_ids += [submit(topo, steps=5) for _ in range(12)]
         partitions = {keys.run_partition(r) for r in run_ids}
         masters = {redis_cluster.master_of(keys.run_stream(r)) for r in run_ids}
         assert len(partitions) == PARTITIONS and masters == set(redis_cluster.ports), (partitions, masters)
