@@ -22,11 +22,12 @@ could disagree with the address.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from redis._parsers.commands import AsyncCommandsParser
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
@@ -81,7 +82,51 @@ def cluster_from_url(url: str, **options: Any) -> RedisCluster:
     client = RedisCluster(startup_nodes=nodes, **options)
     if connection_class is not None:
         _use_connection_class(client, connection_class)
+    client.commands_parser = StreamKeysParser()
     return client
+
+
+class StreamKeysParser(AsyncCommandsParser):
+    """Finds the keys of XREAD / XREADGROUP without asking the server.
+
+    redis-py routes a command with "movable" keys by sending ``COMMAND GETKEYS`` first: one more
+    round trip for every read of the hot paths (measured: 2.2 s of a 9 s worker profile, and a
+    connection per concurrent read on the default node). Their keys are simply the first half
+    of what follows ``STREAMS``. Should redis-py stop calling this hook, only the saving is lost.
+    """
+
+    async def _get_moveable_keys(self, *args: Any) -> tuple[Any, ...] | None:
+        keys = stream_keys(args)
+        if keys is None:
+            found: tuple[Any, ...] | None = await super()._get_moveable_keys(*args)
+            return found
+        return keys
+
+
+_OPTION_ARITY = {"GROUP": 3, "COUNT": 2, "BLOCK": 2, "NOACK": 1, "CLAIM": 2}
+
+
+def stream_keys(args: Sequence[Any]) -> tuple[Any, ...] | None:
+    """The keys of ``XREAD`` / ``XREADGROUP args...`` (None for another command or odd args)."""
+    if not args or _word(args[0]) not in ("XREAD", "XREADGROUP"):
+        return None
+    i = 1
+    while i < len(args):
+        word = _word(args[i])
+        if word == "STREAMS":
+            rest = args[i + 1 :]
+            return tuple(rest[: len(rest) // 2]) if rest and len(rest) % 2 == 0 else None
+        step = _OPTION_ARITY.get(word)
+        if step is None:
+            return None
+        i += step
+    return None
+
+
+def _word(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace").upper()
+    return str(value).upper()
 
 
 def _use_connection_class(client: RedisCluster, connection_class: type[Any]) -> None:

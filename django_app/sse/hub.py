@@ -31,7 +31,7 @@ from typing import Any, Protocol, cast
 
 import redis.asyncio as aioredis
 
-from agentstream.core.cluster import SlotRouting, is_cluster_url
+from agentstream.core.cluster import SlotRouting, is_cluster_url, ready
 from agentstream.core.codec import decode_entry
 from agentstream.core.errors import CorruptEntry
 from agentstream.core.settings import Settings
@@ -193,6 +193,8 @@ class Hub:
 
     async def _tail(self, shard_id: int, shard: _Shard) -> None:
         backoff_s = 0.05
+        with contextlib.suppress(Exception):  # a cluster client that knows its slots before the
+            await ready(self._blocking)  # shards' first reads opens no spare connections
         while not self._closed:
             streams = self._streams(shard_id)
             if not streams:

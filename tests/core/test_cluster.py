@@ -11,7 +11,7 @@ import pytest
 import redis
 from redis.asyncio.cluster import RedisCluster
 
-from agentstream.core.cluster import FanIn, SlotRouting, cluster_from_url, is_cluster_url
+from agentstream.core.cluster import FanIn, SlotRouting, cluster_from_url, is_cluster_url, stream_keys
 from agentstream.core.events import EventType
 from agentstream.core.settings import Settings
 from agentstream.core.store import Claim, EventStore, HiredisPackConnection, SubmitRequest, redis_from_url
@@ -49,6 +49,14 @@ def test_a_cluster_client_packs_commands_with_hiredis_like_a_single_redis_client
     client = redis_from_url("redis+cluster://127.0.0.1:1")
     assert isinstance(client, RedisCluster)
     assert client.nodes_manager.connection_kwargs["connection_class"] is HiredisPackConnection
+
+
+def test_the_keys_of_stream_reads_are_found_without_asking_the_server() -> None:
+    assert stream_keys(["XREAD", "COUNT", 5, "BLOCK", 0, "STREAMS", "a", "b", "0-0", "1-0"]) == ("a", "b")
+    group_read = [b"XREADGROUP", b"GROUP", b"streams", b"c", b"NOACK", b"STREAMS", b"q", b">"]
+    assert stream_keys(group_read) == (b"q",)
+    assert stream_keys(["XREAD", "STREAMS", "a", "b", "c"]) is None  # odd: left to the server
+    assert stream_keys(["GET", "a"]) is None
 
 
 def test_a_single_redis_reads_every_partition_in_one_command_a_cluster_one_per_partition() -> None:
@@ -211,9 +219,29 @@ async def test_the_sse_hub_holds_one_blocking_read_per_partition_whatever_the_nu
                 await hub.subscribe(c.run_id, state.seq, buffer)
         assert hub.clients == 240 and hub.shards == len(partitions) > 3
         await every_client_gets_the_next_event(many, EventType.TOOL_CALL)
-        # in flight: one read per shard; idle beside them: redis-py's first-use command lookups,
-        # at most one per read that ran concurrently. Neither grows with the clients.
-        bound = 2 * len(partitions)
+        # one per shard, plus the one the client discovered the cluster through
+        bound = len(partitions) + 1
         assert with_few <= bound and tail_connections() <= bound, (with_few, tail_connections())
     finally:
         await hub.close()
+
+
+@pytest.mark.redis
+@pytest.mark.cluster
+async def test_a_cluster_read_costs_no_command_getkeys_round_trip(
+    cluster_store: EventStore, redis_cluster: RedisClusterServers
+) -> None:
+    def getkeys_calls() -> int:
+        total = 0
+        for port in redis_cluster.ports:
+            with redis.Redis(port=port) as node:
+                stats = node.info("commandstats")
+            total += int(stats.get("cmdstat_command|getkeys", {}).get("calls", 0))
+        return total
+
+    run_id = (await cluster_store.submit(request())).run_id
+    before = getkeys_calls()
+    for _ in range(5):
+        assert await cluster_store.tail({run_id: 0}, block_ms=100)
+        await claim(cluster_store, (await cluster_store.submit(request())).run_id)  # XREADGROUP
+    assert getkeys_calls() == before
