@@ -28,6 +28,7 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from redis._parsers.commands import AsyncCommandsParser
+from redis.asyncio.client import PubSub, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
@@ -164,6 +165,19 @@ async def ready(client: object) -> None:
     (a pub/sub connection picks its node by the channel's slot); a no-op once it knows it."""
     if isinstance(client, RedisCluster):
         await client.initialize()
+
+
+def subscriber(client: Redis | RedisCluster, attempt: int = 0) -> PubSub:
+    """A pub/sub connection that ignores subscribe confirmations.
+
+    On a cluster it is bound to one node, chosen in turn by ``attempt`` among the nodes the
+    client knows: a classic PUBLISH reaches every node, and after a failover the slot map can
+    still name the dead master, which a choice by the channel's slot would retry forever."""
+    if isinstance(client, RedisCluster):
+        nodes = sorted(client.get_nodes(), key=lambda n: n.name)
+        if nodes:
+            return client.pubsub(node=nodes[attempt % len(nodes)], ignore_subscribe_messages=True)
+    return client.pubsub(ignore_subscribe_messages=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,19 +57,29 @@ def wait_until(condition: object, timeout_s: float, what: str) -> None:
 @dataclass
 class RedisClusterServers:
     directory: Path
+    replicas: int = 0  # per master
     ports: list[int] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def url(self) -> str:
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.alive())
+
+    def alive(self) -> list[int]:
+        return [port for port, proc in zip(self.ports, self.procs, strict=True) if proc.poll() is None]
+
+    def kill(self, port: int) -> None:
+        """kill -9 one node."""
+        proc = self.procs[self.ports.index(port)]
+        proc.kill()
+        proc.wait(10)
 
     def start(self) -> None:
         found = binaries()
         assert found, missing_binaries_message()
         server, cli = found
         taken: set[int] = set()
-        for _ in range(MASTERS):
+        for _ in range(MASTERS * (1 + self.replicas)):
             port = free_cluster_port(taken)
             taken |= {port, port + 10000}
             self.ports.append(port)
@@ -83,16 +93,21 @@ class RedisClusterServers:
             self.procs.append(subprocess.Popen(args))
         for port in self.ports:
             wait_until(lambda port=port: _pings(port), 20, f"cluster node on port {port}")
-        subprocess.run(
-            [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports), "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        nodes = [f"127.0.0.1:{p}" for p in self.ports]
+        create = [
+            cli,
+            "--cluster",
+            "create",
+            *nodes,
+            "--cluster-yes",
+            "--cluster-replicas",
+            str(self.replicas),
+        ]
+        subprocess.run(create, check=True, capture_output=True, timeout=60)
         wait_until(self.ok, 30, "cluster_state:ok on every node")
 
     def ok(self) -> bool:
-        for port in self.ports:
+        for port in self.alive():
             try:
                 with redis.Redis(port=port, socket_connect_timeout=0.5) as client:
                     info = client.execute_command("CLUSTER", "INFO")
@@ -103,9 +118,13 @@ class RedisClusterServers:
                 return False
         return True
 
+    def masters(self) -> set[int]:
+        with redis.Redis(port=self.alive()[0]) as client:
+            return {int(master[1]) for _, _, master, *_ in client.execute_command("CLUSTER", "SLOTS")}
+
     def master_of(self, key: str) -> int:
         """The port of the master serving ``key``'s slot."""
-        with redis.Redis(port=self.ports[0]) as client:
+        with redis.Redis(port=self.alive()[0]) as client:
             slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
             for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
                 if int(start) <= slot <= int(end):
