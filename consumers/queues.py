@@ -7,6 +7,10 @@ its batch size), then the others in rotation (every queue gets its turn). When t
 nothing, a blocking read waits on every queue for one job each, and is woken by the first;
 if several queues fill at once it can return a few more than ``free`` (the worker keeps them
 in a backlog that it starts first and whose leases it renews).
+
+On a single Redis the plan's queues are read with ONE XREADGROUP. On Redis Cluster a command
+may not span slots, so ``core.cluster.SlotReads`` sends one per partition, concurrently; a
+blocking read returns with the first partition that has a job and keeps the others in flight.
 """
 
 from __future__ import annotations
