@@ -1,6 +1,7 @@
 """A master of a Redis Cluster killed -9 and replaced by its replica: runs of its partitions go
-on (the client follows the new slot map, the new master learns the scripts on NOSCRIPT), and the
-cancel broadcast is heard again (the listener resubscribes)."""
+on (the client follows the new slot map, the new master learns the scripts on NOSCRIPT), an SSE
+client of one of them gets its next event, and the cancel broadcast is heard again (the listener
+moves to another node)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from agentstream.consumers.cancel_listener import CancelListener
 from agentstream.core.events import EventType
 from agentstream.core.settings import Settings
 from agentstream.core.store import Claim, EventStore, SubmitRequest, redis_from_url
+from agentstream.django_app.sse.buffers import AsyncBuffer
+from agentstream.django_app.sse.hub import Hub
 from tests.cluster import RedisClusterServers, binaries
 from tests.core.storetools import claim
 from tests.services import require
@@ -65,11 +68,14 @@ async def test_after_a_master_fails_over_its_runs_go_on_and_cancels_are_heard(
     heard: asyncio.Queue[str] = asyncio.Queue()
     listener = CancelListener(client, store.keys.cancel_channel(), heard.put_nowait)
     listening = asyncio.create_task(listener.run())
+    hub = Hub(store.settings, url=servers.url, block_ms=2000)
     try:
         await asyncio.wait_for(listener.ready.wait(), 10)
         claims: list[Claim] = [await claim(store, (await store.submit(request())).run_id) for _ in range(24)]
         victim = servers.master_of(store.keys.run_stream(claims[0].run_id))
         on_victim = [c for c in claims if servers.master_of(store.keys.run_stream(c.run_id)) == victim]
+        watching = AsyncBuffer(100)  # an SSE client of a run whose master is about to die
+        await hub.subscribe(on_victim[0].run_id, on_victim[0].seq, watching)
         with redis.Redis(port=victim) as node:
             assert node.execute_command("WAIT", 1, 5000) == 1  # the replica has every write
         for port in servers.ports:  # the replica that takes over never saw the scripts
@@ -88,6 +94,9 @@ async def test_after_a_master_fails_over_its_runs_go_on_and_cancels_are_heard(
             await until_redis_answers(
                 lambda c=c: store.append(c.run_id, c.attempt, EventType.ASSISTANT_MESSAGE, {})
             )
+        # the SSE hub's read of that partition reconnected to the new master: the client sees it
+        frames = await watching.take(20)
+        assert frames is not None and frames[0].event.type == EventType.ASSISTANT_MESSAGE
         # a cancel published after the failover is heard (the listener resubscribed if it had to)
         target = on_victim[0]
         outcome = await until_redis_answers(lambda: store.cancel(target.run_id, reason="failover"))
@@ -97,6 +106,7 @@ async def test_after_a_master_fails_over_its_runs_go_on_and_cancels_are_heard(
         fresh = [await until_redis_answers(lambda: store.submit(request())) for _ in range(24)]
         assert {servers.master_of(store.keys.run_stream(r.run_id)) for r in fresh} == servers.masters()
     finally:
+        await hub.close()
         listener.stop()
         listening.cancel()
         await asyncio.gather(listening, return_exceptions=True)
