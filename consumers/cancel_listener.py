@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from agentstream.core.cluster import ready, subscriber
 from agentstream.core.store import Redis
 
 log = logging.getLogger("agentstream.worker")
@@ -30,9 +31,13 @@ class CancelListener:
     async def run(self) -> None:
         """Listen until cancelled; reconnect after a lost connection."""
         delay_s = 0.1
+        failures = 0
         while not self._stopped:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            # on a cluster: one node's connection (PUBLISH reaches every node), the next node
+            # after each failure, so a dead node the slot map still names is not retried forever
+            pubsub = subscriber(self._client, failures)
             try:
+                await ready(self._client)
                 await pubsub.subscribe(self._channel)
                 self.ready.set()
                 delay_s = 0.1
@@ -45,6 +50,7 @@ class CancelListener:
                 raise
             except Exception as exc:
                 self.ready.clear()
+                failures += 1
                 log.warning("cancel listener lost its connection (%s); heartbeats cover the gap", exc)
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)

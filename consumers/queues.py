@@ -7,14 +7,20 @@ its batch size), then the others in rotation (every queue gets its turn). When t
 nothing, a blocking read waits on every queue for one job each, and is woken by the first;
 if several queues fill at once it can return a few more than ``free`` (the worker keeps them
 in a backlog that it starts first and whose leases it renews).
+
+On a single Redis the plan's queues are read with ONE XREADGROUP. On Redis Cluster a command
+may not span slots, so ``core.cluster.SlotReads`` sends one per partition, concurrently; a
+blocking read returns with the first partition that has a job and keeps the others in flight.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agentstream.core.cluster import SlotReads, SlotRouting
 from agentstream.core.ids import is_valid_id, partition_of
 from agentstream.core.keys import WORKERS_GROUP
 from agentstream.core.store import Redis
@@ -68,6 +74,22 @@ class QueueReader:
         self.queues = list(queues)
         self._hot: list[Queue] = []  # queues the last read found jobs in
         self._rotation = 0
+        self._by_key = {q.key: q for q in self.queues}
+        # one XREADGROUP over every queue on a single Redis; one per partition on a cluster
+        self._routing = SlotRouting.of(client)
+        self._reads: SlotReads[Queue, list[Any]] = SlotReads()
+
+    async def _read_queues(self, count: int, queues: list[Queue], block_ms: int | None) -> list[Any]:
+        streams: dict[Any, Any] = {q.key: ">" for q in queues}
+        reply: Any = await self._client.xreadgroup(
+            WORKERS_GROUP, self._consumer, streams, count=count, block=block_ms or None
+        )
+        return list(reply or [])
+
+    async def close(self) -> None:
+        """Cancel blocking reads still in flight on a cluster (their jobs stay pending: the
+        worker hands its pending jobs back when it stops)."""
+        await self._reads.close()
 
     async def read(self, free: int, *, block_ms: int | None = None) -> list[Job]:
         """Up to ``free`` jobs at once, or (``block_ms``) wait that long for the first."""
@@ -76,15 +98,12 @@ class QueueReader:
         else:
             plan = plan_read(self.queues, self._hot, self._rotation, free)
             self._rotation += len(plan.queues)
-        by_key = {q.key: q for q in plan.queues}
-        streams: dict[Any, Any] = {q.key: ">" for q in plan.queues}
-        reply: Any = await self._client.xreadgroup(
-            WORKERS_GROUP, self._consumer, streams, count=plan.count, block=block_ms or None
-        )
+        groups = self._routing.group(plan.queues, lambda q: q.partition)
+        replies = await self._reads.read(groups, functools.partial(self._read_queues, plan.count), block_ms)
         jobs: list[Job] = []
         hot: list[Queue] = []
-        for stream, entries in reply or []:
-            queue = by_key[_s(stream)]
+        for stream, entries in (item for reply in replies for item in reply):
+            queue = self._by_key[_s(stream)]
             if entries:
                 hot.append(queue)
             jobs += [job_from(queue, _s(entry_id), fields) for entry_id, fields in entries]

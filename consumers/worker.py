@@ -141,6 +141,7 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await claim_loop  # re-raises what crashed it, after the drain below
         finally:
+            await self.reader.close()  # before the drain: it hands back what those reads took
             await self._drain()
             self._closing = True
             self.cancel_listener.stop()

@@ -19,7 +19,7 @@ P:{p}:agents               set      agent keys that have a queue in this partiti
 P:{p}:stats                hash     deployment-wide counters (retries, reclaims, dead_letters,
                                     finished:<status>), HINCRBY'd by the transition's script
 P:cancel                   channel  pub/sub: run ids whose cancellation was requested
-P:sse:wake:<hub>           stream   wakes one SSE hub's blocking XREAD when its clients change
+P:{p}:sse:wake:<hub>       stream   wakes one SSE hub's blocking XREAD of partition p (its shard)
 ========================== ======== ==========================================================
 
 The Lua scripts in ``core/lua`` receive these names from here (KEYS / ARGV); they never build a
@@ -91,5 +91,7 @@ class Keys:
     def cancel_channel(self) -> str:
         return f"{self.prefix}:cancel"
 
-    def sse_wake(self, hub_id: str) -> str:
-        return f"{self.prefix}:sse:wake:{hub_id}"
+    def sse_wake(self, hub_id: str, shard: int = 0) -> str:
+        """The wake-up stream of one of a hub's blocking reads; the read of partition ``shard``
+        on a cluster (on a single Redis the one read of shard 0), so it shares their slot."""
+        return f"{self.tag(shard)}:sse:wake:{hub_id}"

@@ -15,10 +15,12 @@ from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from agentstream.core import scripts
+from agentstream.core.cluster import SlotRouting, cluster_from_url, is_cluster_url
 from agentstream.core.codec import decode_entry, decode_payload, encode_payload
 from agentstream.core.errors import (
     ConversationBusy,
@@ -42,7 +44,9 @@ from agentstream.core.settings import POLICIES, Settings
 from agentstream.core.state import RunState, RunStatus
 from agentstream.core.tracing import TRACEPARENT
 
-Redis = aioredis.Redis
+# A single Redis (or fakeredis) or a Redis Cluster: the commands used here exist on both, and
+# the reads that differ are grouped in ``core/cluster.py``.
+Redis = aioredis.Redis | RedisCluster
 # What the stream reads return with decode_responses=False (redis-py's stubs are looser).
 Fields = dict[bytes, bytes]
 Entries = list[tuple[bytes, Fields]]
@@ -135,11 +139,13 @@ class LogEntry:
 READ_TIMEOUT_S = 60.0
 
 
-def redis_from_url(url: str) -> Redis:
-    """A client for ``redis://``, ``rediss://``, ``unix://``, or ``fakeredis://<name>``.
+def redis_from_url(url: str, **overrides: Any) -> Redis:
+    """A client for ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://host:port,...``
+    (Redis Cluster, see ``core/cluster.py``), or ``fakeredis://<name>``.
 
     ``fakeredis://`` is the embedded default: an in-process Redis with Lua, shared by every
-    client in the process that names the same server.
+    client in the process that names the same server. ``overrides``: connection options that
+    replace the defaults below (a longer ``socket_timeout`` for a long blocking read, ...).
     """
     if url.startswith("fakeredis://"):
         import fakeredis
@@ -155,8 +161,12 @@ def redis_from_url(url: str) -> Redis:
         "socket_connect_timeout": 5,
         "socket_keepalive": True,
     }
-    if url.startswith("redis://") and _hiredis_pack is not None:
+    plain = url.startswith(("redis://", "redis+cluster://"))
+    if plain and _hiredis_pack is not None:
         options["connection_class"] = HiredisPackConnection
+    options.update(overrides)
+    if is_cluster_url(url):
+        return cluster_from_url(url, **options)
     client: Redis = aioredis.Redis.from_url(url, **options)
     return client
 
@@ -674,12 +684,25 @@ class EventStore:
         """One blocking XREAD over many runs: ``{run_id: events after its cursor}``."""
         if not cursors:
             return {}
-        streams: dict[Any, Any] = {self.keys.run_stream(r): after_seq_id(seq) for r, seq in cursors.items()}
-        reply = cast(
-            list[tuple[bytes, Entries]], await self.redis.xread(streams, count=count, block=block_ms)
-        )
+        groups = SlotRouting.of(self.redis).group(cursors.items(), lambda c: self.keys.run_partition(c[0]))
+
+        async def read(group: list[tuple[str, int]]) -> list[tuple[bytes, Entries]]:
+            streams: dict[Any, Any] = {self.keys.run_stream(r): after_seq_id(seq) for r, seq in group}
+            reply = await self.redis.xread(streams, count=count, block=block_ms)
+            return cast(list[tuple[bytes, Entries]], reply or [])
+
+        if len(groups) == 1:
+            [only] = groups.values()
+            reply = await read(only)
+        else:  # a cluster: one XREAD per slot; the first answer wins (XREAD takes nothing away)
+            reads = {asyncio.ensure_future(read(g)) for g in groups.values()}
+            done, rest = await asyncio.wait(reads, return_when=asyncio.FIRST_COMPLETED)
+            for task in rest:
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+            reply = [item for task in done for item in task.result()]
         out: dict[str, list[Event]] = {}
-        for key, entries in reply or []:
+        for key, entries in reply:
             run_id = _s(key).rsplit(":", 1)[-1]
             out[run_id] = [decode_entry(fields, run_id) for _, fields in entries]
         return out

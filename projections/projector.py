@@ -32,6 +32,7 @@ from django.db import connections, transaction
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from agentstream.core.cluster import SlotReads, SlotRouting
 from agentstream.core.errors import CorruptEntry
 from agentstream.core.events import Event
 from agentstream.core.keys import Keys
@@ -127,6 +128,9 @@ class Projector:
         self.options = options or ProjectorOptions()
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.logs = {keys.log(p): p for p in range(keys.partitions)}
+        # one XREADGROUP over every log on a single Redis; one per partition on a cluster
+        self._log_groups = SlotRouting.of(redis).group(self.logs, self.logs.__getitem__)
+        self._reads: SlotReads[str, list[Any]] = SlotReads()
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"projector-{projection.name}")
         self._claim_cursors = dict.fromkeys(range(keys.partitions), "0-0")
         self._next_claim_at = 0.0
@@ -251,11 +255,15 @@ class Projector:
             raise
 
     async def read(self, *, block_ms: int | None) -> Delivery:
-        streams: dict[Any, Any] = dict.fromkeys(self.logs, ">")
+        replies = await self._reads.read(self._log_groups, self._read_logs, block_ms)
+        return decode_delivery([(self.logs[_s(key)], entries) for reply in replies for key, entries in reply])
+
+    async def _read_logs(self, log_keys: list[str], block_ms: int | None) -> list[Any]:
+        streams: dict[Any, Any] = dict.fromkeys(log_keys, ">")
         reply: Any = await self.redis.xreadgroup(
             self.group, self.consumer, streams, count=self.options.batch, block=block_ms
         )
-        return decode_delivery([(self.logs[_s(key)], entries) for key, entries in reply or []])
+        return list(reply or [])
 
     async def claim_stale(self, *, force: bool = False) -> Delivery:
         """Take over entries pending past ``claim_idle_ms`` (their consumer died mid-batch)."""
@@ -343,6 +351,7 @@ class Projector:
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
+        await self._reads.close()  # what a cut read took stays pending: claimed after claim_idle_ms
         try:
             await loop.run_in_executor(self._db, self._close_sync)
         finally:

@@ -1,25 +1,54 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from agentstream.core.settings import Settings
 from agentstream.core.store import EventStore, Redis, redis_from_url
+from tests.cluster import RedisClusterServers, binaries
 from tests.services import REDIS_UP, REDIS_URL, require
 
 # the live `agentstream demo` fixture, shared by the demo, dashboard and README tests
 pytest_plugins = ["tests.demo.live"]
 
 
-@pytest.fixture(params=["fakeredis", "redis"])
-def redis_url(request: pytest.FixtureRequest) -> str:
-    """Every contract test runs twice: on fakeredis (the embedded twin) and on real Redis."""
+BACKENDS = ["fakeredis", "redis"]
+# suites that must hold on Redis Cluster too override ``redis_url`` with these params
+WITH_CLUSTER = [*BACKENDS, pytest.param("cluster", marks=[pytest.mark.redis, pytest.mark.cluster])]
+
+
+def backend_url(request: pytest.FixtureRequest) -> str:
     if request.param == "redis":
         require("Redis", REDIS_UP)
         return REDIS_URL
+    if request.param == "cluster":
+        return str(request.getfixturevalue("cluster_url"))
     return f"fakeredis://{uuid.uuid4().hex}"
+
+
+@pytest.fixture(params=BACKENDS)
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """Every contract test runs twice: on fakeredis (the embedded twin) and on real Redis."""
+    return backend_url(request)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A 3-master Redis Cluster of the session's own (skipped locally without the binaries)."""
+    require("redis-server and redis-cli (Redis Cluster tests)", binaries() is not None)
+    servers = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_url(redis_cluster: RedisClusterServers) -> str:
+    return redis_cluster.url
 
 
 @pytest.fixture

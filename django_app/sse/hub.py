@@ -3,7 +3,7 @@
 ::
 
     subscribe(run, after_seq, buffer) --> runs[run] = cursor, buffers    --XADD--> wake stream
-    tail task (one per shard):  XREAD BLOCK  {run streams at their cursors, wake stream}
+    tail task (one per shard):  XREAD BLOCK  {its run streams at their cursors, its wake stream}
         -> decode + encode each event ONCE -> buffer.deliver(frames) for every client of the run
     a buffer that overflows is dropped (its client is closed and resumes by Last-Event-ID)
 
@@ -12,8 +12,10 @@ to a wake-up stream of its own that every read includes; cancelling the read ins
 cost a connection each time (redis-py drops a connection whose command was interrupted).
 Unsubscribing needs no wake: a read over one stream too many is harmless.
 
-One shard: a single Redis (or fakeredis). Redis Cluster would run one tail task per node, each
-over the runs whose slots that node serves; ``shard_of`` is where that mapping goes.
+Shards (``core.cluster.SlotRouting``): on a single Redis (or fakeredis) ONE tail task reads every
+run. An XREAD may not span slots on Redis Cluster, so there the hub runs one tail task per
+partition that has subscribers, each with its own wake-up stream in that partition's slot: at
+most ``PARTITIONS`` blocking connections, whatever the number of clients.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any, Protocol, cast
 
 import redis.asyncio as aioredis
 
+from agentstream.core.cluster import SlotRouting, is_cluster_url, ready
 from agentstream.core.codec import decode_entry
 from agentstream.core.errors import CorruptEntry
 from agentstream.core.logfmt import run_fields
@@ -56,17 +59,39 @@ class Subscriber(Protocol):
 @dataclass(slots=True)
 class _RunTail:
     cursor: int
+    key: str  # the run's stream
+    shard: int  # the blocking read that tails it
     subscribers: set[Subscriber] = field(default_factory=set)
     ended: bool = False  # terminal event seen: nothing more to read
 
 
+@dataclass(slots=True)
+class _Shard:
+    """One blocking XREAD: the runs of its partitions, plus a wake-up stream in the same slot."""
+
+    wake_key: str
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    reading: bool = False
+    wake_sent: bool = False
+    wake_cursor: str = "0-0"
+    task: asyncio.Task[None] | None = None
+
+
 def hub_clients(url: str, block_ms: int = 10_000) -> tuple[Redis, Redis]:
-    """(reads, blocking tail): a bounded pool for replays and wake-ups, one connection for XREAD.
+    """(reads, blocking tail): a bounded pool for replays and wake-ups, and the tails' client.
 
     The tail's socket timeout outlasts its XREAD BLOCK (redis-py 8 defaults to 5 s, which would
-    cut every longer block short and drop the connection)."""
+    cut every longer block short and drop the connection). On a single Redis the tail holds one
+    connection; on a cluster one per partition with subscribers (a node's pool hands each
+    concurrent XREAD its own), however many clients there are."""
     if url.startswith("fakeredis://"):
         return redis_from_url(url), redis_from_url(url)
+    tail_timeout_s = block_ms / 1000 + 5
+    if is_cluster_url(url):
+        return (
+            redis_from_url(url, client_name=CLIENT_NAME),
+            redis_from_url(url, client_name=CLIENT_NAME, socket_timeout=tail_timeout_s),
+        )
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=READ_POOL_CONNECTIONS,
@@ -75,7 +100,7 @@ def hub_clients(url: str, block_ms: int = 10_000) -> tuple[Redis, Redis]:
         client_name=CLIENT_NAME,
     )
     tail = aioredis.Redis.from_url(
-        url, health_check_interval=30, client_name=CLIENT_NAME, socket_timeout=block_ms / 1000 + 5
+        url, health_check_interval=30, client_name=CLIENT_NAME, socket_timeout=tail_timeout_s
     )
     return aioredis.Redis(connection_pool=pool), tail
 
@@ -90,13 +115,10 @@ class Hub:
         self.count = count
         self.reads, self._blocking = hub_clients(url or settings.REDIS_URL, block_ms)
         self.store = EventStore(self.reads, settings)
-        self.wake_key = settings.keys.sse_wake(self.hub_id)
+        # one shard on a single Redis; one per partition on a cluster (an XREAD spans one slot)
+        self._routing = SlotRouting.of(self._blocking)
         self._runs: dict[str, _RunTail] = {}
-        self._changed = asyncio.Event()
-        self._reading = False
-        self._wake_sent = False
-        self._wake_cursor = "0-0"
-        self._task: asyncio.Task[None] | None = None
+        self._shards: dict[int, _Shard] = {}
         self._closed = False
         self.deliveries = 0  # frames handed to clients (for the benchmark and tests)
         self.dropped = 0  # clients closed because their buffer overflowed
@@ -111,6 +133,15 @@ class Hub:
     def runs(self) -> int:
         return len(self._runs)
 
+    @property
+    def shards(self) -> int:
+        """Blocking reads this hub keeps (its tail connections)."""
+        return len(self._shards)
+
+    @property
+    def _reading(self) -> bool:
+        return any(shard.reading for shard in self._shards.values())
+
     async def subscribe(self, run_id: str, after_seq: int, subscriber: Subscriber) -> int:
         """Deliver the run's events to ``subscriber`` from now on; returns the seq the hub has
         read the run up to. Above ``after_seq``, the caller reads the events in between itself
@@ -119,22 +150,35 @@ class Hub:
             raise RuntimeError("the SSE hub is closed")
         tail = self._runs.get(run_id)
         if tail is None:
-            tail = self._runs[run_id] = _RunTail(after_seq)
+            keys = self.store.keys
+            shard_id = self._routing.shard_of(keys.run_partition(run_id))
+            tail = self._runs[run_id] = _RunTail(after_seq, keys.run_stream(run_id), shard_id)
         tail.subscribers.add(subscriber)
-        self._ensure_task()
-        self._changed.set()
-        if self._reading and not self._wake_sent:
-            self._wake_sent = True  # one wake per read in flight, however many clients join
+        shard = self._shard(tail.shard)
+        shard.changed.set()
+        if shard.reading and not shard.wake_sent:
+            shard.wake_sent = True  # one wake per read in flight, however many clients join
             try:
-                await self._wake()
+                await self._wake(shard)
             except Exception as exc:  # the read in flight still ends within block_ms
                 log.warning("SSE hub wake-up failed (%s); the new client waits for the next read", exc)
         return tail.cursor
 
-    async def _wake(self) -> None:
+    def _shard(self, shard_id: int) -> _Shard:
+        shard = self._shards.get(shard_id)
+        if shard is None:
+            # the wake stream carries the shard's tag: on a cluster it shares the runs' slot
+            shard = self._shards[shard_id] = _Shard(self.store.keys.sse_wake(self.hub_id, shard_id))
+        if shard.task is None or shard.task.done():
+            shard.task = asyncio.get_running_loop().create_task(
+                self._tail(shard_id, shard), name=f"sse-hub-{self.hub_id}-{shard_id}"
+            )
+        return shard
+
+    async def _wake(self, shard: _Shard) -> None:
         async with self.reads.pipeline(transaction=False) as pipe:
-            pipe.xadd(self.wake_key, {"w": "1"}, maxlen=16, approximate=True)
-            pipe.expire(self.wake_key, WAKE_STREAM_TTL_S)
+            pipe.xadd(shard.wake_key, {"w": "1"}, maxlen=16, approximate=True)
+            pipe.expire(shard.wake_key, WAKE_STREAM_TTL_S)
             await pipe.execute()
 
     def unsubscribe(self, run_id: str, subscriber: Subscriber) -> None:
@@ -146,53 +190,52 @@ class Hub:
         if not tail.subscribers:
             del self._runs[run_id]
 
-    # -- the tail loop ------------------------------------------------------------------------
+    # -- the tail loops -----------------------------------------------------------------------
 
-    def _ensure_task(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._tail(), name=f"sse-hub-{self.hub_id}")
-
-    async def _tail(self) -> None:
+    async def _tail(self, shard_id: int, shard: _Shard) -> None:
         backoff_s = 0.05
+        with contextlib.suppress(Exception):  # a cluster client that knows its slots before the
+            await ready(self._blocking)  # shards' first reads opens no spare connections
         while not self._closed:
-            streams = self._streams()
+            streams = self._streams(shard_id)
             if not streams:
-                self._changed.clear()
-                await self._changed.wait()
+                shard.changed.clear()
+                await shard.changed.wait()
                 continue
-            self._changed.clear()
-            streams[self.wake_key] = self._wake_cursor
-            self._reading = True
-            self._wake_sent = False
+            shard.changed.clear()
+            streams[shard.wake_key] = shard.wake_cursor
+            shard.reading = True
+            shard.wake_sent = False
             try:
                 reply = await self._blocking.xread(cast(Any, streams), count=self.count, block=self.block_ms)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis away: clients keep their cursors; retry with backoff
                 log.warning("SSE hub read failed (%s); retrying in %.2fs", exc, backoff_s)
-                self._reading = False
+                shard.reading = False
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 2.0)
                 continue
             finally:
-                self._reading = False
+                shard.reading = False
             backoff_s = 0.05
-            self._fan_out(reply or [])
+            self._fan_out(shard, reply or [])
 
-    def _streams(self) -> dict[str, str]:
-        keys = self.store.keys
+    def _streams(self, shard_id: int) -> dict[str, str]:
         return {
-            keys.run_stream(run_id): after_seq_id(tail.cursor)
-            for run_id, tail in self._runs.items()
-            if not tail.ended
+            tail.key: after_seq_id(tail.cursor)
+            for tail in self._runs.values()
+            if tail.shard == shard_id and not tail.ended
         }
 
-    def _fan_out(self, reply: Sequence[tuple[bytes, Sequence[tuple[bytes, dict[bytes, bytes]]]]]) -> None:
+    def _fan_out(
+        self, shard: _Shard, reply: Sequence[tuple[bytes, Sequence[tuple[bytes, dict[bytes, bytes]]]]]
+    ) -> None:
         for raw_key, entries in reply:
             key = raw_key.decode()
-            if key == self.wake_key:
+            if key == shard.wake_key:
                 if entries:
-                    self._wake_cursor = entries[-1][0].decode()
+                    shard.wake_cursor = entries[-1][0].decode()
                 continue
             run_id = key.rsplit(":", 1)[-1]
             tail = self._runs.get(run_id)
@@ -227,23 +270,30 @@ class Hub:
             for subscriber in tail.subscribers:
                 subscriber.close()
         self._runs.clear()
-        if self._task is not None and not self._task.done():
+        shards = list(self._shards.values())
+        for shard in shards:
             # wake the read rather than cancel it: redis-py may swallow a cancel mid-read and
             # hold on until the block times out
-            self._changed.set()
+            shard.changed.set()
             with contextlib.suppress(Exception):
-                if self._reading:
-                    await self._wake()
+                if shard.reading:
+                    await self._wake(shard)
+        tasks = [s.task for s in shards if s.task is not None and not s.task.done()]
+        if tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(asyncio.shield(self._task), 2)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+                await asyncio.wait_for(asyncio.shield(asyncio.gather(*tasks, return_exceptions=True)), 2)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
-            await self.reads.delete(self.wake_key)
+            async with self.reads.pipeline(transaction=False) as pipe:
+                for shard in shards:
+                    pipe.delete(shard.wake_key)
+                await pipe.execute()
         await self._blocking.aclose()
         await self.reads.aclose()
-        await self.reads.connection_pool.disconnect()  # a pool passed in is not closed with its client
+        if isinstance(self.reads, aioredis.Redis):
+            await self.reads.connection_pool.disconnect()  # a pool passed in is not closed with its client
 
 
 # One hub per event loop (a loop's Redis connections cannot serve another loop).

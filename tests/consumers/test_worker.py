@@ -13,8 +13,15 @@ from agentstream.consumers.worker import Worker
 from agentstream.core.events import EventType
 from agentstream.core.state import RunStatus
 from agentstream.core.store import Claim, EventStore, SubmitRequest, now_ms
+from tests.conftest import WITH_CLUSTER, backend_url
 from tests.consumers import agents
 from tests.consumers.helpers import burst, running_worker, types, wait_for_event, wait_terminal, wait_until
+
+
+@pytest.fixture(params=WITH_CLUSTER)
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """This suite runs on Redis Cluster too."""
+    return backend_url(request)
 
 
 async def submit(store: EventStore, agent_key: str, **kw: Any) -> str:

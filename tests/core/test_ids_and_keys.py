@@ -43,6 +43,7 @@ def test_every_key_of_a_run_hashes_to_one_cluster_slot() -> None:
             keys.dead(partition),
             keys.idempotency(partition, "user:1", "key"),
             keys.agents(partition),
+            keys.sse_wake("hub", partition),  # read in the same XREAD as the partition's runs
         ]
         assert len({key_slot(k.encode()) for k in touched}) == 1
 

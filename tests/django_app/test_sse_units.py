@@ -17,7 +17,14 @@ from agentstream.django_app.sse.buffers import AsyncBuffer
 from agentstream.django_app.sse.cursor import Cursor
 from agentstream.django_app.sse.framing import Frame, VisibilityFilter, encode_sse, event_frame, retry_frame
 from agentstream.django_app.sse.hub import Hub
+from tests.conftest import WITH_CLUSTER, backend_url
 from tests.django_app.helpers import finish, running, standard_events
+
+
+@pytest.fixture(params=WITH_CLUSTER)
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """This suite runs on Redis Cluster too."""
+    return backend_url(request)
 
 
 def ev(seq: int, kind: str = "assistant.message", vis: Visibility = Visibility.USER) -> Event:

@@ -15,10 +15,17 @@ from agentstream.projections.logs import lag, trim_logs
 from agentstream.projections.projection import ReadModelProjection
 from agentstream.projections.projector import Projector, ProjectorOptions
 from agentstream.projections.verify import verify_log
+from tests.conftest import WITH_CLUSTER, backend_url
 from tests.projections import user_projection
 from tests.projections.conftest import in_thread, make_workload, projector_for
 
 pytestmark = pytest.mark.django_db(databases=["default", "embedded"], transaction=True)
+
+
+@pytest.fixture(params=WITH_CLUSTER)
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """This suite runs on Redis Cluster too."""
+    return backend_url(request)
 
 
 @pytest.fixture
