@@ -45,6 +45,7 @@ class RedisServer:
     directory: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    extra_args: tuple[str, ...] = ("--maxmemory-policy", "noeviction")
 
     @property
     def url(self) -> str:
@@ -56,7 +57,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--appendonly", "yes",
              "--appendfsync", "always", "--save", "", "--dir", str(self.directory),
-             "--maxmemory-policy", "noeviction", "--logfile", str(self.directory / "redis.log")],
+             "--logfile", str(self.directory / "redis.log"), *self.extra_args],
         )  # fmt: skip
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
 
