@@ -150,7 +150,16 @@ def release_request_thread() -> None:
     except (AttributeError, TypeError):
         return
     if executor is not None:
+        # The view's database connection is that thread's: close it there, or every open stream
+        # holds a PostgreSQL connection until the garbage collector finds it (500 clients, 500).
+        executor.submit(_close_database_connections)
         executor.shutdown(wait=False)
+
+
+def _close_database_connections() -> None:
+    from django.db import connections
+
+    connections.close_all()
 
 
 async def _async_body(
