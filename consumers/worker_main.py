@@ -22,7 +22,7 @@ from agentstream.consumers.supervisor import supervise
 from agentstream.consumers.tracing import tracer_for, use_tracer
 from agentstream.consumers.worker import Worker
 from agentstream.core.errors import ConfigurationError
-from agentstream.core.eviction import ensure_noeviction_sync
+from agentstream.core.eviction import ensure_noeviction_at_start
 from agentstream.core.logfmt import configure_logging
 from agentstream.core.settings import Settings
 from agentstream.core.store import EventStore, redis_from_url
@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings.from_env(os.environ)
     try:
-        ensure_noeviction_sync(settings)  # before spawning: a supervisor would restart children in a loop
+        ensure_noeviction_at_start(settings)  # before spawning: a supervisor would restart children in a loop
     except ConfigurationError as exc:
         print(f"agentstream: {exc}", file=sys.stderr)
         return 2

@@ -65,8 +65,15 @@ async def ensure_noeviction(client: Redis, settings: Settings) -> None:
         )
 
 
-def ensure_noeviction_sync(settings: Settings) -> None:
-    """The same check from sync code (a command before it starts its processes)."""
+UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+def ensure_noeviction_at_start(settings: Settings) -> None:
+    """The check from a command's sync start, before it spawns processes or binds a port.
+
+    An unreachable Redis is not refused here: what the command starts checks again once Redis
+    answers (each worker in ``Worker.run``, the API on its first request), as it did before.
+    """
 
     async def check() -> None:
         client = redis_from_url(settings.REDIS_URL)
@@ -75,7 +82,25 @@ def ensure_noeviction_sync(settings: Settings) -> None:
         finally:
             await client.aclose()
 
-    asyncio.run(check())
+    try:
+        asyncio.run(check())
+    except UNREACHABLE as exc:
+        log.warning("Redis is unreachable (%s); maxmemory-policy is checked once it answers", exc)
+
+
+async def ensure_noeviction_when_reachable(
+    client: Redis, settings: Settings, max_delay_s: float = 10.0
+) -> None:
+    """The check, retried with capped backoff while Redis is unreachable (a projector may start
+    before Redis and must wait for it, not exit)."""
+    delay_s = 0.1
+    while True:
+        try:
+            return await ensure_noeviction(client, settings)
+        except UNREACHABLE as exc:
+            log.warning("Redis is unreachable (%s); checking maxmemory-policy again in %.1fs", exc, delay_s)
+            await asyncio.sleep(delay_s)
+            delay_s = min(max_delay_s, delay_s * 2)
 
 
 def _text(value: Any) -> str:

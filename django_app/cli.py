@@ -41,11 +41,11 @@ def _require_noeviction() -> None:
     """The API writes runs: refuse to serve on an evicting Redis (before uvicorn binds)."""
     import django
 
-    from agentstream.core.eviction import ensure_noeviction_sync
+    from agentstream.core.eviction import ensure_noeviction_at_start
     from agentstream.django_app.conf import runtime_settings
 
     django.setup()
-    ensure_noeviction_sync(runtime_settings())
+    ensure_noeviction_at_start(runtime_settings())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -153,3 +153,44 @@ def test_the_api_answers_a_json_500_naming_the_fix_on_an_evicting_redis(
     error = response.json()["error"]
     assert error["code"] == "configuration_error" and "noeviction" in error["message"]
     assert sync_redis.Redis(port=evicting_redis.port).keys("evict:*") == []
+
+
+def test_a_command_starting_before_redis_warns_and_leaves_the_check_to_what_it_starts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from agentstream.core.eviction import ensure_noeviction_at_start
+    from tests.demo.live import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    with caplog.at_level(logging.WARNING, logger="agentstream"):
+        ensure_noeviction_at_start(Settings(REDIS_URL=url))
+    assert "unreachable" in caplog.text and "checked once it answers" in caplog.text
+
+
+async def test_a_projector_starting_before_redis_waits_for_it_then_refuses_an_evicting_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    from agentstream.core.eviction import ensure_noeviction_when_reachable
+
+    server = RedisServer(tmp_path / "late", extra_args=LRU)
+    server.directory.mkdir()
+    client = redis_from_url(server.url)
+    check = asyncio.create_task(
+        ensure_noeviction_when_reachable(client, Settings(REDIS_URL=server.url), max_delay_s=0.2)
+    )
+    try:
+        with caplog.at_level(logging.WARNING, logger="agentstream"):
+            for _ in range(200):  # until it has failed to connect twice (a backstop of 10 s)
+                if caplog.text.count("checking maxmemory-policy again") >= 2:
+                    break
+                await asyncio.wait({check}, timeout=0.05)
+        assert not check.done(), check
+        await asyncio.to_thread(server.start)
+        with pytest.raises(ConfigurationError, match="allkeys-lru"):
+            await asyncio.wait_for(check, 20)
+    finally:
+        check.cancel()
+        await client.aclose()
+        server.stop()

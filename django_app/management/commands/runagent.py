@@ -23,7 +23,7 @@ from agentstream.consumers.worker_main import (
     split_keys,
 )
 from agentstream.core.errors import ConfigurationError
-from agentstream.core.eviction import ensure_noeviction_sync
+from agentstream.core.eviction import ensure_noeviction_at_start
 from agentstream.django_app.conf import runtime_settings
 
 
@@ -37,7 +37,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         settings = runtime_settings()
         try:
-            ensure_noeviction_sync(settings)
+            ensure_noeviction_at_start(settings)
         except ConfigurationError as exc:
             raise CommandError(str(exc)) from None
         config = WorkerConfig(
