@@ -10,10 +10,12 @@ import datetime as dt
 import json
 import os
 import statistics
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import httpx
 import pytest
@@ -182,6 +184,26 @@ def max_rss_mb(topo: Topology) -> dict[str, float]:
     return peaks
 
 
+class DatabaseConnections(threading.Thread):
+    """Samples how many connections the topology holds to its database (a monitor, no sync)."""
+
+    def __init__(self, database_url: str) -> None:
+        super().__init__(daemon=True)
+        self.database_url, self.peak, self.done = database_url, 0, threading.Event()
+
+    def run(self) -> None:
+        import psycopg
+
+        name = urlparse(self.database_url).path.lstrip("/")
+        admin = urlparse(self.database_url)._replace(path="/postgres").geturl()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            while not self.done.wait(0.2):
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,)
+                ).fetchone()
+                self.peak = max(self.peak, int(row[0]) if row else 0)
+
+
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
@@ -193,7 +215,15 @@ def test_ten_thousand_runs_over_two_workers_with_500_sse_clients_lose_nothing(
 
     topo = load_topology
     keys = Keys(prefix=topo.env["AGENTSTREAM_KEY_PREFIX"], partitions=4)
-    run_ids, tails, started = asyncio.run(drive(topo))
+    connections = DatabaseConnections(topo.env["DATABASE_URL"])
+    connections.start()
+    try:
+        run_ids, tails, started = asyncio.run(drive(topo))
+    finally:
+        connections.done.set()
+        connections.join(5)
+    # 500 open streams hold no database connection; only requests in flight do (25 per wave)
+    assert connections.peak <= 60, f"{connections.peak} database connections at the peak"
     assert len(run_ids) == RUNS and len(set(run_ids)) == RUNS
 
     r = redis_server.client()
@@ -241,6 +271,7 @@ def test_ten_thousand_runs_over_two_workers_with_500_sse_clients_lose_nothing(
         "sse_live_frames": len(latencies_ms),
         "sse_reconnects": sum(t.reconnects for t in tails),
         "max_rss_mb": {k: round(v, 1) for k, v in sorted(rss.items())},
+        "max_db_connections": connections.peak,
     }
     with capsys.disabled():
         print(f"\nload figures: {json.dumps(figures)}")
