@@ -38,6 +38,7 @@ from agentstream.consumers.execution import TRANSIENT, Attempt, AttemptOptions, 
 from agentstream.consumers.outcome import Outcome
 from agentstream.consumers.queues import Job, Queue, QueueReader, job_from, job_problem
 from agentstream.consumers.registry import RuntimeRegistry
+from agentstream.core.eviction import ensure_noeviction
 from agentstream.core.keys import WORKERS_GROUP
 from agentstream.core.logfmt import run_fields
 from agentstream.core.store import Claim, EventStore
@@ -114,6 +115,7 @@ class Worker:
 
     async def run(self) -> None:
         """Serve until ``stop()``, a signal, or (``burst``) until the queues are drained."""
+        await ensure_noeviction(self.store.redis, self.store.settings)
         await self.store.ensure_groups(self.agent_keys)
         self._install_signals()
         timers = [

@@ -21,6 +21,8 @@ from agentstream.consumers.registry import RuntimeRegistry, default_registry
 from agentstream.consumers.supervisor import supervise
 from agentstream.consumers.tracing import current_tracer, tracer_for, tracer_name, use_tracer
 from agentstream.consumers.worker import Worker
+from agentstream.core.errors import ConfigurationError
+from agentstream.core.eviction import ensure_noeviction_at_start
 from agentstream.core.logfmt import configure_logging
 from agentstream.core.settings import Settings
 from agentstream.core.store import EventStore, redis_from_url
@@ -144,6 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-level", default=os.environ.get("AGENTSTREAM_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     settings = Settings.from_env(os.environ)
+    try:
+        ensure_noeviction_at_start(settings)  # before spawning: a supervisor would restart children in a loop
+    except ConfigurationError as exc:
+        print(f"agentstream: {exc}", file=sys.stderr)
+        return 2
     config = WorkerConfig(
         settings=settings,
         agent_keys=split_keys(args.agent_keys),

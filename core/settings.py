@@ -49,6 +49,7 @@ class Settings:
     REDIS_URL: str = "redis://127.0.0.1:6379/0"
     KEY_PREFIX: str = "as"
     PARTITIONS: int = 16
+    ALLOW_EVICTING_REDIS: bool = False  # start even if maxmemory-policy evicts (runs may be lost)
     # workers
     LEASE_TTL_SECONDS: float = 30.0
     RUN_TIMEOUT_SECONDS: float = 900.0

@@ -37,6 +37,17 @@ def _require_servers(command: str) -> None:
         )
 
 
+def _require_noeviction() -> None:
+    """The API writes runs: refuse to serve on an evicting Redis (before uvicorn binds)."""
+    import django
+
+    from agentstream.core.eviction import ensure_noeviction_at_start
+    from agentstream.django_app.conf import runtime_settings
+
+    django.setup()
+    ensure_noeviction_at_start(runtime_settings())
+
+
 def main(argv: list[str] | None = None) -> None:
     from agentstream.core.errors import ConfigurationError
 
@@ -58,6 +69,7 @@ def _dispatch(args: list[str]) -> None:
         demo_main(rest)
     elif command == "serve":
         _require_servers(command)
+        _require_noeviction()
         import uvicorn
 
         sys.argv = ["agentstream serve", ASGI_APP, *rest]

@@ -9,6 +9,7 @@
     authentication.py  AnonymousSessionAuthentication, owner_of, RedactTokenFilter
     permissions.py     IsAuthenticatedOrAnonymousSession
     exceptions.py      the exception handler: store errors -> HTTP
+    parsers.py         AgentJSONParser: deep, non-finite or non-UTF-8 JSON is a 400
     reads.py           read-models + read-your-writes from Redis
     backend.py         the process's one Redis client for sync views (a loop thread)
 """

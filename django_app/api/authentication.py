@@ -110,7 +110,7 @@ def owner_of(request: Request) -> str | None:
     return None
 
 
-_TOKEN_IN_TEXT = re.compile(r"(anonymous_token=)[^&\s\"']+", re.IGNORECASE)
+_TOKEN_IN_TEXT = re.compile(r"(anonymous(?:_|%5f)token=)[^&\s\"']+", re.IGNORECASE)
 
 
 class RedactTokenFilter(logging.Filter):

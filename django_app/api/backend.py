@@ -13,6 +13,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from agentstream.core.eviction import ensure_noeviction
 from agentstream.core.settings import Settings
 from agentstream.core.store import EventStore
 from agentstream.django_app.conf import runtime_settings
@@ -29,11 +30,21 @@ class StoreThread:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="agentstream-api", daemon=True)
         self._thread.start()
-        self.hub: Hub = self.call(self._start)
+        try:
+            self.hub: Hub = self.call(self._start)
+        except BaseException:  # an evicting or unreachable Redis: no thread left behind
+            self._stop_loop()
+            raise
         self.store: EventStore = self.hub.store
 
     async def _start(self) -> Hub:
-        return Hub(self.settings)
+        hub = Hub(self.settings)
+        try:
+            await ensure_noeviction(hub.store.redis, self.settings)
+        except BaseException:
+            await hub.close()
+            raise
+        return hub
 
     def call(self, make: Callable[[], Awaitable[T]], timeout_s: float = CALL_TIMEOUT_S) -> T:
         """Run ``make()`` on the store's loop and wait for its result (its exception re-raised)."""
@@ -52,10 +63,13 @@ class StoreThread:
         try:
             self.call(self.hub.close, timeout_s=5)
         finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(5)
-            if not self._thread.is_alive():
-                self.loop.close()
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        if not self._thread.is_alive():
+            self.loop.close()
 
 
 _lock = threading.Lock()

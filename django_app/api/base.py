@@ -10,6 +10,7 @@ from typing import Any
 from rest_framework import viewsets
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.exceptions import NotAuthenticated, NotFound
+from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -18,6 +19,7 @@ from agentstream.django_app.api.authentication import AnonymousSessionAuthentica
 from agentstream.django_app.api.backend import StoreThread, api_backend
 from agentstream.django_app.api.exceptions import PayloadTooLarge, exception_handler
 from agentstream.django_app.api.pagination import AgentPagination
+from agentstream.django_app.api.parsers import AgentJSONParser
 from agentstream.django_app.api.permissions import IsAuthenticatedOrAnonymousSession
 from agentstream.django_app.api.schema import AgentAutoSchema
 from agentstream.django_app.conf import runtime_settings
@@ -32,6 +34,10 @@ class AgentViewSet(viewsets.GenericViewSet):  # type: ignore[type-arg]
     pagination_class = AgentPagination
     schema = AgentAutoSchema()
     lookup_value_regex = "[^/.]+"
+
+    def get_parsers(self) -> list[Any]:
+        # the project's parser list, with DRF's JSON parser swapped for the hostile-input-proof one
+        return [AgentJSONParser() if type(p) is JSONParser else p for p in super().get_parsers()]
 
     def get_exception_handler(self) -> Callable[..., Response | None]:
         return exception_handler

@@ -26,6 +26,16 @@ ERROR_STATUSES = {
 
 
 class AgentAutoSchema(AutoSchema):
+    def _map_serializer(self, serializer: Any, direction: Any, bypass_extensions: bool = False) -> Any:
+        from drf_spectacular.plumbing import force_instance
+
+        from agentstream.django_app.api.serializers import StrictInputSerializer
+
+        schema = super()._map_serializer(serializer, direction, bypass_extensions)
+        if isinstance(force_instance(serializer), StrictInputSerializer):
+            schema["additionalProperties"] = False  # an unknown field is a 400
+        return schema
+
     def _get_response_bodies(self, direction: Any = "response") -> dict[str, Any]:
         responses: dict[str, Any] = super()._get_response_bodies(direction)
         for code, description in ERROR_STATUSES.items():

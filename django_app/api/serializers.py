@@ -35,7 +35,22 @@ class MessageSerializer(serializers.Serializer):  # type: ignore[type-arg]
         return {**data, **validated}
 
 
-class RunCreateSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class StrictInputSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """A request body: a field it does not know is a 400 naming it, never silently ignored (a
+    typo such as ``conversation`` for ``conversation_id`` would otherwise start the wrong run)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            unknown = sorted(str(name) for name in data if name not in self.fields)
+            if unknown:
+                valid = ", ".join(self.fields)
+                raise serializers.ValidationError(
+                    {name[:100]: [f"unknown field; valid fields: {valid}"] for name in unknown[:10]}
+                )
+        return super().to_internal_value(data)
+
+
+class RunCreateSerializer(StrictInputSerializer):
     agent_key = serializers.CharField(max_length=100)
     messages = MessageSerializer(many=True, required=False, default=list)
     conversation_id = serializers.UUIDField(required=False, allow_null=True, default=None)
@@ -106,7 +121,7 @@ class RunWithEventsSerializer(RunSerializer):
     events = EventSerializer(many=True, required=False)
 
 
-class CancelSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class CancelSerializer(StrictInputSerializer):
     reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=1000)
 
 
@@ -116,13 +131,13 @@ class CancelResultSerializer(serializers.Serializer):  # type: ignore[type-arg]
     seq = serializers.IntegerField()
 
 
-class ConversationCreateSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class ConversationCreateSerializer(StrictInputSerializer):
     agent_key = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
     title = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
     metadata = serializers.DictField(required=False, default=dict)
 
 
-class ConversationUpdateSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class ConversationUpdateSerializer(StrictInputSerializer):
     title = serializers.CharField(max_length=255, required=False, allow_blank=True)
     metadata = serializers.DictField(required=False)
 

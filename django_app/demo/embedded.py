@@ -43,6 +43,7 @@ async def serve(host: str, port: int, concurrency: int) -> None:
 
     from agentstream.consumers import RuntimeRegistry, Worker
     from agentstream.consumers.llm import configure
+    from agentstream.core.eviction import ensure_noeviction
     from agentstream.core.store import EventStore, redis_from_url
     from agentstream.django_app.conf import runtime_settings
     from agentstream.django_app.demo.asgi import application
@@ -52,6 +53,7 @@ async def serve(host: str, port: int, concurrency: int) -> None:
     settings = runtime_settings()
     configure(settings)
     redis = redis_from_url(settings.REDIS_URL)
+    await ensure_noeviction(redis, settings)
     store = EventStore(redis, settings, pipeline_scripts=True)
     registry = RuntimeRegistry()
     registry.discover(settings.RUNTIME_REGISTRY)

@@ -32,6 +32,7 @@ from agentstream.django_app.sse.hub import hub_for_loop
 
 REPLAY_PAGE = 500
 ARCHIVE_LIMIT = 100_000
+MAX_SEQ = 2**63 - 1  # a stream entry id part is 64-bit: beyond that Redis refuses the read
 
 
 class EventStreamRenderer(BaseRenderer):
@@ -58,12 +59,10 @@ def stream_parameters() -> list[OpenApiParameter]:
 
 
 def resume_after(request: Request) -> int:
-    raw = request.META.get("HTTP_LAST_EVENT_ID") or request.query_params.get("from_seq") or "0"
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
+    raw = str(request.META.get("HTTP_LAST_EVENT_ID") or request.query_params.get("from_seq") or "0").strip()
+    # ASCII digits only: int() would also take "٣", "1_0" and "+3", which no SSE id of ours is
+    value = int(raw) if raw.isascii() and raw.isdigit() else -1
+    if not 0 <= value <= MAX_SEQ:
         raise ValidationError({"from_seq": ["must be a non-negative event seq (the SSE id)"]})
     return value
 
@@ -150,7 +149,16 @@ def release_request_thread() -> None:
     except (AttributeError, TypeError):
         return
     if executor is not None:
+        # The view's database connection is that thread's: close it there, or every open stream
+        # holds a PostgreSQL connection until the garbage collector finds it (500 clients, 500).
+        executor.submit(_close_database_connections)
         executor.shutdown(wait=False)
+
+
+def _close_database_connections() -> None:
+    from django.db import connections
+
+    connections.close_all()
 
 
 async def _async_body(

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 from urllib.parse import urlparse
 
 import httpx
@@ -45,6 +45,7 @@ class RedisServer:
     directory: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    extra_args: tuple[str, ...] = ("--maxmemory-policy", "noeviction")
 
     @property
     def url(self) -> str:
@@ -56,7 +57,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--appendonly", "yes",
              "--appendfsync", "always", "--save", "", "--dir", str(self.directory),
-             "--maxmemory-policy", "noeviction", "--logfile", str(self.directory / "redis.log")],
+             "--logfile", str(self.directory / "redis.log"), *self.extra_args],
         )  # fmt: skip
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
 
@@ -203,8 +204,13 @@ def assert_runs_ended_exactly_once(client: redis.Redis, keys: object, run_ids: l
 
     assert isinstance(keys, Keys)
     endings: dict[str, str] = {}
-    for run_id in run_ids:
-        entries = client.xrange(keys.run_stream(run_id))
+    streams: list[Any] = []
+    for start in range(0, len(run_ids), 500):  # pipelined: the load test checks 10,000 runs
+        with client.pipeline(transaction=False) as pipe:
+            for run_id in run_ids[start : start + 500]:
+                pipe.xrange(keys.run_stream(run_id))
+            streams += pipe.execute()
+    for run_id, entries in zip(run_ids, streams, strict=True):
         seqs = [int(entry_id.split(b"-")[1]) for entry_id, _ in entries]
         assert seqs == list(range(1, len(seqs) + 1)), f"run {run_id}: seqs not dense: {seqs}"
         types = [fields[b"t"].decode() for _, fields in entries]

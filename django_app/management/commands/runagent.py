@@ -22,6 +22,8 @@ from agentstream.consumers.worker_main import (
     run_worker_process,
     split_keys,
 )
+from agentstream.core.errors import ConfigurationError
+from agentstream.core.eviction import ensure_noeviction_at_start
 from agentstream.django_app.conf import runtime_settings
 
 
@@ -34,6 +36,10 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         settings = runtime_settings()
+        try:
+            ensure_noeviction_at_start(settings)
+        except ConfigurationError as exc:
+            raise CommandError(str(exc)) from None
         config = WorkerConfig(
             settings=settings,
             agent_keys=split_keys(options["agent_keys"]),

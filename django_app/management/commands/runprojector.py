@@ -17,6 +17,7 @@ from django.conf import settings as django_settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from agentstream.core.errors import ConfigurationError
+from agentstream.core.eviction import ensure_noeviction_when_reachable
 from agentstream.core.logfmt import configure_logging
 from agentstream.core.store import redis_from_url
 from agentstream.django_app.conf import runtime_settings
@@ -115,6 +116,7 @@ class Command(BaseCommand):
                     for row in await lag(redis, keys, projection.group):
                         self.stdout.write(str(row))
                 return
+            await ensure_noeviction_when_reachable(redis, settings)  # --lag (read-only) skips it
             options = ProjectorOptions(
                 batch=opts["batch"] or settings.PROJECTOR_BATCH,
                 block_ms=opts["block_ms"],
