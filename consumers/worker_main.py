@@ -21,6 +21,7 @@ from agentstream.consumers.registry import RuntimeRegistry, default_registry
 from agentstream.consumers.supervisor import supervise
 from agentstream.consumers.tracing import tracer_for, use_tracer
 from agentstream.consumers.worker import Worker
+from agentstream.core.gctune import freeze_startup_heap
 from agentstream.core.logfmt import configure_logging
 from agentstream.core.settings import Settings
 from agentstream.core.store import EventStore, redis_from_url
@@ -82,6 +83,7 @@ def run_worker_process(config: WorkerConfig) -> None:
     use_tracer(tracer_for(config.settings.TRACER))
     configure_llm(config.settings)  # get_llm_client() in agents reads MODEL_PROVIDER etc. from here
     registry = load_registry([*config.settings.RUNTIME_REGISTRY, *config.registry_paths])
+    freeze_startup_heap()  # a full collection of the start-up heap paused every run (core/gctune.py)
     run_async(serve(config, registry))
 
 
