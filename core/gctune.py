@@ -1,4 +1,4 @@
-"""Garbage-collector settings for long-running processes (workers, projectors, SSE hubs).
+"""Garbage-collector settings for long-running processes (workers, projectors).
 
 A full (generation 2) collection walks every tracked object: in a worker that imported Django,
 an LLM SDK and the agents, that took ~60 ms on the benchmark machine, a pause every few seconds
@@ -13,13 +13,21 @@ less CPU per run.
 from __future__ import annotations
 
 import gc
+import threading
 
 GEN0_THRESHOLD = 10_000  # CPython's default 700 runs a pass every few runs on a busy worker
 
 
-def freeze_startup_heap() -> None:
-    """Call once start-up (imports, registries, settings) is done, before serving."""
+def freeze_startup_heap() -> bool:
+    """Call once start-up (imports, registries, settings) is done, before serving.
+
+    Only from the main thread: a worker or projector embedded in another program (a thread of
+    the demo, of a test run) leaves that program's collector alone. True if it froze.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False
     gc.collect()
     gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(max(GEN0_THRESHOLD, gc.get_threshold()[0]), gen1, gen2)
+    gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(max(GEN0_THRESHOLD, gen0), gen1, gen2)
+    return True
