@@ -325,9 +325,12 @@ class SqlWriter:
     def _copy_unless_duplicate(self, table: str, cols: str, lines: Sequence[str]) -> bool:
         """COPY into ``table`` itself; False (nothing written) if a row is there already."""
         try:
-            with transaction.atomic(using=self.connection.alias), self.connection.cursor() as cursor:
-                with cursor.cursor.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
-                    copy.write("".join(lines))
+            with (
+                transaction.atomic(using=self.connection.alias),
+                self.connection.cursor() as cursor,
+                cursor.cursor.copy(f"COPY {table} ({cols}) FROM STDIN") as copy,
+            ):
+                copy.write("".join(lines))
         except Exception as exc:
             if getattr(exc, "sqlstate", None) == UNIQUE_VIOLATION:
                 return False
