@@ -30,6 +30,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from agentstream.core.events import NewEvent
+from agentstream.core.gctune import freeze_startup_heap
 from agentstream.core.keys import WORKERS_GROUP
 from agentstream.core.settings import Settings
 from agentstream.core.store import Claim, EventStore, SubmitRequest, redis_from_url
@@ -268,6 +269,10 @@ async def one_round(opts: Options, n: int, latency_events: int) -> dict[str, flo
             "connect_per_s": n / connect_s,
         }
         if latency_events:
+            # The clients live in this process, which imported every scenario and peer: a full
+            # collection of that heap took 100-300 ms and showed up as the hub's p99. Measure the
+            # hub, not our own collector (core/gctune.py, what workers do at start-up).
+            freeze_startup_heap()
             readers = [asyncio.create_task(c.read_events()) for c in clients]
             # a steady rate over the runs (not bursts): what a fleet of workers streaming looks like
             began = time.monotonic()

@@ -23,6 +23,7 @@ from agentstream.consumers.tracing import current_tracer, tracer_for, tracer_nam
 from agentstream.consumers.worker import Worker
 from agentstream.core.errors import ConfigurationError
 from agentstream.core.eviction import ensure_noeviction_at_start
+from agentstream.core.gctune import freeze_startup_heap
 from agentstream.core.logfmt import configure_logging
 from agentstream.core.settings import Settings
 from agentstream.core.store import EventStore, redis_from_url
@@ -84,6 +85,7 @@ def run_worker_process(config: WorkerConfig) -> None:
     use_tracer(tracer_for(tracer_name(config.settings), config.settings))
     configure_llm(config.settings)  # get_llm_client() in agents reads MODEL_PROVIDER etc. from here
     registry = load_registry([*config.settings.RUNTIME_REGISTRY, *config.registry_paths])
+    freeze_startup_heap()  # a full collection of the start-up heap paused every run (core/gctune.py)
     try:
         run_async(serve(config, registry))
     finally:

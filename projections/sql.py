@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from django.db import transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from agentstream.core.events import Event, EventType
@@ -182,6 +183,8 @@ CONVERSATION_EVENT_COLUMNS = ("conversation_id", "seq", "type", "payload", "ts")
 CHECKPOINT_COLUMNS = ("run_id", "seq", "state", "created_at")
 PROJECTION_CHECKPOINT_COLUMNS = ("projection", "partition", "last_id", "last_ms", "last_n", "updated_at")
 SKIPPED_COLUMNS = ("projection", "partition", "entry_id", "reason", "raw", "created_at")
+IGNORE = "ON CONFLICT DO NOTHING"
+UNIQUE_VIOLATION = "23505"  # SQLSTATE
 
 
 def _idempotency_holders(patches: Iterable[RunPatch]) -> dict[tuple[str, str], RunPatch]:
@@ -283,7 +286,7 @@ class SqlWriter:
                 conv_rows.append(
                     (d.uuid(e.conversation_id), e.seq, e.type, to_json(e.payload), d.ts(e.ts_ms) or d.ts(1))
                 )
-        ignore = "ON CONFLICT DO NOTHING"
+        ignore = IGNORE
         if d.postgres:
             # the hot table: COPY text built in one pass, no per-row adaptation
             self.copy_text(EVENT, EVENT_COLUMNS, [_event_copy_line(e) for e in run_events], ignore)
@@ -300,16 +303,39 @@ class SqlWriter:
         self.bulk(CHECKPOINT, CHECKPOINT_COLUMNS, checkpoint_rows, ignore)
 
     def copy_text(self, table: str, columns: Sequence[str], lines: Sequence[str], conflict: str) -> None:
-        """PostgreSQL only: COPY ready-made text-format lines into the temp table, then insert."""
+        """PostgreSQL only: COPY ready-made text-format lines into ``table``.
+
+        Insert-or-ignore first tries a COPY straight into the table, in a savepoint: half the
+        database time of COPY into a temp table + ``INSERT .. ON CONFLICT`` (whose speculative
+        insertion doubles the cost per row). Only a redelivered batch meets rows that are there
+        already; its unique violation rolls the savepoint back and it takes the conflict path.
+        """
         if not lines:
             return
         cols = ", ".join(columns)
+        if conflict == IGNORE and self._copy_unless_duplicate(table, cols, lines):
+            return
         with self.connection.cursor() as cursor:
             temp = self._temp_table(cursor, table, columns)
             with cursor.cursor.copy(f"COPY {temp} ({cols}) FROM STDIN") as copy:
                 copy.write("".join(lines))
             cursor.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {temp} {conflict}")
             cursor.execute(f"TRUNCATE {temp}")  # no dead rows piling up in long replays
+
+    def _copy_unless_duplicate(self, table: str, cols: str, lines: Sequence[str]) -> bool:
+        """COPY into ``table`` itself; False (nothing written) if a row is there already."""
+        try:
+            with (
+                transaction.atomic(using=self.connection.alias),
+                self.connection.cursor() as cursor,
+                cursor.cursor.copy(f"COPY {table} ({cols}) FROM STDIN") as copy,
+            ):
+                copy.write("".join(lines))
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) == UNIQUE_VIOLATION:
+                return False
+            raise
+        return True
 
     # -- runs and conversations ----------------------------------------------------------------
 

@@ -163,3 +163,25 @@ async def test_verify_reports_drift_in_what_the_fold_does_not_track(store: Event
     assert "input" in details[other]
     assert "archived events" in details[archived]
     assert "run_count: expected" in details[conversation] and "found 99" in details[conversation]
+
+
+async def test_a_batch_committed_twice_archives_each_event_once_and_keeps_the_rest_of_the_transaction(
+    store: EventStore, database: str
+) -> None:
+    from agentstream.django_app.models import Event as EventRow
+    from agentstream.django_app.models import Run
+
+    work = await make_workload(store, runs=3)
+    events = await all_log_events(store)
+    run_events = [e for e in events if e.run_id]
+    half = run_events[: len(run_events) // 2]
+
+    # the second batch meets rows of the first (PostgreSQL: its direct COPY hits a unique
+    # violation and falls back to the conflict path), and holds a duplicate of its own
+    await in_thread(apply_batches, database, [half, [*events, events[-1]]])
+
+    count = await in_thread(EventRow.objects.using(database).count)
+    assert count == len(run_events)
+    runs = await in_thread(lambda: Run.objects.using(database).count())
+    assert runs == len(work.run_ids)
+    assert (await in_thread(compare, events, database)).drift == ()

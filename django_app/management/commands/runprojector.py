@@ -18,6 +18,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from agentstream.core.errors import ConfigurationError
 from agentstream.core.eviction import ensure_noeviction_when_reachable
+from agentstream.core.gctune import freeze_startup_heap
 from agentstream.core.logfmt import configure_logging
 from agentstream.core.store import redis_from_url
 from agentstream.django_app.conf import runtime_settings
@@ -67,6 +68,7 @@ class Command(BaseCommand):
             sys.exit(self._supervise(opts["processes"]))
         try:
             configure_logging(logging.INFO, runtime_settings().LOG_FORMAT)
+            freeze_startup_heap()  # full collections of Django's start-up heap stalled batches
             asyncio.run(self._main(opts))
         except ConfigurationError as exc:
             raise CommandError(str(exc)) from None
