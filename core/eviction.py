@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 import redis.exceptions
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from agentstream.core.errors import ConfigurationError
 from agentstream.core.settings import Settings
@@ -28,16 +29,30 @@ _warned: set[str] = set()  # one warning per process and Redis, not one per clie
 
 
 async def eviction_policy(client: Redis) -> str | None:
-    """The server's ``maxmemory-policy``, or None when both CONFIG and INFO are refused."""
+    """The server's ``maxmemory-policy``, or None when both CONFIG and INFO are refused.
+
+    On a cluster every node is asked (a command would reach just one) and the first evicting
+    policy found is the answer: one evicting master loses the runs of its partitions."""
+    if isinstance(client, RedisCluster):
+        await client.initialize()  # learn the nodes before naming them
+        policies = [await _policy(client, node) for node in client.get_nodes()]
+        known = [p for p in policies if p is not None]
+        evicting = [p for p in known if p != SAFE_POLICY]
+        return evicting[0] if evicting else (SAFE_POLICY if known else None)
+    return await _policy(client)
+
+
+async def _policy(client: Redis, node: ClusterNode | None = None) -> str | None:
+    target: dict[str, Any] = {} if node is None else {"target_nodes": node}
     try:
-        config = await client.config_get("maxmemory-policy")
+        config = await client.execute_command("CONFIG GET", "maxmemory-policy", **target)
         value = dict(config).get("maxmemory-policy")  # redis-py decodes the keys of this reply
         if value:
             return _text(value)
     except redis.exceptions.ResponseError:  # renamed (unknown command) or denied by an ACL
         pass
     try:
-        info = await client.info("memory")
+        info = await client.execute_command("INFO", "memory", **target)
     except redis.exceptions.ResponseError:
         return None
     value = info.get("maxmemory_policy")

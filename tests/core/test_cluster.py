@@ -246,3 +246,25 @@ async def test_a_cluster_read_costs_no_command_getkeys_round_trip(
         assert await cluster_store.tail({run_id: 0}, block_ms=100)
         await claim(cluster_store, (await cluster_store.submit(request())).run_id)  # XREADGROUP
     assert getkeys_calls() == before
+
+
+@pytest.mark.redis
+@pytest.mark.cluster
+async def test_one_evicting_master_is_enough_for_the_cluster_to_be_refused(
+    cluster_url: str, redis_cluster: RedisClusterServers
+) -> None:
+    from agentstream.core.errors import ConfigurationError
+    from agentstream.core.eviction import ensure_noeviction
+
+    client = redis_from_url(cluster_url)
+    evicting = sorted(redis_cluster.masters())[-1]
+    try:
+        await ensure_noeviction(client, Settings(REDIS_URL=cluster_url))  # every node: noeviction
+        with redis.Redis(port=evicting) as node:
+            node.config_set("maxmemory-policy", "allkeys-lru")
+        with pytest.raises(ConfigurationError, match="maxmemory-policy 'allkeys-lru'"):
+            await ensure_noeviction(client, Settings(REDIS_URL=cluster_url))
+    finally:
+        with redis.Redis(port=evicting) as node:
+            node.config_set("maxmemory-policy", "noeviction")
+        await client.aclose()
