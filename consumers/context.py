@@ -14,10 +14,10 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from agentstream.core.codec import encode_payload
-from agentstream.core.errors import FencedOut
 from agentstream.consumers.errors import StoresNotConfigured
 from agentstream.consumers.stores import Knowledge, Memory, Preferences, StoreBackend, Tasks
+from agentstream.core.codec import encode_payload
+from agentstream.core.errors import FencedOut
 from agentstream.core.events import LIFECYCLE_TYPES, Event, EventType, NewEvent, Visibility
 from agentstream.core.logfmt import run_fields
 from agentstream.core.records import STORE_TYPES
@@ -89,7 +89,9 @@ class RunContext:
                 f"{kind} is written by the runtime itself; return a RunResult or raise instead of emitting it"
             )
         if kind in STORE_TYPES:
-            raise ValueError(f"{kind} is written by the run's stores; use ctx.memory / preferences / tasks / knowledge")
+            raise ValueError(
+                f"{kind} is written by the run's stores; use ctx.memory / preferences / tasks / knowledge"
+            )
         encode_payload(kind, payload, self._store.settings.MAX_EVENT_BYTES)  # fail here, not in a later flush
         self._remember(kind, payload)
         self._buffer.append(NewEvent(kind, payload, Visibility(visibility) if visibility else None))

@@ -21,8 +21,8 @@ import redis.exceptions
 
 from agentstream.consumers.context import RunContext
 from agentstream.consumers.outcome import FailureDecision, Outcome, decide_failure
-from agentstream.consumers.stores import StoreBackend
 from agentstream.consumers.runtime import AgentRuntime, ErrorInfo, RunResult
+from agentstream.consumers.stores import StoreBackend
 from agentstream.consumers.tracing import current_tracer
 from agentstream.core.errors import FencedOut, IllegalTransition, NotFound, RetryableError
 from agentstream.core.events import EventType

@@ -13,6 +13,7 @@ worker by ``runagent`` and the demo), ``InMemoryStoreBackend`` here for tests of
 
 from __future__ import annotations
 
+import builtins
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -59,12 +60,12 @@ class StoreBackend(Protocol):
     async def get(self, kind: StoreKind, owner: str, key: str) -> StoreRecord | None:
         """The live record (None when absent or deleted)."""
 
-    async def list(self, kind: StoreKind, owner: str, *, prefix: str = "") -> list[StoreRecord]:
+    async def list(self, kind: StoreKind, owner: str, *, prefix: str = "") -> builtins.list[StoreRecord]:
         """The owner's live records of a store, ordered by key."""
 
     async def search(
         self, owner: str, embedding: Sequence[float], *, k: int, kind: str | None = None
-    ) -> list[Match]:
+    ) -> builtins.list[Match]:
         """The ``k`` knowledge items most similar to ``embedding`` (cosine), best first."""
 
 
@@ -180,7 +181,9 @@ class Tasks(_OwnedStore):
         allowed = {"title", "status", "priority", "depends_on", "task_list", "notes", "metadata"}
         unknown = set(changes) - allowed
         if unknown:
-            raise InvalidRecord(f"unknown task field(s) {', '.join(sorted(unknown))}; use {', '.join(sorted(allowed))}")
+            raise InvalidRecord(
+                f"unknown task field(s) {', '.join(sorted(unknown))}; use {', '.join(sorted(allowed))}"
+            )
         merged: dict[str, Any] = {
             "title": current.title,
             "status": current.status,
@@ -200,7 +203,7 @@ class Tasks(_OwnedStore):
         found = await self._backend.get(self.kind, self._owner, check_key("a task id", task_id))
         return None if found is None else Task.from_record(found)
 
-    async def list(self, task_list: str | None = None, *, status: str | None = None) -> list[Task]:
+    async def list(self, task_list: str | None = None, *, status: str | None = None) -> builtins.list[Task]:
         """Tasks by priority (highest first), then id; optionally of one list or status."""
         tasks = [Task.from_record(r) for r in await self._backend.list(self.kind, self._owner)]
         tasks = [
@@ -210,7 +213,7 @@ class Tasks(_OwnedStore):
         ]
         return sorted(tasks, key=lambda t: (-t.priority, t.task_id))
 
-    async def ready(self, task_list: str | None = None) -> list[Task]:
+    async def ready(self, task_list: str | None = None) -> builtins.list[Task]:
         """Not-started tasks whose dependencies are all complete or cancelled, by priority."""
         every = {t.task_id: t for t in await self.list()}
         return [
@@ -228,9 +231,7 @@ class Tasks(_OwnedStore):
         if fields["depends_on"]:
             await self._check_dependencies(task_id, fields["depends_on"])
         await self._write(EventType.TASK_UPSERTED, task_id, **fields)
-        return Task.from_record(
-            StoreRecord(StoreKind.TASK, self._owner, task_id, _NO_VERSION, fields=fields)
-        )
+        return Task.from_record(StoreRecord(StoreKind.TASK, self._owner, task_id, _NO_VERSION, fields=fields))
 
     async def _check_dependencies(self, task_id: str, depends_on: Sequence[str]) -> None:
         graph = {t.task_id: t.depends_on for t in await self.list()}
@@ -243,7 +244,9 @@ class Tasks(_OwnedStore):
         while stack:  # a cycle exists iff task_id is reachable from its own dependencies
             node = stack.pop()
             if node == task_id:
-                raise InvalidRecord(f"task {task_id!r} would depend on itself through {', '.join(depends_on)}")
+                raise InvalidRecord(
+                    f"task {task_id!r} would depend on itself through {', '.join(depends_on)}"
+                )
             if node not in seen:
                 seen.add(node)
                 stack.extend(graph.get(node, ()))
@@ -283,11 +286,13 @@ class Knowledge(_OwnedStore):
     async def get(self, item_id: str) -> StoreRecord | None:
         return await self._backend.get(self.kind, self._owner, check_key("an item id", item_id))
 
-    async def list(self, kind: str | None = None) -> list[StoreRecord]:
+    async def list(self, kind: str | None = None) -> builtins.list[StoreRecord]:
         found = await self._backend.list(self.kind, self._owner)
         return [r for r in found if kind is None or r.fields.get("kind") == kind]
 
-    async def search(self, embedding: Sequence[float], *, k: int = 5, kind: str | None = None) -> list[Match]:
+    async def search(
+        self, embedding: Sequence[float], *, k: int = 5, kind: str | None = None
+    ) -> builtins.list[Match]:
         vector = check_embedding(embedding)
         assert vector is not None  # check_embedding returns None only for None
         if k < 1:
@@ -315,7 +320,7 @@ class InMemoryStoreBackend:
         found = self.records.get((kind, owner, key))
         return None if found is None or found.deleted else found
 
-    async def list(self, kind: StoreKind, owner: str, *, prefix: str = "") -> list[StoreRecord]:
+    async def list(self, kind: StoreKind, owner: str, *, prefix: str = "") -> builtins.list[StoreRecord]:
         return sorted(
             (
                 r
@@ -327,8 +332,8 @@ class InMemoryStoreBackend:
 
     async def search(
         self, owner: str, embedding: Sequence[float], *, k: int, kind: str | None = None
-    ) -> list[Match]:
-        matches: list[Match] = []
+    ) -> builtins.list[Match]:
+        matches: builtins.list[Match] = []
         for record in await self.list(StoreKind.KNOWLEDGE, owner):
             vector = record.fields.get("embedding")
             if not vector or (kind is not None and record.fields.get("kind") != kind):

@@ -10,11 +10,12 @@ The database work runs on one thread per backend (Django connections belong to a
 from __future__ import annotations
 
 import asyncio
+import builtins
 import concurrent.futures
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from django.db import close_old_connections, connection, transaction
+from django.db import close_old_connections, connections, transaction
 from django.db.models import Model, QuerySet
 
 from agentstream.consumers.stores import Match
@@ -32,14 +33,20 @@ MODELS: dict[StoreKind, type[Model]] = {
     StoreKind.TASK: Task,
     StoreKind.KNOWLEDGE: KnowledgeItem,
 }
-KEY_FIELD = {StoreKind.MEMORY: "key", StoreKind.PREFERENCE: "key", StoreKind.TASK: "task_id", StoreKind.KNOWLEDGE: "item_id"}
+KEY_FIELD = {
+    StoreKind.MEMORY: "key",
+    StoreKind.PREFERENCE: "key",
+    StoreKind.TASK: "task_id",
+    StoreKind.KNOWLEDGE: "item_id",
+}
 
 
-def owned(kind: StoreKind, owner: str) -> QuerySet[Any]:
+def owned(kind: StoreKind, owner: str, database: str = "default") -> QuerySet[Any]:
     """The owner's live records of one store: the only way any code here reads them."""
     if not owner:
         raise ValueError("an owner is required to read a store")
-    return MODELS[kind]._default_manager.filter(owner=owner, deleted=False)  # type: ignore[attr-defined]
+    manager = MODELS[kind]._default_manager  # type: ignore[attr-defined]
+    return manager.using(database).filter(owner=owner, deleted=False)  # type: ignore[no-any-return]
 
 
 def record_from_row(kind: StoreKind, row: Any) -> StoreRecord:
@@ -58,44 +65,59 @@ def record_from_row(kind: StoreKind, row: Any) -> StoreRecord:
             "metadata": dict(row.metadata or {}),
         }
     else:
-        fields = {"text": row.text, "kind": row.kind, "metadata": dict(row.metadata or {}), "embedding": row.embedding}
+        fields = {
+            "text": row.text,
+            "kind": row.kind,
+            "metadata": dict(row.metadata or {}),
+            "embedding": row.embedding,
+        }
     return StoreRecord(kind, row.owner, key, version, fields=fields)
 
 
 # -- sync reads, shared by the worker's backend and the views --------------------------------------
 
 
-def get_record(kind: StoreKind, owner: str, key: str) -> StoreRecord | None:
-    row = owned(kind, owner).filter(**{KEY_FIELD[kind]: key}).first()
+def get_record(kind: StoreKind, owner: str, key: str, database: str = "default") -> StoreRecord | None:
+    row = owned(kind, owner, database).filter(**{KEY_FIELD[kind]: key}).first()
     return None if row is None else record_from_row(kind, row)
 
 
-def list_records(kind: StoreKind, owner: str, *, prefix: str = "") -> list[StoreRecord]:
-    rows = owned(kind, owner)
+def list_records(
+    kind: StoreKind, owner: str, *, prefix: str = "", database: str = "default"
+) -> builtins.list[StoreRecord]:
+    rows = owned(kind, owner, database)
     if prefix:
         rows = rows.filter(**{f"{KEY_FIELD[kind]}__startswith": prefix})
     return [record_from_row(kind, r) for r in rows.order_by(KEY_FIELD[kind])]
 
 
-def search(owner: str, embedding: Sequence[float], *, k: int, kind: str | None = None) -> list[Match]:
+def search(
+    owner: str, embedding: Sequence[float], *, k: int, kind: str | None = None, database: str = "default"
+) -> builtins.list[Match]:
     if not owner:
         raise ValueError("an owner is required to search knowledge")
-    hits = search_knowledge(connection, owner, embedding, k=k, kind=kind)
-    rows = {r.item_id: r for r in owned(StoreKind.KNOWLEDGE, owner).filter(item_id__in=[h.item_id for h in hits])}
+    hits = search_knowledge(connections[database], owner, embedding, k=k, kind=kind)
+    rows = {
+        r.item_id: r
+        for r in owned(StoreKind.KNOWLEDGE, owner, database).filter(item_id__in=[h.item_id for h in hits])
+    }
     return [
-        Match(record_from_row(StoreKind.KNOWLEDGE, rows[h.item_id]), h.score) for h in hits if h.item_id in rows
+        Match(record_from_row(StoreKind.KNOWLEDGE, rows[h.item_id]), h.score)
+        for h in hits
+        if h.item_id in rows
     ]
 
 
-def apply_events(events: Sequence[Event]) -> None:
-    with transaction.atomic():
-        StoreWriter(connection).apply(events)
+def apply_events(events: Sequence[Event], database: str = "default") -> None:
+    with transaction.atomic(using=database):
+        StoreWriter(connections[database]).apply(events)
 
 
 class DjangoStoreBackend:
     """The worker's ``StoreBackend``: the database through one thread of its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, database: str = "default") -> None:
+        self.database = database
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="agentstream-stores")
 
     async def _call(self, fn: Callable[[], T]) -> T:
@@ -106,21 +128,21 @@ class DjangoStoreBackend:
         return await asyncio.get_running_loop().run_in_executor(self._pool, run)
 
     async def apply(self, events: Sequence[Event]) -> None:
-        await self._call(lambda: apply_events(events))
+        await self._call(lambda: apply_events(events, self.database))
 
     async def get(self, kind: StoreKind, owner: str, key: str) -> StoreRecord | None:
-        return await self._call(lambda: get_record(kind, owner, key))
+        return await self._call(lambda: get_record(kind, owner, key, self.database))
 
-    async def list(self, kind: StoreKind, owner: str, *, prefix: str = "") -> list[StoreRecord]:
-        return await self._call(lambda: list_records(kind, owner, prefix=prefix))
+    async def list(self, kind: StoreKind, owner: str, *, prefix: str = "") -> builtins.list[StoreRecord]:
+        return await self._call(lambda: list_records(kind, owner, prefix=prefix, database=self.database))
 
     async def search(
         self, owner: str, embedding: Sequence[float], *, k: int, kind: str | None = None
-    ) -> list[Match]:
-        return await self._call(lambda: search(owner, embedding, k=k, kind=kind))
+    ) -> builtins.list[Match]:
+        return await self._call(lambda: search(owner, embedding, k=k, kind=kind, database=self.database))
 
     def close(self) -> None:
-        self._pool.submit(connection.close).result()
+        self._pool.submit(lambda: connections[self.database].close()).result()
         self._pool.shutdown()
 
 
@@ -149,7 +171,9 @@ class PersistenceManager:
         rows = owned(StoreKind.KNOWLEDGE, self.owner)
         return rows if kind is None else rows.filter(kind=kind)
 
-    def search_knowledge(self, embedding: Sequence[float], *, k: int = 5, kind: str | None = None) -> list[Match]:
+    def search_knowledge(
+        self, embedding: Sequence[float], *, k: int = 5, kind: str | None = None
+    ) -> builtins.list[Match]:
         return search(self.owner, embedding, k=k, kind=kind)
 
 

@@ -211,5 +211,3 @@ def search_backend(connection: BaseDatabaseWrapper) -> str:
     if connection.vendor == "postgresql":
         return "postgresql: cosine in SQL over double precision[]"
     return f"{connection.vendor}: cosine by a registered SQL function"
-
-

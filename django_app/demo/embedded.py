@@ -61,7 +61,9 @@ async def serve(host: str, port: int, concurrency: int) -> None:
         raise SystemExit(1)
     from agentstream.django_app.stores import DjangoStoreBackend
 
-    worker = Worker(store, registry, concurrency=concurrency, handle_signals=False, stores=DjangoStoreBackend())
+    worker = Worker(
+        store, registry, concurrency=concurrency, handle_signals=False, stores=DjangoStoreBackend()
+    )
     projectors = [Projector(redis, settings.keys, p) for p in load_projections(settings)]
     server = uvicorn.Server(
         uvicorn.Config(application, host=host, port=port, lifespan="off", log_level="warning")

@@ -92,7 +92,9 @@ async def test_a_zombie_attempts_store_write_is_fenced_and_applies_nothing(store
         await ctx.tasks.add("zombie task")
     assert await ctx.memory.items() == {"before": 1}
     assert await ctx.tasks.list() == []
-    assert not [e for e in await store.read_run(ctx.run_id) if e.attempt == 1 and e.payload.get("key") == "after"]
+    assert not [
+        e for e in await store.read_run(ctx.run_id) if e.attempt == 1 and e.payload.get("key") == "after"
+    ]
 
 
 async def test_a_worker_without_a_store_backend_says_how_to_get_one(store: EventStore) -> None:
