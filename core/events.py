@@ -40,6 +40,7 @@ class EventType(StrEnum):
     CONVERSATION_CREATED = "conversation.created"
     CONVERSATION_UPDATED = "conversation.updated"
     CONVERSATION_DELETED = "conversation.deleted"
+    CONVERSATION_BRANCH_SWITCHED = "conversation.branch_switched"
     # owner-scoped agent stores (core.records): written through RunContext's stores only
     MEMORY_SET = "memory.set"
     MEMORY_DELETED = "memory.deleted"
@@ -101,6 +102,7 @@ DEFAULT_EVENT_VISIBILITY: Mapping[str, Visibility] = {
     EventType.CONVERSATION_CREATED: Visibility.INTERNAL,
     EventType.CONVERSATION_UPDATED: Visibility.INTERNAL,
     EventType.CONVERSATION_DELETED: Visibility.INTERNAL,
+    EventType.CONVERSATION_BRANCH_SWITCHED: Visibility.INTERNAL,
     EventType.MEMORY_SET: Visibility.INTERNAL,
     EventType.MEMORY_DELETED: Visibility.INTERNAL,
     EventType.PREFERENCE_SET: Visibility.INTERNAL,

@@ -61,6 +61,9 @@ class SubmitRequest:
     run_at_ms: int | None = None
     timeout_s: float | None = None
     policy: str | None = None
+    # conversation branching: the message this run answers after (``<run id>:<n>``, or ``ROOT``);
+    # None: after the conversation's latest run (see projections.history)
+    parent_message_id: str | None = None
 
     def fingerprint(self) -> str:
         """What makes two submits with one idempotency key "the same request"."""
@@ -75,6 +78,8 @@ class SubmitRequest:
             "run_at_ms": self.run_at_ms,
             "timeout_s": self.timeout_s,
         }
+        if self.parent_message_id is not None:
+            body["parent_message_id"] = self.parent_message_id
         return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
@@ -302,6 +307,11 @@ class EventStore:
                 "timeout_s": timeout_s,
                 "idempotency_key": request.idempotency_key,
                 "policy": policy,
+                **(
+                    {"parent_message_id": request.parent_message_id}
+                    if request.parent_message_id is not None
+                    else {}
+                ),
             },
         )
         state_key = self.keys.run_state(run_id)
@@ -393,6 +403,12 @@ class EventStore:
             payload["metadata"] = dict(metadata)
         return await self._conversation_change(
             conversation_id, owner, EventType.CONVERSATION_UPDATED, payload
+        )
+
+    async def switch_branch(self, conversation_id: str, owner: str, branch_id: str) -> int:
+        """Show another branch of the conversation (``conversation.branch_switched``)."""
+        return await self._conversation_change(
+            conversation_id, owner, EventType.CONVERSATION_BRANCH_SWITCHED, {"branch_id": branch_id}
         )
 
     async def delete_conversation(self, conversation_id: str, owner: str) -> int:

@@ -44,6 +44,10 @@ class Conversation(models.Model):
     # seq of the conversation event that last set title / metadata (the highest one wins).
     title_seq = models.BigIntegerField(default=0)
     metadata_seq = models.BigIntegerField(default=0)
+    # the branch shown (conversation.branch_switched); null: the newest run's (projections.history)
+    active_branch_id = models.CharField(max_length=64, null=True, blank=True)
+    active_branch_seq = models.BigIntegerField(default=0)
+    active_branch_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ("-created_at",)
@@ -106,6 +110,9 @@ class Run(models.Model):
     last_seq = models.BigIntegerField(default=0)
     # seq of the lifecycle event that set ``status`` (the highest one wins).
     status_seq = models.BigIntegerField(default=0)
+    # the message this run follows in its conversation's tree (``<run id>:<n>`` or "root");
+    # null: the conversation's previous run (see projections.history)
+    parent_message_id = models.CharField(max_length=100, null=True, blank=True)
 
     class Meta:
         ordering = ("-created_at",)

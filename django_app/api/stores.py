@@ -175,7 +175,9 @@ class BaseAgentKnowledgeViewSet(_StoreViewSet):
         query.is_valid(raise_exception=True)
         vector = check_embedding(query.validated_data["embedding"])
         assert vector is not None
-        matches = search(self.owner, vector, k=query.validated_data["k"], kind=query.validated_data.get("kind"))
+        matches = search(
+            self.owner, vector, k=query.validated_data["k"], kind=query.validated_data.get("kind")
+        )
         rows = {r.item_id: r for r in self.rows().filter(item_id__in=[m.record.key for m in matches])}
         data = [{"item": rows[m.record.key], "score": m.score} for m in matches if m.record.key in rows]
         return Response(KnowledgeMatchSerializer(data, many=True).data)
