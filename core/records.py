@@ -23,6 +23,8 @@ from agentstream.core.errors import InvalidRecord
 from agentstream.core.events import Event, EventType
 
 MAX_KEY_CHARS = 255
+MIN_NORM = 1e-100
+MAX_NORM = 1e100
 
 
 class TaskStatus(StrEnum):
@@ -89,6 +91,9 @@ def check_embedding(embedding: Sequence[float] | None) -> list[float] | None:
         raise InvalidRecord("embedding must be a sequence of numbers") from None
     if not vector or not all(math.isfinite(x) for x in vector) or not any(vector):
         raise InvalidRecord("embedding must be a non-empty vector of finite numbers, not all zero")
+    if not MIN_NORM <= norm(vector) <= MAX_NORM:
+        # beyond these, products in the database's cosine overflow or its norms underflow to 0
+        raise InvalidRecord(f"embedding's length must be within {MIN_NORM:g}..{MAX_NORM:g}; normalise it")
     return vector
 
 

@@ -169,7 +169,7 @@ class BaseAgentKnowledgeViewSet(_StoreViewSet):
         return Response(KnowledgeItemSerializer(self.one(pk)).data)
 
     @extend_schema(request=KnowledgeSearchSerializer, responses=KnowledgeMatchSerializer(many=True))
-    @action(detail=False, methods=["post"])
+    @action(detail=False, methods=["post"], pagination_class=None)
     def search(self, request: Request) -> Response:
         query = KnowledgeSearchSerializer(data=request.data)
         query.is_valid(raise_exception=True)
