@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import concurrent.futures
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -23,9 +24,10 @@ from agentstream.core.events import Event
 from agentstream.core.ids import anonymous_owner, user_owner
 from agentstream.core.records import StoreKind, StoreRecord, Version
 from agentstream.django_app.models import KnowledgeItem, MemoryItem, Preference, Task
-from agentstream.projections.stores import StoreWriter, search_knowledge
+from agentstream.projections.stores import StoreWriter, search_backend, search_knowledge
 
 T = TypeVar("T")
+log = logging.getLogger("agentstream.worker")
 
 MODELS: dict[StoreKind, type[Model]] = {
     StoreKind.MEMORY: MemoryItem,
@@ -118,6 +120,7 @@ class DjangoStoreBackend:
 
     def __init__(self, database: str = "default") -> None:
         self.database = database
+        self._search_logged = False
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="agentstream-stores")
 
     async def _call(self, fn: Callable[[], T]) -> T:
@@ -139,6 +142,9 @@ class DjangoStoreBackend:
     async def search(
         self, owner: str, embedding: Sequence[float], *, k: int, kind: str | None = None
     ) -> builtins.list[Match]:
+        if not self._search_logged:
+            self._search_logged = True
+            log.info("knowledge search: %s", search_backend(connections[self.database]))
         return await self._call(lambda: search(owner, embedding, k=k, kind=kind, database=self.database))
 
     def close(self) -> None:

@@ -207,7 +207,7 @@ def search_knowledge(
 
 
 def search_backend(connection: BaseDatabaseWrapper) -> str:
-    """Which similarity search this database uses (for ``agentstatus`` and the system check)."""
+    """Which similarity search this database uses (``agentstatus`` shows it; workers log it)."""
     if connection.vendor == "postgresql":
-        return "postgresql: cosine in SQL over double precision[]"
-    return f"{connection.vendor}: cosine by a registered SQL function"
+        return "postgresql: exact cosine in SQL over double precision[] (pgvector is not used yet)"
+    return f"{connection.vendor}: exact cosine by a registered SQL function"

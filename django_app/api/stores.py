@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter
 from rest_framework import serializers
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound
@@ -78,10 +80,18 @@ class _StoreViewSet(AgentViewSet):
         return self.rows()
 
     def one(self, key: str) -> Any:
+        if "\x00" in key:  # PostgreSQL text cannot hold NUL: such a key names nothing
+            raise NotFound(f"no such {self.noun}")
         row = self.rows().filter(**{self.key_field: key}).first()
         if row is None:
             raise NotFound(f"no such {self.noun} {key[:64]!r}")
         return row
+
+    def text_filter(self, rows: Any, request: Request, name: str, column: str) -> Any:
+        value = request.query_params.get(name)
+        if value is None:
+            return rows
+        return rows.none() if "\x00" in value else rows.filter(**{column: value})
 
     def page(self, rows: Any, serializer: type[serializers.Serializer]) -> Response:  # type: ignore[type-arg]
         found = self.paginate_queryset(rows)
@@ -124,12 +134,15 @@ class BaseAgentTaskViewSet(_StoreViewSet):
     noun = "task"
     serializer_class = TaskSerializer
 
-    @extend_schema(responses=TaskSerializer(many=True))
+    @extend_schema(
+        responses=TaskSerializer(many=True),
+        parameters=[
+            OpenApiParameter("task_list", OpenApiTypes.STR),
+            OpenApiParameter("status", OpenApiTypes.STR, enum=[s.value for s in TaskStatus]),
+        ],
+    )
     def list(self, request: Request) -> Response:
-        rows = self.rows()
-        task_list = request.query_params.get("task_list")
-        if task_list is not None:
-            rows = rows.filter(task_list=task_list)
+        rows = self.text_filter(self.rows(), request, "task_list", "task_list")
         wanted = request.query_params.get("status")
         if wanted is not None:
             if wanted not in {s.value for s in TaskStatus}:
@@ -156,12 +169,11 @@ class BaseAgentKnowledgeViewSet(_StoreViewSet):
     def rows(self) -> Any:
         return super().rows().defer("embedding")
 
-    @extend_schema(responses=KnowledgeItemSerializer(many=True))
+    @extend_schema(
+        responses=KnowledgeItemSerializer(many=True), parameters=[OpenApiParameter("kind", OpenApiTypes.STR)]
+    )
     def list(self, request: Request) -> Response:
-        rows = self.rows()
-        kind = request.query_params.get("kind")
-        if kind is not None:
-            rows = rows.filter(kind=kind)
+        rows = self.text_filter(self.rows(), request, "kind", "kind")
         return self.page(rows.order_by("item_id"), KnowledgeItemSerializer)
 
     @extend_schema(responses=KnowledgeItemSerializer)
@@ -175,9 +187,10 @@ class BaseAgentKnowledgeViewSet(_StoreViewSet):
         query.is_valid(raise_exception=True)
         vector = check_embedding(query.validated_data["embedding"])
         assert vector is not None
-        matches = search(
-            self.owner, vector, k=query.validated_data["k"], kind=query.validated_data.get("kind")
-        )
+        kind = query.validated_data.get("kind")
+        if kind is not None and "\x00" in kind:
+            return Response([])  # no item's kind holds a NUL
+        matches = search(self.owner, vector, k=query.validated_data["k"], kind=kind)
         rows = {r.item_id: r for r in self.rows().filter(item_id__in=[m.record.key for m in matches])}
         data = [{"item": rows[m.record.key], "score": m.score} for m in matches if m.record.key in rows]
         return Response(KnowledgeMatchSerializer(data, many=True).data)
