@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from django.apps import apps
@@ -35,7 +35,6 @@ class RunNode:
     messages: list[dict[str, Any]]
     branch_id: str = ""
     follows: str | None = None  # the message id its first message follows (None: the start)
-    children: list[RunNode] = field(default_factory=list)
 
     def message_id(self, n: int) -> str:
         return f"{self.run_id}:{n}"
@@ -143,12 +142,14 @@ def link(
             node.follows = previous.last_message_id if previous else None
         parent_run = known.get(node.follows.rpartition(":")[0]) if node.follows else None
         leader = first_follower.setdefault(node.follows, node)
-        if leader is node and (parent_run is not None or node.follows is None):
-            node.branch_id = parent_run.branch_id if parent_run is not None else node.run_id
+        # within a run, message n + 1 is message n's first follower: a run after a message
+        # that is not its run's last one always branches off
+        if leader is node and parent_run is not None and node.follows == parent_run.last_message_id:
+            node.branch_id = parent_run.branch_id
+        elif leader is node and node.follows is None:
+            node.branch_id = node.run_id  # the conversation's first branch
         else:
             node.branch_id = node.run_id  # a second answer to the same message: a new branch
-        if parent_run is not None:
-            parent_run.children.append(node)
         known[node.run_id] = node
         if node.run_id not in failed and node.messages:
             previous = node
