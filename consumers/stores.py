@@ -27,6 +27,7 @@ from agentstream.core.records import (
     StoreRecord,
     TaskStatus,
     Version,
+    check_dependencies,
     check_embedding,
     check_key,
     cosine,
@@ -234,22 +235,7 @@ class Tasks(_OwnedStore):
         return Task.from_record(StoreRecord(StoreKind.TASK, self._owner, task_id, _NO_VERSION, fields=fields))
 
     async def _check_dependencies(self, task_id: str, depends_on: Sequence[str]) -> None:
-        graph = {t.task_id: t.depends_on for t in await self.list()}
-        missing = [d for d in depends_on if d not in graph]
-        if missing:
-            raise InvalidRecord(f"task {task_id!r} depends on unknown task(s) {', '.join(missing)}")
-        graph[task_id] = tuple(depends_on)
-        seen: set[str] = set()
-        stack = list(depends_on)
-        while stack:  # a cycle exists iff task_id is reachable from its own dependencies
-            node = stack.pop()
-            if node == task_id:
-                raise InvalidRecord(
-                    f"task {task_id!r} would depend on itself through {', '.join(depends_on)}"
-                )
-            if node not in seen:
-                seen.add(node)
-                stack.extend(graph.get(node, ()))
+        check_dependencies(task_id, depends_on, {t.task_id: t.depends_on for t in await self.list()})
 
 
 class Knowledge(_OwnedStore):

@@ -16,6 +16,7 @@ P:{p}:delayed              zset     retries and scheduled runs (member run id, s
 P:{p}:dead                 stream   dead-lettered jobs with reason and delivery count
 P:{p}:idem:<owner>:<key>   string   idempotency key -> ``run_id|fingerprint`` (TTL)
 P:{p}:agents               set      agent keys that have a queue in this partition
+P:{p}:owner:<id>           string   seq counter of an owner's own stream (edits outside runs)
 P:cancel                   channel  pub/sub: run ids whose cancellation was requested
 P:sse:wake:<hub>           stream   wakes one SSE hub's blocking XREAD when its clients change
 ========================== ======== ==========================================================
@@ -53,6 +54,9 @@ class Keys:
 
     def conversation(self, conversation_id: str) -> str:
         return f"{self.tag(partition_of(conversation_id, self.partitions))}:conv:{conversation_id}"
+
+    def owner_stream(self, stream_id: str) -> str:
+        return f"{self.tag(partition_of(stream_id, self.partitions))}:owner:{stream_id}"
 
     def conversation_waiting(self, conversation_id: str) -> str:
         return f"{self.conversation(conversation_id)}:w"

@@ -143,6 +143,23 @@ def task_fields(
     }
 
 
+def check_dependencies(task_id: str, depends_on: Sequence[str], graph: Mapping[str, Sequence[str]]) -> None:
+    """Refuse unknown dependencies and cycles; ``graph``: the owner's task ids -> their dependencies."""
+    missing = [d for d in depends_on if d not in graph]
+    if missing:
+        raise InvalidRecord(f"task {task_id!r} depends on unknown task(s) {', '.join(missing)}")
+    links = {**graph, task_id: tuple(depends_on)}
+    seen: set[str] = set()
+    stack = list(depends_on)
+    while stack:  # a cycle exists iff task_id is reachable from its own dependencies
+        node = stack.pop()
+        if node == task_id:
+            raise InvalidRecord(f"task {task_id!r} would depend on itself through {', '.join(depends_on)}")
+        if node not in seen:
+            seen.add(node)
+            stack.extend(links.get(node, ()))
+
+
 def store_payload(store: StoreKind, owner: str, key: str, at_ms: int, **body: Any) -> dict[str, Any]:
     """The payload of a store event: who owns the record, which record, when, and the new value."""
     name = {StoreKind.TASK: "task_id", StoreKind.KNOWLEDGE: "item_id"}.get(store, "key")

@@ -36,7 +36,7 @@ from agentstream.core.events import (
     Visibility,
     visibility_of,
 )
-from agentstream.core.ids import idempotency_partition, new_run_id, partition_of
+from agentstream.core.ids import idempotency_partition, new_run_id, owner_stream_id, partition_of
 from agentstream.core.keys import WORKERS_GROUP, Keys
 from agentstream.core.settings import POLICIES, Settings
 from agentstream.core.state import RunState, RunStatus
@@ -409,6 +409,26 @@ class EventStore:
         """Show another branch of the conversation (``conversation.branch_switched``)."""
         return await self._conversation_change(
             conversation_id, owner, EventType.CONVERSATION_BRANCH_SWITCHED, {"branch_id": branch_id}
+        )
+
+    async def owner_event(self, owner: str, event_type: str, payload: Mapping[str, Any]) -> Event:
+        """Record a change ``owner`` made outside any run (editing its agents' stores) on the
+        owner's own stream; returns the event as the projector will see it."""
+        stream_id = owner_stream_id(owner)
+        partition = partition_of(stream_id, self.settings.PARTITIONS)
+        reply = await self._run_script(
+            "owner_event",
+            [self.keys.owner_stream(stream_id), self.keys.log(partition)],
+            [
+                self.keys.tag(partition) + ":",
+                stream_id,
+                event_type,
+                self._encode(event_type, payload),
+                self.visibility(event_type),
+            ],
+        )
+        return Event(
+            run_id="", seq=int(reply[1]), type=event_type, payload=payload, conversation_id=stream_id
         )
 
     async def delete_conversation(self, conversation_id: str, owner: str) -> int:

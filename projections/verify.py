@@ -27,6 +27,7 @@ from agentstream.core.state import (
 )
 from agentstream.core.store import Redis
 from agentstream.projections.entries import decode_log_entry
+from agentstream.projections.rows import CONVERSATION_TYPES
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +132,7 @@ def expected_state(
         oldest_ms = min(oldest_ms, e.ts_ms) if oldest_ms else e.ts_ms
         if e.run_id:
             by_run[e.run_id][e.seq] = e
-        elif e.conversation_id:
+        elif e.conversation_id and e.type in CONVERSATION_TYPES:  # not an owner's own stream
             by_conv[e.conversation_id][e.seq] = e
     runs: dict[str, RunState] = {}
     convs: dict[str, ConversationState] = {}
@@ -205,6 +206,7 @@ def conversation_differences(state: ConversationState, row: Mapping[str, Any]) -
         "deleted": state.deleted,
         "last_seq": state.seq,
         "created_ms": state.created_ms,
+        "active_branch_id": state.active_branch_id or None,
     }
     found = {
         "owner": row["owner"],
@@ -214,6 +216,7 @@ def conversation_differences(state: ConversationState, row: Mapping[str, Any]) -
         "deleted": row["deleted_at"] is not None,
         "last_seq": row["last_seq"],
         "created_ms": _ms(row["created_at"]),
+        "active_branch_id": row["active_branch_id"],
     }
     return {k: (v, found[k]) for k, v in expected.items() if found[k] != v}
 

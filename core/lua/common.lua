@@ -11,6 +11,7 @@ Key layout (mirrors core/keys.py; TAG = "<prefix>:{<partition>}:"):
   TAG delayed             zset    run id scored by due time (ms)
   TAG dead                stream  dead letters
   TAG agents              set     agent keys with a queue in this partition
+  TAG owner:<id>          string  seq counter of an owner's own stream
 
 Every key a script touches shares TAG, hence one Cluster slot. Replies are tables whose first
 element is a status word; scripts never raise for an expected refusal.

@@ -1,8 +1,10 @@
 """The caller's agent stores: ``memory/``, ``preferences/``, ``tasks/``, ``knowledge/`` (+ ``search/``).
 
-Read-only, like runs: what an agent remembers changes through the agent's runs (events, so it
-replays). Every query goes through ``django_app.stores.owned`` with the caller's owner: another
-owner's key or id is a 404, and lists only ever hold the caller's records.
+Every query goes through ``django_app.stores.owned`` with the caller's owner: another owner's key
+or id is a 404, and lists only ever hold the caller's records. What a user may change (set or
+forget a memory or preference, update or delete a task, delete a knowledge item) is an event on
+the caller's own stream (``EventStore.owner_event``), applied at once with the projector's merge,
+so it replays like the agents' own writes.
 """
 
 from __future__ import annotations
@@ -17,10 +19,21 @@ from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from agentstream.core.records import MAX_KEY_CHARS, StoreKind, TaskStatus, check_embedding
+from agentstream.consumers.stores import now_ms
+from agentstream.core.events import EventType
+from agentstream.core.records import (
+    MAX_KEY_CHARS,
+    StoreKind,
+    TaskStatus,
+    check_dependencies,
+    check_embedding,
+    check_key,
+    store_payload,
+    task_fields,
+)
 from agentstream.django_app.api.base import AgentViewSet
 from agentstream.django_app.api.schema import extend_schema
-from agentstream.django_app.stores import owned, search
+from agentstream.django_app.stores import apply_events, owned, search
 
 MAX_DIMENSIONS = 16_384
 MAX_MATCHES = 100
@@ -42,6 +55,22 @@ class TaskSerializer(serializers.Serializer):  # type: ignore[type-arg]
     notes = serializers.CharField(allow_blank=True)
     metadata = serializers.DictField()
     updated_at = serializers.DateTimeField()
+
+
+class ValueSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    value = serializers.JSONField(allow_null=True)
+
+
+class TaskUpdateSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    title = serializers.CharField(required=False, max_length=10_000)
+    status = serializers.ChoiceField(choices=[s.value for s in TaskStatus], required=False)
+    priority = serializers.IntegerField(required=False, min_value=-(2**31), max_value=2**31 - 1)
+    task_list = serializers.CharField(required=False, max_length=MAX_KEY_CHARS)
+    depends_on = serializers.ListField(
+        child=serializers.CharField(max_length=MAX_KEY_CHARS), required=False, max_length=1000
+    )
+    notes = serializers.CharField(required=False, allow_blank=True, max_length=100_000)
+    metadata = serializers.DictField(required=False)
 
 
 class KnowledgeItemSerializer(serializers.Serializer):  # type: ignore[type-arg]
@@ -87,6 +116,22 @@ class _StoreViewSet(AgentViewSet):
             raise NotFound(f"no such {self.noun} {key[:64]!r}")
         return row
 
+    delete_type: EventType
+
+    def record(self, event_type: EventType, key: str, **body: Any) -> None:
+        """The caller's change: an event on its own stream, then merged into the table at once."""
+        owner = self.owner
+        payload = store_payload(self.kind, owner, check_key("a key", key), now_ms(), **body)
+        store = self.backend.store
+        event = self.backend.call(lambda: store.owner_event(owner, event_type, payload))
+        apply_events([event])
+
+    @extend_schema(responses={204: None})
+    def destroy(self, request: Request, pk: str) -> Response:
+        self.one(pk)  # 404 unless it is the caller's
+        self.record(self.delete_type, pk)
+        return Response(status=204)
+
     def text_filter(self, rows: Any, request: Request, name: str, column: str) -> Any:
         value = request.query_params.get(name)
         if value is None:
@@ -111,12 +156,26 @@ class _KeyValueViewSet(_StoreViewSet):
     def retrieve(self, request: Request, pk: str) -> Response:
         return Response(KeyValueSerializer(self.one(pk)).data)
 
+    set_type: EventType
+
+    @extend_schema(request=ValueSerializer, responses=KeyValueSerializer)
+    def update(self, request: Request, pk: str) -> Response:
+        """Set the value (the caller's own record: another owner's same key is never touched)."""
+        if "\x00" in pk:
+            raise serializers.ValidationError({"key": "must not contain NUL"})
+        body = ValueSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        self.record(self.set_type, pk, value=body.validated_data["value"])
+        return Response(KeyValueSerializer(self.one(pk)).data)
+
 
 class BaseAgentMemoryViewSet(_KeyValueViewSet):
     """``memory/``: what the caller's agents remember (``ctx.memory``)."""
 
     kind = StoreKind.MEMORY
     noun = "memory key"
+    set_type = EventType.MEMORY_SET
+    delete_type = EventType.MEMORY_DELETED
 
 
 class BaseAgentPreferenceViewSet(_KeyValueViewSet):
@@ -124,6 +183,8 @@ class BaseAgentPreferenceViewSet(_KeyValueViewSet):
 
     kind = StoreKind.PREFERENCE
     noun = "preference"
+    set_type = EventType.PREFERENCE_SET
+    delete_type = EventType.PREFERENCE_DELETED
 
 
 class BaseAgentTaskViewSet(_StoreViewSet):
@@ -132,6 +193,7 @@ class BaseAgentTaskViewSet(_StoreViewSet):
     kind = StoreKind.TASK
     key_field = "task_id"
     noun = "task"
+    delete_type = EventType.TASK_DELETED
     serializer_class = TaskSerializer
 
     @extend_schema(
@@ -156,6 +218,28 @@ class BaseAgentTaskViewSet(_StoreViewSet):
     def retrieve(self, request: Request, pk: str) -> Response:
         return Response(TaskSerializer(self.one(pk)).data)
 
+    @extend_schema(request=TaskUpdateSerializer, responses=TaskSerializer)
+    def partial_update(self, request: Request, pk: str) -> Response:
+        """Change some fields of a task (tick it off, re-prioritise it, ...)."""
+        row = self.one(pk)
+        body = TaskUpdateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        current = {
+            "title": row.title,
+            "status": row.status,
+            "priority": row.priority,
+            "depends_on": row.depends_on or [],
+            "task_list": row.task_list,
+            "notes": row.notes,
+            "metadata": row.metadata or {},
+        }
+        fields = task_fields(**{**current, **body.validated_data})
+        if fields["depends_on"] != sorted(set(current["depends_on"])):
+            graph = {t.task_id: t.depends_on or [] for t in self.rows().only("task_id", "depends_on")}
+            check_dependencies(pk, fields["depends_on"], graph)
+        self.record(EventType.TASK_UPSERTED, pk, **fields)
+        return Response(TaskSerializer(self.one(pk)).data)
+
 
 class BaseAgentKnowledgeViewSet(_StoreViewSet):
     """``knowledge/``: facts, summaries and documents of the caller's agents; ``search/`` ranks
@@ -164,6 +248,7 @@ class BaseAgentKnowledgeViewSet(_StoreViewSet):
     kind = StoreKind.KNOWLEDGE
     key_field = "item_id"
     noun = "knowledge item"
+    delete_type = EventType.KNOWLEDGE_DELETED
     serializer_class = KnowledgeItemSerializer
 
     def rows(self) -> Any:

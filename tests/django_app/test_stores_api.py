@@ -166,3 +166,51 @@ def test_the_persistence_manager_reads_one_owners_stores(
     assert get_persistence_manager(session_id="nobody").tasks().count() == 0
     with pytest.raises(ValueError, match="authenticated user or an anonymous session"):
         get_persistence_manager(None)
+
+
+def put(client: Client, path: str, body: Any) -> Any:
+    return client.put(path, json.dumps(body), content_type="application/json")
+
+
+def patch(client: Client, path: str, body: Any) -> Any:
+    return client.patch(path, json.dumps(body), content_type="application/json")
+
+
+def test_the_owner_edits_its_stores_and_nobody_else_can(
+    agentstream: dict[str, Any], callers: dict[str, tuple[Client, str | None]]
+) -> None:
+    alice, owner = callers["alice"]
+    apply_events(records_of(owner or ""))
+    assert put(alice, "/api/agents/memory/city/", {"value": "Paris"}).json()["value"] == "Paris"
+    assert put(alice, "/api/agents/preferences/units/", {"value": {"temp": "C"}}).status_code == 200
+    done = patch(alice, "/api/agents/tasks/t1/", {"status": "complete", "priority": 4})
+    assert (done.json()["status"], done.json()["priority"], done.json()["title"]) == ("complete", 4, "plan")
+    for name, (client, _) in callers.items():
+        if name == "alice":
+            continue
+        expected = 401 if name == "no credentials" else 404
+        for path in ("/api/agents/memory/city/", "/api/agents/tasks/t1/", "/api/agents/knowledge/k1/"):
+            assert client.delete(path).status_code == expected, (name, path)
+        assert patch(client, "/api/agents/tasks/t1/", {"status": "cancelled"}).status_code == expected
+        if name != "no credentials":  # the same key of another owner is that owner's own record
+            assert put(client, "/api/agents/memory/city/", {"value": name}).json()["value"] == name
+    assert alice.get("/api/agents/memory/city/").json()["value"] == "Paris"
+    assert alice.get("/api/agents/tasks/t1/").json()["status"] == "complete"
+    assert alice.delete("/api/agents/memory/city/").status_code == 204
+    assert alice.get("/api/agents/memory/city/").status_code == 404
+    assert alice.delete("/api/agents/knowledge/k1/").status_code == 204
+    assert [m["item"]["item_id"] for m in search(alice, {"embedding": [0.0, 1.0]}).json()] == ["k2"]
+
+
+def test_task_edits_are_validated(
+    agentstream: dict[str, Any], callers: dict[str, tuple[Client, str | None]]
+) -> None:
+    alice, owner = callers["alice"]
+    apply_events(records_of(owner or ""))
+    assert patch(alice, "/api/agents/tasks/t1/", {"status": "done"}).status_code == 400
+    cycle = patch(alice, "/api/agents/tasks/t1/", {"depends_on": ["t2"]})  # t2 already depends on t1
+    assert cycle.status_code == 400 and "depend on itself" in cycle.json()["error"]["message"]
+    unknown = patch(alice, "/api/agents/tasks/t1/", {"depends_on": ["nope"]})
+    assert unknown.status_code == 400 and "unknown task" in unknown.json()["error"]["message"]
+    assert patch(alice, "/api/agents/tasks/t1/", {"title": ""}).status_code == 400
+    assert alice.get("/api/agents/tasks/t1/").json()["status"] == "not_started"  # nothing half-written

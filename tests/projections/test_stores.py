@@ -10,6 +10,7 @@ import pytest
 from django.db import connections, transaction
 
 from agentstream.consumers.context import RunContext
+from agentstream.consumers.stores import now_ms
 from agentstream.core.events import Event, EventType
 from agentstream.core.ids import anonymous_owner, user_owner
 from agentstream.core.records import StoreKind, store_payload
@@ -116,7 +117,7 @@ async def test_similarity_search_ranks_in_the_database_and_only_the_owners_items
     assert await in_thread(lambda: search(user_owner(99), [0.0, 1.0], k=5, database=database)) == []
 
 
-async def test_a_worker_write_is_readable_at_once_and_replay_from_the_archive_reproduces_the_stores(
+async def test_worker_and_owner_writes_are_readable_at_once_and_replay_from_the_archive_reproduces_them(
     store: EventStore, database: str
 ) -> None:
     backend = DjangoStoreBackend(database)
@@ -137,6 +138,10 @@ async def test_a_worker_write_is_readable_at_once_and_replay_from_the_archive_re
         await first.knowledge.add("north", embedding=[0.0, 1.0], item_id="n")
         await second.knowledge.delete("n")
         assert await anon.memory.get("city") is None
+        # the owner forgets a memory from outside any run (the API's path): its own stream
+        forget = store_payload(StoreKind.PREFERENCE, ALICE, "units", now_ms(), value="imperial")
+        await backend.apply([await store.owner_event(ALICE, EventType.PREFERENCE_SET, forget)])
+        assert await first.preferences.get("units") == "imperial"
         live = await in_thread(snapshot, database)
 
         # the projector re-applies what the worker already wrote: nothing changes
@@ -164,3 +169,26 @@ def test_the_read_model_projection_leaves_store_events_to_the_stores_projection(
     assert ReadModelProjection.event_types is None  # it archives them (replay reads the archive)
     assert StoresProjection().wants(EventType.MEMORY_SET)
     assert not StoresProjection().wants(EventType.ASSISTANT_MESSAGE)
+
+
+async def test_verify_sees_no_drift_with_branch_switches_and_owner_streams_in_the_logs(
+    store: EventStore, database: str
+) -> None:
+    from agentstream.projections.verify import compare, log_events
+
+    conv = await store.create_conversation(ALICE, agent_key=AGENT)
+    await store.switch_branch(conv, ALICE, "some-branch")
+    payload = store_payload(StoreKind.MEMORY, ALICE, "city", 1, value="Lyon")
+    await store.owner_event(ALICE, EventType.MEMORY_SET, payload)
+    await projector_for(store, database).run(burst=True)
+    events = [e async for e in log_events(store.redis, store.keys)]
+    report = await in_thread(compare, events, database)
+    assert report.ok, report.drift
+    assert report.conversations_checked == 1  # the owner's stream is not a conversation
+
+    def branch() -> str | None:
+        from agentstream.django_app.models import Conversation
+
+        return Conversation.objects.using(database).get(id=conv).active_branch_id
+
+    assert await in_thread(branch) == "some-branch"
