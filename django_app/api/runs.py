@@ -259,6 +259,9 @@ def _shown_branch_end(owner: str, conversation_id: Any) -> str | None:
         ).first()
         if row is None:
             return None
+        later = Run.objects.filter(conversation_id=conversation_id, created_at__gt=row.active_branch_at)
+        if row.active_branch_at is None or later.exists():
+            return None  # a run after the switch shows its own branch: follow the newest run
         path = conversation_tree(row).path()
     except OperationalError:  # the database is down: runs go on (on the newest branch)
         return None
