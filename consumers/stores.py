@@ -70,8 +70,15 @@ class StoreBackend(Protocol):
         """The ``k`` knowledge items most similar to ``embedding`` (cosine), best first."""
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
+_last_us = 0
+
+
+def now_us() -> int:
+    """The writer's clock in microseconds, strictly increasing within the process: of two writes
+    made one after the other here, the later always has the newer version."""
+    global _last_us
+    _last_us = max(time.time_ns() // 1000, _last_us + 1)
+    return _last_us
 
 
 class _OwnedStore:
@@ -85,7 +92,7 @@ class _OwnedStore:
         self._owner = owner
 
     async def _write(self, event_type: EventType, key: str, **body: Any) -> None:
-        event = await self._record(event_type, store_payload(self.kind, self._owner, key, now_ms(), **body))
+        event = await self._record(event_type, store_payload(self.kind, self._owner, key, now_us(), **body))
         await self._backend.apply([event])
 
 

@@ -7,8 +7,10 @@ version replaces it, whatever order writes arrive in; a delete is a tombstone wi
 applying the same events once, twice or shuffled gives the same rows: the worker's write-through,
 the projector and a replay all converge.
 
-``Version`` = (the writer's clock in ms, run id, seq). The clock orders writes of different runs
-of one owner; (run id, seq) breaks ties and orders the writes of one run exactly.
+``Version`` = (the writer's clock in µs, run id, seq). The clock (strictly increasing within a
+process) orders writes of different runs of one owner; (run id, seq) breaks the ties left between
+processes. Writes of one key made by two hosts within their clock skew may therefore be ordered
+by the clocks rather than by real time, but every writer picks the same winner.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ STORE_TYPES: frozenset[str] = frozenset(STORE_EVENTS)
 
 @dataclass(frozen=True, slots=True, order=True)
 class Version:
-    at_ms: int
+    at_us: int
     run_id: str
     seq: int
 
@@ -160,10 +162,10 @@ def check_dependencies(task_id: str, depends_on: Sequence[str], graph: Mapping[s
             stack.extend(links.get(node, ()))
 
 
-def store_payload(store: StoreKind, owner: str, key: str, at_ms: int, **body: Any) -> dict[str, Any]:
+def store_payload(store: StoreKind, owner: str, key: str, at_us: int, **body: Any) -> dict[str, Any]:
     """The payload of a store event: who owns the record, which record, when, and the new value."""
     name = {StoreKind.TASK: "task_id", StoreKind.KNOWLEDGE: "item_id"}.get(store, "key")
-    return {"owner": owner, name: key, "at_ms": at_ms, **body}
+    return {"owner": owner, name: key, "at_us": at_us, **body}
 
 
 def record_of(event: Event) -> StoreRecord | None:
@@ -175,15 +177,15 @@ def record_of(event: Event) -> StoreRecord | None:
     p = event.payload
     key = p.get("key", p.get("task_id", p.get("item_id")))
     owner = p.get("owner")
-    at_ms = p.get("at_ms")
-    if not (isinstance(key, str) and key and isinstance(owner, str) and owner and isinstance(at_ms, int)):
+    at_us = p.get("at_us")
+    if not (isinstance(key, str) and key and isinstance(owner, str) and owner and isinstance(at_us, int)):
         return None
-    version = Version(at_ms, event.run_id, event.seq)
+    version = Version(at_us, event.run_id, event.seq)
     if deleted:
         return StoreRecord(kind, owner, key, version, deleted=True)
     if kind in (StoreKind.MEMORY, StoreKind.PREFERENCE):
         return StoreRecord(kind, owner, key, version, value=p.get("value"))
-    body = {k: v for k, v in p.items() if k not in ("owner", "key", "task_id", "item_id", "at_ms")}
+    body = {k: v for k, v in p.items() if k not in ("owner", "key", "task_id", "item_id", "at_us")}
     return StoreRecord(kind, owner, key, version, fields=body)
 
 

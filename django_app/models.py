@@ -271,7 +271,7 @@ class StoreRecordModel(models.Model):
 
     owner = models.CharField(max_length=255)
     deleted = models.BooleanField(default=False)
-    version_ms = models.BigIntegerField(default=0)
+    version_us = models.BigIntegerField(default=0)
     version_run = models.CharField(max_length=64, default="")
     version_seq = models.BigIntegerField(default=0)
     updated_at = models.DateTimeField()

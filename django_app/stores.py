@@ -52,7 +52,7 @@ def owned(kind: StoreKind, owner: str, database: str = "default") -> QuerySet[An
 
 
 def record_from_row(kind: StoreKind, row: Any) -> StoreRecord:
-    version = Version(row.version_ms, row.version_run, row.version_seq)
+    version = Version(row.version_us, row.version_run, row.version_seq)
     key = getattr(row, KEY_FIELD[kind])
     if kind in (StoreKind.MEMORY, StoreKind.PREFERENCE):
         return StoreRecord(kind, row.owner, key, version, value=row.value)

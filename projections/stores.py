@@ -28,7 +28,7 @@ from agentstream.projections.sql import Dialect, to_json
 
 NAME = "stores"
 
-BASE_COLUMNS = ("owner", "deleted", "version_ms", "version_run", "version_seq", "updated_at")
+BASE_COLUMNS = ("owner", "deleted", "version_us", "version_run", "version_seq", "updated_at")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +85,8 @@ def _conflict(table: Table) -> str:
     t = table.name
     updates = ", ".join(f"{c} = excluded.{c}" for c in (*BASE_COLUMNS, *table.columns) if c != "owner")
     newer = (
-        f"(excluded.version_ms, excluded.version_run, excluded.version_seq) > "
-        f"({t}.version_ms, {t}.version_run, {t}.version_seq)"
+        f"(excluded.version_us, excluded.version_run, excluded.version_seq) > "
+        f"({t}.version_us, {t}.version_run, {t}.version_seq)"
     )
     return f"ON CONFLICT (owner, {table.key}) DO UPDATE SET {updates} WHERE {newer}"
 
@@ -119,7 +119,7 @@ class StoreWriter:
     def _row(self, r: StoreRecord) -> tuple[Any, ...]:
         d = self.d
         v: Version = r.version
-        base = (r.key, r.owner, r.deleted, v.at_ms, v.run_id, v.seq, d.ts(v.at_ms) or d.ts(1))
+        base = (r.key, r.owner, r.deleted, v.at_us, v.run_id, v.seq, d.ts(v.at_us // 1000) or d.ts(1))
         f = r.fields
         if r.kind in (StoreKind.MEMORY, StoreKind.PREFERENCE):
             return (*base, None if r.deleted else to_json(r.value))

@@ -19,7 +19,7 @@ from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from agentstream.consumers.stores import now_ms
+from agentstream.consumers.stores import now_us
 from agentstream.core.events import EventType
 from agentstream.core.records import (
     MAX_KEY_CHARS,
@@ -121,7 +121,7 @@ class _StoreViewSet(AgentViewSet):
     def record(self, event_type: EventType, key: str, **body: Any) -> None:
         """The caller's change: an event on its own stream, then merged into the table at once."""
         owner = self.owner
-        payload = store_payload(self.kind, owner, check_key("a key", key), now_ms(), **body)
+        payload = store_payload(self.kind, owner, check_key("a key", key), now_us(), **body)
         store = self.backend.store
         event = self.backend.call(lambda: store.owner_event(owner, event_type, payload))
         apply_events([event])

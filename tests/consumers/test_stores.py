@@ -76,7 +76,7 @@ async def test_an_agent_cannot_emit_store_events_itself(store: EventStore) -> No
     ctx = await context(store, ALICE, InMemoryStoreBackend())
     for kind in sorted(STORE_TYPES):
         with pytest.raises(ValueError, match="written by the run's stores"):
-            await ctx.emit(kind, {"owner": BOB, "key": "x", "at_ms": 1, "value": 1})
+            await ctx.emit(kind, {"owner": BOB, "key": "x", "at_us": 1, "value": 1})
 
 
 async def test_a_zombie_attempts_store_write_is_fenced_and_applies_nothing(store: EventStore) -> None:

@@ -10,7 +10,7 @@ import pytest
 from django.db import connections, transaction
 
 from agentstream.consumers.context import RunContext
-from agentstream.consumers.stores import now_ms
+from agentstream.consumers.stores import now_us
 from agentstream.core.events import Event, EventType
 from agentstream.core.ids import anonymous_owner, user_owner
 from agentstream.core.records import StoreKind, store_payload
@@ -139,7 +139,7 @@ async def test_worker_and_owner_writes_are_readable_at_once_and_replay_from_the_
         await second.knowledge.delete("n")
         assert await anon.memory.get("city") is None
         # the owner forgets a memory from outside any run (the API's path): its own stream
-        forget = store_payload(StoreKind.PREFERENCE, ALICE, "units", now_ms(), value="imperial")
+        forget = store_payload(StoreKind.PREFERENCE, ALICE, "units", now_us(), value="imperial")
         await backend.apply([await store.owner_event(ALICE, EventType.PREFERENCE_SET, forget)])
         assert await first.preferences.get("units") == "imperial"
         live = await in_thread(snapshot, database)
