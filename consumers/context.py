@@ -12,17 +12,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
+from agentstream.consumers.errors import StoresNotConfigured
+from agentstream.consumers.stores import Knowledge, Memory, Preferences, StoreBackend, Tasks
 from agentstream.core.codec import encode_payload
 from agentstream.core.errors import FencedOut
-from agentstream.core.events import LIFECYCLE_TYPES, EventType, NewEvent, Visibility
+from agentstream.core.events import LIFECYCLE_TYPES, Event, EventType, NewEvent, Visibility
 from agentstream.core.logfmt import run_fields
+from agentstream.core.records import STORE_TYPES
 from agentstream.core.store import AppendResult, Claim, EventStore
 
 log = logging.getLogger("agentstream.worker")
 
 Usage = Mapping[str, int | float]
+T = TypeVar("T", Memory, Preferences, Tasks, Knowledge)
 
 
 class RunContext:
@@ -38,6 +42,7 @@ class RunContext:
         max_batch: int = 200,
         on_cancel_requested: Callable[[], None] | None = None,
         on_fenced: Callable[[FencedOut], None] | None = None,
+        stores: StoreBackend | None = None,
     ) -> None:
         queued = claim.input
         self.run_id: str = claim.run_id
@@ -64,6 +69,8 @@ class RunContext:
         self._messages: list[dict[str, Any]] = []
         self._pending_text: list[str] = []
         self.last_seq: int = claim.seq
+        self._stores = stores
+        self._store_objects: dict[type, object] = {}
 
     # -- the agent's API ---------------------------------------------------------------------
 
@@ -80,6 +87,10 @@ class RunContext:
         if kind in LIFECYCLE_TYPES:
             raise ValueError(
                 f"{kind} is written by the runtime itself; return a RunResult or raise instead of emitting it"
+            )
+        if kind in STORE_TYPES:
+            raise ValueError(
+                f"{kind} is written by the run's stores; use ctx.memory / preferences / tasks / knowledge"
             )
         encode_payload(kind, payload, self._store.settings.MAX_EVENT_BYTES)  # fail here, not in a later flush
         self._remember(kind, payload)
@@ -123,6 +134,58 @@ class RunContext:
             if isinstance(amount, int | float) and not isinstance(amount, bool):
                 self._usage[name] = self._usage.get(name, 0) + amount
 
+    # -- the owner's stores (consumers.stores) --------------------------------------------------
+
+    @property
+    def memory(self) -> Memory:
+        """Key-value memory of the run's owner, kept across runs."""
+        return self._owned_store(Memory)
+
+    @property
+    def preferences(self) -> Preferences:
+        return self._owned_store(Preferences)
+
+    @property
+    def tasks(self) -> Tasks:
+        return self._owned_store(Tasks)
+
+    @property
+    def knowledge(self) -> Knowledge:
+        return self._owned_store(Knowledge)
+
+    def _owned_store(self, cls: type[T]) -> T:
+        found = self._store_objects.get(cls)
+        if found is None:
+            if self._stores is None:
+                raise StoresNotConfigured(
+                    "this worker has no store backend: run it through Django (manage.py runagent, "
+                    "agentstream demo) or pass stores= to Worker"
+                )
+            found = self._store_objects[cls] = cls(self.record, self._stores, self.owner)
+        return found  # type: ignore[return-value]
+
+    async def record(self, event_type: str, payload: Mapping[str, Any]) -> Event:
+        """Append one event now, after everything buffered, and return it with its seq (the
+        stores' write path: the event must be in the run before its effect is applied)."""
+        encode_payload(event_type, payload, self._store.settings.MAX_EVENT_BYTES)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        async with self._flush_lock:
+            if self._fenced is not None:
+                raise self._fenced
+            self._buffer.append(NewEvent(event_type, payload))
+            batch, self._buffer = self._buffer, []
+            result = await self._send(batch)
+        return Event(
+            run_id=self.run_id,
+            seq=result.last_seq,  # seqs are dense and ours is the batch's last
+            type=event_type,
+            payload=payload,
+            attempt=self.attempt,
+            conversation_id=self.conversation_id or "",
+        )
+
     # -- the engine's side -------------------------------------------------------------------
 
     @property
@@ -156,28 +219,33 @@ class RunContext:
             if not self._buffer:
                 return
             batch, self._buffer = self._buffer, []
-            sending = asyncio.ensure_future(self._store.append_many(self.run_id, self.attempt, batch))
-            try:
-                result = await asyncio.shield(sending)
-            except asyncio.CancelledError:
-                # The agent was cancelled mid-flush: the batch is on its way; let it land (so it
-                # is neither lost nor sent twice by the final flush), then honour the cancel.
-                await asyncio.wait({sending})
-                self._after_cancelled_send(sending)
-                raise
-            except FencedOut as exc:
-                self._fenced = exc
-                if self._on_fenced is not None:
-                    self._on_fenced(exc)
-                raise
-            except BaseException:
-                self._buffer[:0] = batch  # not written: keep them for the next flush
-                raise
-            self.last_seq = result.last_seq
-            if result.cancel_requested and not self._cancel_requested:
-                self._cancel_requested = True
-                if self._on_cancel_requested is not None:
-                    self._on_cancel_requested()
+            await self._send(batch)
+
+    async def _send(self, batch: list[NewEvent]) -> AppendResult:
+        """One ``append_many`` of ``batch``; the caller holds the flush lock."""
+        sending = asyncio.ensure_future(self._store.append_many(self.run_id, self.attempt, batch))
+        try:
+            result = await asyncio.shield(sending)
+        except asyncio.CancelledError:
+            # The agent was cancelled mid-flush: the batch is on its way; let it land (so it
+            # is neither lost nor sent twice by the final flush), then honour the cancel.
+            await asyncio.wait({sending})
+            self._after_cancelled_send(sending)
+            raise
+        except FencedOut as exc:
+            self._fenced = exc
+            if self._on_fenced is not None:
+                self._on_fenced(exc)
+            raise
+        except BaseException:
+            self._buffer[:0] = batch  # not written: keep them for the next flush
+            raise
+        self.last_seq = result.last_seq
+        if result.cancel_requested and not self._cancel_requested:
+            self._cancel_requested = True
+            if self._on_cancel_requested is not None:
+                self._on_cancel_requested()
+        return result
 
     async def take_buffer(self) -> list[NewEvent]:
         """The events not sent yet, for the engine's last write (``finish`` carries them).

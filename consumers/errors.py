@@ -7,7 +7,8 @@
         ├── AgentFailure              raised BY an agent to say how its run should end
         │   ├── Retry                 try again (after ``delay_s``, else the configured backoff)
         │   └── PermanentFailure      fail now; retrying would fail the same way
-        └── RegistryError             a runtime could not be registered, or no runtime has the key
+        ├── RegistryError             a runtime could not be registered, or no runtime has the key
+        └── StoresNotConfigured       ctx.memory / tasks / ... on a worker without a store backend
 
 Any other exception from an agent is classified by its runtime's ``on_error`` hook (default:
 retriable), so a flaky HTTP call is retried and a bug is not retried forever (``max_attempts``).
@@ -43,4 +44,8 @@ class PermanentFailure(AgentFailure):
 
 
 class RegistryError(ConsumerError, LookupError):
+    pass
+
+
+class StoresNotConfigured(ConsumerError, RuntimeError):
     pass

@@ -22,6 +22,7 @@ import redis.exceptions
 from agentstream.consumers.context import RunContext
 from agentstream.consumers.outcome import FailureDecision, Outcome, decide_failure
 from agentstream.consumers.runtime import AgentRuntime, ErrorInfo, RunResult
+from agentstream.consumers.stores import StoreBackend
 from agentstream.consumers.tracing import current_tracer
 from agentstream.core.errors import FencedOut, IllegalTransition, NotFound, RetryableError
 from agentstream.core.events import EventType
@@ -54,6 +55,7 @@ class Attempt:
         options: AttemptOptions,
         *,
         worker_id: str | None = None,
+        stores: StoreBackend | None = None,
     ) -> None:
         self.store = store
         # on every log line about this attempt (see core.logfmt)
@@ -71,6 +73,7 @@ class Attempt:
             flush_interval_s=options.flush_interval_s,
             on_cancel_requested=lambda: self.request_cancel("cancel requested"),
             on_fenced=lambda exc: self.stop(Outcome.FENCED),
+            stores=stores,
         )
         self.task: asyncio.Task[RunResult | None] | None = None
         self.cancel_reason: str | None = "cancel requested" if claim.cancel_requested else None

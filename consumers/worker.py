@@ -38,6 +38,7 @@ from agentstream.consumers.execution import TRANSIENT, Attempt, AttemptOptions, 
 from agentstream.consumers.outcome import Outcome
 from agentstream.consumers.queues import Job, Queue, QueueReader, job_from, job_problem
 from agentstream.consumers.registry import RuntimeRegistry
+from agentstream.consumers.stores import StoreBackend
 from agentstream.core.eviction import ensure_noeviction
 from agentstream.core.keys import WORKERS_GROUP
 from agentstream.core.logfmt import run_fields
@@ -66,8 +67,10 @@ class Worker:
         grace_s: float | None = None,
         promote_interval_s: float = 0.1,
         flush_interval_s: float = 0.02,
+        stores: StoreBackend | None = None,
     ) -> None:
         settings = store.settings
+        self.stores = stores  # ctx.memory / tasks / ... of the runs (None: agents cannot use them)
         self.store = store
         self.registry = registry
         self.agent_keys = list(agent_keys) if agent_keys else registry.keys()
@@ -251,6 +254,7 @@ class Worker:
             job.agent_key,
             _with_timeout(self.attempt_options, claim.timeout_s),
             worker_id=self.worker_id,
+            stores=self.stores,
         )
         self.attempts[job.run_id] = (job, attempt)
         if self._early_cancels.pop(job.run_id, None) is not None:

@@ -25,7 +25,7 @@ from agentstream.core.errors import ConfigurationError
 from agentstream.core.eviction import ensure_noeviction_at_start
 from agentstream.core.gctune import freeze_startup_heap
 from agentstream.core.logfmt import configure_logging
-from agentstream.core.settings import Settings
+from agentstream.core.settings import Settings, load_callable
 from agentstream.core.store import EventStore, redis_from_url
 
 log = logging.getLogger("agentstream.worker")
@@ -44,6 +44,8 @@ class WorkerConfig:
     log_level: str = "INFO"
     handle_signals: bool = True
     metrics_port: int | None = None  # serve this process's counters for Prometheus
+    # a zero-argument factory of the runs' StoreBackend, as a dotted path (picklable); "": none
+    stores: str = ""
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,6 +97,7 @@ def run_worker_process(config: WorkerConfig) -> None:
 async def serve(config: WorkerConfig, registry: RuntimeRegistry) -> Worker:
     client = redis_from_url(config.settings.REDIS_URL)
     store = EventStore(client, config.settings, pipeline_scripts=True)
+    stores = load_callable(config.stores, "the worker's stores factory")() if config.stores else None
     try:
         worker = Worker(
             store,
@@ -104,6 +107,7 @@ async def serve(config: WorkerConfig, registry: RuntimeRegistry) -> Worker:
             burst=config.burst,
             handle_signals=config.handle_signals,
             block_ms=config.block_ms,
+            stores=stores,
         )
     except (RegistryError, ValueError) as exc:  # a bad --agent-keys / --concurrency: say so, no traceback
         await client.aclose()

@@ -5,6 +5,7 @@
     AgentStreamError
     ├── ConfigurationError            a setting is unknown or invalid (lists the valid ones)
     ├── EventEncodingError            a payload cannot be encoded, or is too large; nothing written
+    ├── InvalidRecord                 a store write (memory, task, knowledge...) that cannot be recorded
     ├── CorruptEntry                  a stream entry that does not decode (written by hand?)
     ├── IllegalTransition             an event that the run's state does not allow
     │   ├── RunTerminal               the run already ended; it takes no further event
@@ -29,6 +30,10 @@ class ConfigurationError(AgentStreamError):
 
 
 class EventEncodingError(AgentStreamError, ValueError):
+    pass
+
+
+class InvalidRecord(AgentStreamError, ValueError):
     pass
 
 

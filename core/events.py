@@ -40,6 +40,16 @@ class EventType(StrEnum):
     CONVERSATION_CREATED = "conversation.created"
     CONVERSATION_UPDATED = "conversation.updated"
     CONVERSATION_DELETED = "conversation.deleted"
+    CONVERSATION_BRANCH_SWITCHED = "conversation.branch_switched"
+    # owner-scoped agent stores (core.records): written through RunContext's stores only
+    MEMORY_SET = "memory.set"
+    MEMORY_DELETED = "memory.deleted"
+    PREFERENCE_SET = "preference.set"
+    PREFERENCE_DELETED = "preference.deleted"
+    TASK_UPSERTED = "task.upserted"
+    TASK_DELETED = "task.deleted"
+    KNOWLEDGE_ADDED = "knowledge.added"
+    KNOWLEDGE_DELETED = "knowledge.deleted"
 
 
 class Visibility(StrEnum):
@@ -92,6 +102,15 @@ DEFAULT_EVENT_VISIBILITY: Mapping[str, Visibility] = {
     EventType.CONVERSATION_CREATED: Visibility.INTERNAL,
     EventType.CONVERSATION_UPDATED: Visibility.INTERNAL,
     EventType.CONVERSATION_DELETED: Visibility.INTERNAL,
+    EventType.CONVERSATION_BRANCH_SWITCHED: Visibility.INTERNAL,
+    EventType.MEMORY_SET: Visibility.INTERNAL,
+    EventType.MEMORY_DELETED: Visibility.INTERNAL,
+    EventType.PREFERENCE_SET: Visibility.INTERNAL,
+    EventType.PREFERENCE_DELETED: Visibility.INTERNAL,
+    EventType.TASK_UPSERTED: Visibility.DEBUG,
+    EventType.TASK_DELETED: Visibility.DEBUG,
+    EventType.KNOWLEDGE_ADDED: Visibility.INTERNAL,
+    EventType.KNOWLEDGE_DELETED: Visibility.INTERNAL,
 }
 
 

@@ -59,6 +59,15 @@ def anonymous_owner(session_id: object) -> str:
     return f"{ANONYMOUS_OWNER}:{session_id}"
 
 
+# An owner's own stream (changes made outside runs) has a conversation-shaped id derived from the
+# owner, so it is archived and replayed like a conversation's events. Never a real conversation.
+OWNER_STREAM_NAMESPACE = uuid.UUID("0f6a4d1e-5b0c-4f7e-9a53-6c1d2e8b7a41")
+
+
+def owner_stream_id(owner: str) -> str:
+    return str(uuid.uuid5(OWNER_STREAM_NAMESPACE, owner))
+
+
 def parse_owner(owner: str) -> tuple[str, str]:
     """``("user", pk)`` or ``("anon", session id)``; ValueError for anything else."""
     kind, sep, ident = owner.partition(":")

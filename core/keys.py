@@ -18,6 +18,7 @@ P:{p}:idem:<owner>:<key>   string   idempotency key -> ``run_id|fingerprint`` (T
 P:{p}:agents               set      agent keys that have a queue in this partition
 P:{p}:stats                hash     deployment-wide counters (retries, reclaims, dead_letters,
                                     finished:<status>), HINCRBY'd by the transition's script
+P:{p}:owner:<id>           string   seq counter of an owner's own stream (edits outside runs)
 P:cancel                   channel  pub/sub: run ids whose cancellation was requested
 P:{p}:sse:wake:<hub>       stream   wakes one SSE hub's blocking XREAD of partition p (its shard)
 ========================== ======== ==========================================================
@@ -55,6 +56,9 @@ class Keys:
 
     def conversation(self, conversation_id: str) -> str:
         return f"{self.tag(partition_of(conversation_id, self.partitions))}:conv:{conversation_id}"
+
+    def owner_stream(self, stream_id: str) -> str:
+        return f"{self.tag(partition_of(stream_id, self.partitions))}:owner:{stream_id}"
 
     def conversation_waiting(self, conversation_id: str) -> str:
         return f"{self.conversation(conversation_id)}:w"

@@ -20,6 +20,7 @@ NAMES = (
     "promote_due",
     "dead_letter",
     "conversation",
+    "owner_event",
 )
 
 

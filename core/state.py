@@ -164,6 +164,7 @@ class ConversationState:
     deleted: bool = False
     created_ms: int = 0
     updated_ms: int = 0
+    active_branch_id: str = ""  # the branch a conversation.branch_switched chose last
 
 
 def evolve_conversation(state: ConversationState | None, event: Event) -> ConversationState:
@@ -197,4 +198,7 @@ def evolve_conversation(state: ConversationState | None, event: Event) -> Conver
         )
     if event.type == EventType.CONVERSATION_DELETED:
         return dataclasses.replace(state, seq=event.seq, deleted=True, updated_ms=event.ts_ms)
+    if event.type == EventType.CONVERSATION_BRANCH_SWITCHED:
+        branch = str(p.get("branch_id", ""))
+        return dataclasses.replace(state, seq=event.seq, active_branch_id=branch, updated_ms=event.ts_ms)
     raise IllegalTransition(f"conversation {state.conversation_id}: {event.type} is not a conversation event")

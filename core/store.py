@@ -38,7 +38,7 @@ from agentstream.core.events import (
     Visibility,
     visibility_of,
 )
-from agentstream.core.ids import idempotency_partition, new_run_id, partition_of
+from agentstream.core.ids import idempotency_partition, new_run_id, owner_stream_id, partition_of
 from agentstream.core.keys import WORKERS_GROUP, Keys
 from agentstream.core.settings import POLICIES, Settings
 from agentstream.core.state import RunState, RunStatus
@@ -65,6 +65,9 @@ class SubmitRequest:
     run_at_ms: int | None = None
     timeout_s: float | None = None
     policy: str | None = None
+    # conversation branching: the message this run answers after (``<run id>:<n>``, or ``ROOT``);
+    # None: after the conversation's latest run (see projections.history)
+    parent_message_id: str | None = None
 
     def fingerprint(self) -> str:
         """What makes two submits with one idempotency key "the same request"."""
@@ -79,6 +82,8 @@ class SubmitRequest:
             "run_at_ms": self.run_at_ms,
             "timeout_s": self.timeout_s,
         }
+        if self.parent_message_id is not None:
+            body["parent_message_id"] = self.parent_message_id
         return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
@@ -312,6 +317,11 @@ class EventStore:
                 "timeout_s": timeout_s,
                 "idempotency_key": request.idempotency_key,
                 "policy": policy,
+                **(
+                    {"parent_message_id": request.parent_message_id}
+                    if request.parent_message_id is not None
+                    else {}
+                ),
             },
         )
         state_key = self.keys.run_state(run_id)
@@ -403,6 +413,32 @@ class EventStore:
             payload["metadata"] = dict(metadata)
         return await self._conversation_change(
             conversation_id, owner, EventType.CONVERSATION_UPDATED, payload
+        )
+
+    async def switch_branch(self, conversation_id: str, owner: str, branch_id: str) -> int:
+        """Show another branch of the conversation (``conversation.branch_switched``)."""
+        return await self._conversation_change(
+            conversation_id, owner, EventType.CONVERSATION_BRANCH_SWITCHED, {"branch_id": branch_id}
+        )
+
+    async def owner_event(self, owner: str, event_type: str, payload: Mapping[str, Any]) -> Event:
+        """Record a change ``owner`` made outside any run (editing its agents' stores) on the
+        owner's own stream; returns the event as the projector will see it."""
+        stream_id = owner_stream_id(owner)
+        partition = partition_of(stream_id, self.settings.PARTITIONS)
+        reply = await self._run_script(
+            "owner_event",
+            [self.keys.owner_stream(stream_id), self.keys.log(partition)],
+            [
+                self.keys.tag(partition) + ":",
+                stream_id,
+                event_type,
+                self._encode(event_type, payload),
+                self.visibility(event_type),
+            ],
+        )
+        return Event(
+            run_id="", seq=int(reply[1]), type=event_type, payload=payload, conversation_id=stream_id
         )
 
     async def delete_conversation(self, conversation_id: str, owner: str) -> int:

@@ -12,9 +12,13 @@ from agentstream.django_app.models import (
     Checkpoint,
     Conversation,
     Event,
+    KnowledgeItem,
+    MemoryItem,
+    Preference,
     ProjectionCheckpoint,
     Run,
     SkippedEntry,
+    Task,
 )
 
 STATUS_COLOURS = {
@@ -101,3 +105,36 @@ class ProjectionCheckpointAdmin(ReadOnly, admin.ModelAdmin):  # type: ignore[typ
 class SkippedEntryAdmin(ReadOnly, admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = ("projection", "partition", "entry_id", "reason", "created_at")
     list_filter = ("projection", "partition")
+
+
+# -- the agents' stores: read-only too (a change is an event of a run; a row edited here would be
+# undone by the next replay)
+
+
+@admin.register(MemoryItem)
+class MemoryItemAdmin(ReadOnly, admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("owner", "key", "deleted", "version_run", "updated_at")
+    list_filter = ("deleted",)
+    search_fields = ("owner", "key")
+
+
+@admin.register(Preference)
+class PreferenceAdmin(ReadOnly, admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("owner", "key", "deleted", "version_run", "updated_at")
+    list_filter = ("deleted",)
+    search_fields = ("owner", "key")
+
+
+@admin.register(Task)
+class TaskAdmin(ReadOnly, admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("title", "owner", "task_list", "status", "priority", "deleted", "updated_at")
+    list_filter = ("status", "deleted")
+    search_fields = ("owner", "task_id", "title", "task_list")
+
+
+@admin.register(KnowledgeItem)
+class KnowledgeItemAdmin(ReadOnly, admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("item_id", "owner", "kind", "dimensions", "deleted", "updated_at")
+    list_filter = ("kind", "deleted")
+    search_fields = ("owner", "item_id", "text")
+    exclude = ("embedding",)  # thousands of floats: not for a page

@@ -44,6 +44,10 @@ class Conversation(models.Model):
     # seq of the conversation event that last set title / metadata (the highest one wins).
     title_seq = models.BigIntegerField(default=0)
     metadata_seq = models.BigIntegerField(default=0)
+    # the branch shown (conversation.branch_switched); null: the newest run's (projections.history)
+    active_branch_id = models.CharField(max_length=64, null=True, blank=True)
+    active_branch_seq = models.BigIntegerField(default=0)
+    active_branch_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ("-created_at",)
@@ -106,6 +110,9 @@ class Run(models.Model):
     last_seq = models.BigIntegerField(default=0)
     # seq of the lifecycle event that set ``status`` (the highest one wins).
     status_seq = models.BigIntegerField(default=0)
+    # the message this run follows in its conversation's tree (``<run id>:<n>`` or "root");
+    # null: the conversation's previous run (see projections.history)
+    parent_message_id = models.CharField(max_length=100, null=True, blank=True)
 
     class Meta:
         ordering = ("-created_at",)
@@ -243,3 +250,114 @@ class RunNotice(models.Model):
 
     def __str__(self) -> str:
         return f"{self.run_id} {self.status}"
+
+
+# -- the owner-scoped agent stores (core.records; written by the stores projection and, at once,
+# by the worker that made the change, with the same merge: the newest version wins) -------------
+
+
+class EmbeddingField(models.Field):  # type: ignore[type-arg]
+    """A float vector: ``double precision[]`` on PostgreSQL (cosine in SQL over it), float64 bytes
+    elsewhere (SQLite computes cosine with a registered function). Python sees ``list[float]``."""
+
+    description = "A vector of floats"
+
+    def db_type(self, connection: Any) -> str:
+        return "double precision[]" if connection.vendor == "postgresql" else "blob"
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> list[float] | None:
+        from agentstream.projections.stores import vector_from_db
+
+        return vector_from_db(value)
+
+    def get_db_prep_value(self, value: Any, connection: Any, prepared: bool = False) -> Any:
+        from agentstream.projections.stores import vector_to_db
+
+        return vector_to_db(value, connection.vendor == "postgresql")
+
+
+class StoreRecordModel(models.Model):
+    """What every store table shares: the owner, a tombstone flag and the version that set the row."""
+
+    owner = models.CharField(max_length=255)
+    deleted = models.BooleanField(default=False)
+    version_us = models.BigIntegerField(default=0)
+    version_run = models.CharField(max_length=64, default="")
+    version_seq = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        abstract = True
+
+
+class MemoryItem(StoreRecordModel):
+    """``ctx.memory``: a JSON value per key and owner."""
+
+    key = models.CharField(max_length=255)
+    value = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        db_table = "agentstream_memory"
+        constraints = (models.UniqueConstraint(fields=["owner", "key"], name="as_memory_owner_key"),)
+
+    def __str__(self) -> str:
+        return f"{self.owner} {self.key}"
+
+
+class Preference(StoreRecordModel):
+    """``ctx.preferences``: a JSON value per key and owner."""
+
+    key = models.CharField(max_length=255)
+    value = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        db_table = "agentstream_preference"
+        constraints = (models.UniqueConstraint(fields=["owner", "key"], name="as_preference_owner_key"),)
+
+    def __str__(self) -> str:
+        return f"{self.owner} {self.key}"
+
+
+class Task(StoreRecordModel):
+    """``ctx.tasks``: tasks of an owner's lists, with states, priorities and dependencies."""
+
+    task_id = models.CharField(max_length=255)
+    task_list = models.CharField(max_length=255, default="default")
+    title = models.TextField(default="")
+    status = models.CharField(
+        max_length=16,
+        default="not_started",
+        choices=[(s, s.replace("_", " ")) for s in ("not_started", "in_progress", "complete", "cancelled")],
+    )
+    priority = models.IntegerField(default=0)
+    depends_on = models.JSONField(default=list, blank=True)
+    notes = models.TextField(default="", blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        db_table = "agentstream_task"
+        constraints = (models.UniqueConstraint(fields=["owner", "task_id"], name="as_task_owner_task"),)
+        indexes = (models.Index(fields=["owner", "task_list", "status"], name="as_task_owner_list"),)
+
+    def __str__(self) -> str:
+        return f"{self.title} ({self.status})"
+
+
+class KnowledgeItem(StoreRecordModel):
+    """``ctx.knowledge``: facts, summaries, documents; similarity search over ``embedding``."""
+
+    item_id = models.CharField(max_length=255)
+    kind = models.CharField(max_length=255, default="fact")
+    text = models.TextField(default="")
+    metadata = models.JSONField(default=dict, blank=True)
+    embedding = EmbeddingField(null=True, blank=True)
+    embedding_norm = models.FloatField(null=True, blank=True)  # precomputed: cosine = dot / norms
+    dimensions = models.IntegerField(default=0)  # items of another dimension never match
+
+    class Meta:
+        db_table = "agentstream_knowledge"
+        constraints = (models.UniqueConstraint(fields=["owner", "item_id"], name="as_knowledge_owner_item"),)
+        indexes = (models.Index(fields=["owner", "dimensions"], name="as_knowledge_owner_dims"),)
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.text[:60]}"

@@ -13,6 +13,12 @@ from rest_framework.routers import DefaultRouter
 from agentstream.django_app.api import BaseAgentConversationViewSet, BaseAgentRunViewSet
 from agentstream.django_app.api.schema import ENUM_NAME_OVERRIDES
 from agentstream.django_app.api.sessions import AnonymousSessionViewSet
+from agentstream.django_app.api.stores import (
+    BaseAgentKnowledgeViewSet,
+    BaseAgentMemoryViewSet,
+    BaseAgentPreferenceViewSet,
+    BaseAgentTaskViewSet,
+)
 
 
 class AgentRunViewSet(BaseAgentRunViewSet):
@@ -23,10 +29,30 @@ class AgentConversationViewSet(BaseAgentConversationViewSet):
     pass
 
 
+class AgentMemoryViewSet(BaseAgentMemoryViewSet):
+    pass
+
+
+class AgentPreferenceViewSet(BaseAgentPreferenceViewSet):
+    pass
+
+
+class AgentTaskViewSet(BaseAgentTaskViewSet):
+    pass
+
+
+class AgentKnowledgeViewSet(BaseAgentKnowledgeViewSet):
+    pass
+
+
 router = DefaultRouter(trailing_slash=True)
 router.include_root_view = False
 router.register("runs", AgentRunViewSet, basename="agentstream-run")
 router.register("conversations", AgentConversationViewSet, basename="agentstream-conversation")
+router.register("memory", AgentMemoryViewSet, basename="agentstream-memory")
+router.register("preferences", AgentPreferenceViewSet, basename="agentstream-preference")
+router.register("tasks", AgentTaskViewSet, basename="agentstream-task")
+router.register("knowledge", AgentKnowledgeViewSet, basename="agentstream-knowledge")
 router.register("anonymous-session", AnonymousSessionViewSet, basename="agentstream-anonymous-session")
 
 urlpatterns: list[URLPattern | URLResolver] = [

@@ -104,8 +104,11 @@ def _user_id_of(ident: str) -> Any:
 
 
 def load_projections(settings: Settings, names: Iterable[str] | None = None) -> list[Projection]:
-    """The built-in read-model plus every ``PROJECTIONS`` entry; ``names`` keeps only those."""
-    found: list[Projection] = [ReadModelProjection()]
+    """The built-ins (read-model, agent stores) plus every ``PROJECTIONS`` entry; ``names`` keeps
+    only those."""
+    from agentstream.projections.stores import StoresProjection
+
+    found: list[Projection] = [ReadModelProjection(), StoresProjection()]
     for path in settings.PROJECTIONS:
         try:
             cls = import_string(path)

@@ -32,7 +32,12 @@ STATUS_OF_EVENT: Mapping[str, RunStatus] = {
 ROW_CHANGING_TYPES: frozenset[str] = frozenset({*STATUS_OF_EVENT, EventType.RUN_CANCEL_REQUESTED})
 
 CONVERSATION_TYPES = frozenset(
-    {EventType.CONVERSATION_CREATED, EventType.CONVERSATION_UPDATED, EventType.CONVERSATION_DELETED}
+    {
+        EventType.CONVERSATION_CREATED,
+        EventType.CONVERSATION_UPDATED,
+        EventType.CONVERSATION_DELETED,
+        EventType.CONVERSATION_BRANCH_SWITCHED,
+    }
 )
 
 
@@ -48,6 +53,7 @@ class Queued:
     max_attempts: int
     idempotency_key: str | None
     created_ms: int
+    parent_message_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +96,9 @@ class ConversationPatch:
     deleted_ms: int = 0
     updated_ms: int = 0
     last_activity_ms: int = 0
+    active_branch_id: str = ""  # set by conversation.branch_switched (the highest seq wins)
+    active_branch_seq: int = 0
+    active_branch_ms: int = 0
 
 
 def _min_set(a: int, b: int) -> int:
@@ -120,6 +129,7 @@ def merge_conversations(a: ConversationPatch, b: ConversationPatch) -> Conversat
     created = a if a.created_ms else b
     title = b if b.title_seq > a.title_seq else a
     meta = b if b.metadata_seq > a.metadata_seq else a
+    branch = b if b.active_branch_seq > a.active_branch_seq else a
     return ConversationPatch(
         conversation_id=a.conversation_id,
         last_seq=max(a.last_seq, b.last_seq),
@@ -133,6 +143,9 @@ def merge_conversations(a: ConversationPatch, b: ConversationPatch) -> Conversat
         deleted_ms=_min_set(a.deleted_ms, b.deleted_ms),
         updated_ms=max(a.updated_ms, b.updated_ms),
         last_activity_ms=max(a.last_activity_ms, b.last_activity_ms),
+        active_branch_id=branch.active_branch_id,
+        active_branch_seq=branch.active_branch_seq,
+        active_branch_ms=branch.active_branch_ms,
     )
 
 
@@ -156,6 +169,7 @@ def run_patch(event: Event) -> RunPatch:
             max_attempts=int(p.get("max_attempts") or 1),
             idempotency_key=str(idem) if idem else None,
             created_ms=event.ts_ms,
+            parent_message_id=str(p["parent_message_id"]) if p.get("parent_message_id") is not None else None,
         )
     elif kind in TERMINAL_TYPES:
         terminal = Terminal(
@@ -205,6 +219,13 @@ def conversation_patch(event: Event) -> ConversationPatch:
         return base
     if event.type == EventType.CONVERSATION_DELETED:
         return dataclasses.replace(base, deleted_ms=event.ts_ms)
+    if event.type == EventType.CONVERSATION_BRANCH_SWITCHED:
+        return dataclasses.replace(
+            base,
+            active_branch_id=str(p.get("branch_id", "")),
+            active_branch_seq=event.seq,
+            active_branch_ms=event.ts_ms,
+        )
     return base
 
 

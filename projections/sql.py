@@ -138,11 +138,11 @@ RUN_COLUMNS = (
     "id", "owner", "user_id", "anonymous_session_id", "conversation_id", "agent_key", "status",
     "input", "output", "error", "attempt", "max_attempts", "idempotency_key", "cancel_requested_at",
     "created_at", "started_at", "finished_at", "metadata", "usage", "final_messages", "last_seq",
-    "status_seq",
+    "status_seq", "parent_message_id",
 )  # fmt: skip
 _QUEUED_COLUMNS = (
     "owner", "user_id", "anonymous_session_id", "agent_key", "input", "metadata", "max_attempts",
-    "idempotency_key", "created_at",
+    "idempotency_key", "created_at", "parent_message_id",
 )  # fmt: skip
 _TERMINAL_COLUMNS = ("finished_at", "output", "error", "usage", "final_messages")
 RUN_CONFLICT = "ON CONFLICT (id) DO UPDATE SET " + ", ".join(
@@ -162,6 +162,7 @@ RUN_CONFLICT = "ON CONFLICT (id) DO UPDATE SET " + ", ".join(
 CONVERSATION_COLUMNS = (
     "id", "owner", "user_id", "anonymous_session_id", "agent_key", "title", "metadata", "created_at",
     "updated_at", "run_count", "last_activity_at", "deleted_at", "last_seq", "title_seq", "metadata_seq",
+    "active_branch_id", "active_branch_seq", "active_branch_at",
 )  # fmt: skip
 _CREATED_COLUMNS = ("owner", "user_id", "anonymous_session_id", "agent_key", "created_at")
 CONVERSATION_CONFLICT = "ON CONFLICT (id) DO UPDATE SET " + ", ".join(
@@ -171,6 +172,13 @@ CONVERSATION_CONFLICT = "ON CONFLICT (id) DO UPDATE SET " + ", ".join(
         _greatest(CONVERSATION, "title_seq"),
         _newer(CONVERSATION, "metadata", f"excluded.metadata_seq > {CONVERSATION}.metadata_seq"),
         _greatest(CONVERSATION, "metadata_seq"),
+        _newer(
+            CONVERSATION, "active_branch_id", f"excluded.active_branch_seq > {CONVERSATION}.active_branch_seq"
+        ),
+        _newer(
+            CONVERSATION, "active_branch_at", f"excluded.active_branch_seq > {CONVERSATION}.active_branch_seq"
+        ),
+        _greatest(CONVERSATION, "active_branch_seq"),
         _greatest(CONVERSATION, "last_seq"),
         _latest_set(CONVERSATION, "updated_at"),
         _latest_set(CONVERSATION, "last_activity_at"),
@@ -381,6 +389,7 @@ class SqlWriter:
                     d.json(t.final_messages if t else None),
                     p.last_seq,
                     p.status_seq,
+                    q.parent_message_id if q else None,
                 )
             )
         if holders:
@@ -419,6 +428,9 @@ class SqlWriter:
                     p.last_seq,
                     p.title_seq,
                     p.metadata_seq,
+                    p.active_branch_id or None,
+                    p.active_branch_seq,
+                    d.ts(p.active_branch_ms),
                 )
             )
         rows.sort(key=lambda r: str(r[0]))

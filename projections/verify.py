@@ -33,6 +33,7 @@ from agentstream.core.state import (
 )
 from agentstream.core.store import Redis
 from agentstream.projections.entries import decode_log_entry
+from agentstream.projections.rows import CONVERSATION_TYPES
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +176,7 @@ def expected_state(events: Iterable[Event]) -> Expected:
         oldest_ms = min(oldest_ms, e.ts_ms) if oldest_ms else e.ts_ms
         if e.run_id:
             by_run[e.run_id][e.seq] = e
-        elif e.conversation_id:
+        elif e.conversation_id and e.type in CONVERSATION_TYPES:  # not an owner's own stream
             by_conv[e.conversation_id][e.seq] = e
     runs: dict[str, RunState] = {}
     facts: dict[str, RunFacts] = {}
@@ -287,6 +288,7 @@ def conversation_differences(
         "deleted": state.deleted,
         "last_seq": state.seq,
         "created_ms": state.created_ms,
+        "active_branch_id": state.active_branch_id or None,
     }
     found = {
         "owner": row["owner"],
@@ -296,6 +298,7 @@ def conversation_differences(
         "deleted": row["deleted_at"] is not None,
         "last_seq": row["last_seq"],
         "created_ms": _ms(row["created_at"]),
+        "active_branch_id": row["active_branch_id"],
     }
     if run_count is not None:
         expected["run_count"], found["run_count"] = run_count, row["run_count"]

@@ -13,6 +13,7 @@ Key layout (mirrors core/keys.py; TAG = "<prefix>:{<partition>}:"):
   TAG agents              set     agent keys with a queue in this partition
   TAG stats               hash    deployment-wide counters: retries, reclaims, dead_letters,
                                   finished:<status> (HINCRBY in the transition's own script)
+  TAG owner:<id>          string  seq counter of an owner's own stream
 
 Every key a script touches shares TAG, hence one Cluster slot. Replies are tables whose first
 element is a status word; scripts never raise for an expected refusal.

@@ -6,6 +6,7 @@
     runs.py            BaseAgentRunViewSet      runs/ (+ cancel/, events/, events/stream/)
     conversations.py   BaseAgentConversationViewSet   conversations/ (+ messages/)
     sessions.py        anonymous-session/
+    stores.py          memory/, preferences/, tasks/, knowledge/ (+ search/): the caller's agent stores
     authentication.py  AnonymousSessionAuthentication, owner_of, RedactTokenFilter
     permissions.py     IsAuthenticatedOrAnonymousSession
     exceptions.py      the exception handler: store errors -> HTTP

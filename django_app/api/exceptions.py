@@ -52,6 +52,7 @@ _CORE: list[tuple[type[Exception], int, str]] = [
     (core.IllegalTransition, 409, "illegal_transition"),
     (core.Conflict, 409, "conflict"),
     (core.EventEncodingError, 400, "invalid_payload"),
+    (core.InvalidRecord, 400, "invalid_record"),
     (core.ConfigurationError, 500, "configuration_error"),
     (redis.exceptions.ConnectionError, 503, "redis_unavailable"),
     (redis.exceptions.TimeoutError, 503, "redis_unavailable"),

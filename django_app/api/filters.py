@@ -29,7 +29,8 @@ def filter_runs(queryset: QuerySet[Run], params: Mapping[str, str]) -> QuerySet[
         queryset = queryset.filter(status=status)
     agent_key = params.get("agent_key")
     if agent_key:
-        queryset = queryset.filter(agent_key=agent_key)
+        # PostgreSQL text cannot hold NUL: no agent key has one, so nothing matches
+        queryset = queryset.none() if "\x00" in agent_key else queryset.filter(agent_key=agent_key)
     conversation = params.get("conversation")
     if conversation:
         try:

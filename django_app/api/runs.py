@@ -88,54 +88,7 @@ class BaseAgentRunViewSet(AgentViewSet):
         },
     )
     def create(self, request: Request) -> Response:
-        owner = self.owner
-        backend = self.backend
-        serializer = RunCreateSerializer(
-            data=request.data, known_agent_keys=lambda: known_agent_keys(backend)
-        )
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
-        if not hooks.authorize(request.user, "create_run", data):
-            raise PermissionDenied("AUTHZ_HOOK refused to create this run")
-        if not hooks.within_quota(request.user, data["agent_key"]):
-            from agentstream.django_app.api.exceptions import QuotaExceeded
-
-            raise QuotaExceeded(f"quota exceeded for agent {data['agent_key']!r}; try again later")
-        run_at = data["run_at"]
-        submit = SubmitRequest(
-            agent_key=data["agent_key"],
-            owner=owner,
-            messages=data["messages"],
-            params=data["params"],
-            metadata=with_trace_context(data["metadata"], request),
-            conversation_id=str(data["conversation_id"]) if data["conversation_id"] else None,
-            idempotency_key=data["idempotency_key"],
-            max_attempts=data["max_attempts"],
-            run_at_ms=int(run_at.timestamp() * 1000) if run_at else None,
-            policy=data["multitask_strategy"],
-        )
-        store = backend.store
-        result = backend.call(lambda: store.submit(submit))
-        state, queued = backend.call(lambda: run_snapshot(store, result.run_id))
-        if state is None:  # expired between the two calls: only an idempotent replay can see this
-            raise NotFound(f"run {result.run_id} has expired")
-        body = RunSerializer(run_from_state(state, queued, None)).data
-        return Response(
-            body,
-            status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
-            headers={"Location": self._location(request, result.run_id)},
-        )
-
-    def _location(self, request: Request, run_id: str) -> str:
-        name = (
-            f"{request.resolver_match.namespace}:"
-            if request.resolver_match and request.resolver_match.namespace
-            else ""
-        )
-        try:
-            return str(reverse(f"{name}agentstream-run-detail", kwargs={"pk": run_id}, request=request))
-        except NoReverseMatch:
-            return request.build_absolute_uri(f"{run_id}/")
+        return submit_run(self, request, request.data)
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -250,3 +203,78 @@ def with_trace_context(metadata: dict[str, Any], request: Any) -> dict[str, Any]
     if isinstance(traceparent, str) and traceparent and TRACEPARENT not in metadata:
         return {**metadata, TRACEPARENT: traceparent[:128]}
     return metadata
+
+
+def submit_run(view: AgentViewSet, request: Request, payload: Any) -> Response:
+    """Validate, authorize and submit a run (``POST runs/``, and the conversations' ``edit/``)."""
+    owner = view.owner
+    backend = view.backend
+    serializer = RunCreateSerializer(data=payload, known_agent_keys=lambda: known_agent_keys(backend))
+    serializer.is_valid(raise_exception=True)
+    data = serializer.validated_data
+    if not hooks.authorize(request.user, "create_run", data):
+        raise PermissionDenied("AUTHZ_HOOK refused to create this run")
+    if not hooks.within_quota(request.user, data["agent_key"]):
+        from agentstream.django_app.api.exceptions import QuotaExceeded
+
+        raise QuotaExceeded(f"quota exceeded for agent {data['agent_key']!r}; try again later")
+    run_at = data["run_at"]
+    submit = SubmitRequest(
+        agent_key=data["agent_key"],
+        owner=owner,
+        messages=data["messages"],
+        params=data["params"],
+        metadata=with_trace_context(data["metadata"], request),
+        conversation_id=str(data["conversation_id"]) if data["conversation_id"] else None,
+        idempotency_key=data["idempotency_key"],
+        max_attempts=data["max_attempts"],
+        run_at_ms=int(run_at.timestamp() * 1000) if run_at else None,
+        policy=data["multitask_strategy"],
+        parent_message_id=data["parent_message_id"] or _shown_branch_end(owner, data["conversation_id"]),
+    )
+    store = backend.store
+    result = backend.call(lambda: store.submit(submit))
+    state, queued = backend.call(lambda: run_snapshot(store, result.run_id))
+    if state is None:  # expired between the two calls: only an idempotent replay can see this
+        raise NotFound(f"run {result.run_id} has expired")
+    body = RunSerializer(run_from_state(state, queued, None)).data
+    return Response(
+        body,
+        status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
+        headers={"Location": _location(request, result.run_id)},
+    )
+
+
+def _shown_branch_end(owner: str, conversation_id: Any) -> str | None:
+    """After a branch switch, a run without a parent continues the branch shown (its last
+    message), not the newest run. Only conversations that switched cost a query."""
+    if not conversation_id:
+        return None
+    from agentstream.django_app.models import Conversation
+    from agentstream.projections.history import conversation_tree
+
+    try:
+        row = Conversation.objects.filter(
+            id=conversation_id, owner=owner, active_branch_id__isnull=False
+        ).first()
+        if row is None:
+            return None
+        later = Run.objects.filter(conversation_id=conversation_id, created_at__gt=row.active_branch_at)
+        if row.active_branch_at is None or later.exists():
+            return None  # a run after the switch shows its own branch: follow the newest run
+        path = conversation_tree(row).path()
+    except OperationalError:  # the database is down: runs go on (on the newest branch)
+        return None
+    return str(path[-1]["id"]) if path else None
+
+
+def _location(request: Request, run_id: str) -> str:
+    name = (
+        f"{request.resolver_match.namespace}:"
+        if request.resolver_match and request.resolver_match.namespace
+        else ""
+    )
+    try:
+        return str(reverse(f"{name}agentstream-run-detail", kwargs={"pk": run_id}, request=request))
+    except NoReverseMatch:
+        return request.build_absolute_uri(f"{run_id}/")

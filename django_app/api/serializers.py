@@ -66,6 +66,19 @@ class RunCreateSerializer(StrictInputSerializer):
     multitask_strategy = serializers.ChoiceField(
         choices=POLICIES, required=False, allow_null=True, default=None
     )
+    parent_message_id = serializers.RegexField(
+        r"^(root|[0-9a-f-]{36}:[0-9]{1,6})$",
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="the message of the conversation this run follows (a new branch when it already has "
+        "a follower); 'root' for the start; default: the branch shown",
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("parent_message_id") is not None and not attrs.get("conversation_id"):
+            raise serializers.ValidationError({"parent_message_id": "only a run in a conversation has one"})
+        return attrs
 
     def __init__(self, *args: Any, known_agent_keys: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -158,9 +171,34 @@ class ConversationSerializer(serializers.Serializer):  # type: ignore[type-arg]
     last_activity_at = serializers.DateTimeField(allow_null=True)
 
 
+class BranchSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    branch_id = serializers.CharField()
+    run_ids = serializers.ListField(child=serializers.UUIDField())
+    created_at = serializers.DateTimeField(allow_null=True)
+
+
 class MessagesSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """The branch shown; every message carries ``id``, ``parent_message_id`` and ``branch_id``."""
+
     conversation_id = serializers.UUIDField()
     messages = serializers.ListField(child=serializers.DictField())
+    active_branch_id = serializers.CharField(allow_null=True)
+    branches = BranchSerializer(many=True)
+
+
+class SwitchBranchSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    branch_id = serializers.CharField(max_length=64)
+
+
+class EditMessageSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """Edit a user message (``content``) or regenerate the answer to it (no ``content``): either
+    way a new run, on a new branch, from the message's parent."""
+
+    message_id = serializers.RegexField(r"^[0-9a-f-]{36}:[0-9]{1,6}$")
+    content = MessageContentField(required=False)
+    agent_key = serializers.CharField(max_length=100, required=False)
+    params = serializers.DictField(required=False, default=dict)
+    metadata = serializers.DictField(required=False, default=dict)
 
 
 class AnonymousSessionSerializer(serializers.Serializer):  # type: ignore[type-arg]

@@ -61,7 +61,11 @@ async def serve(host: str, port: int, concurrency: int) -> None:
         for error in registry.errors:
             print(f"agentstream demo: could not register {error.source}: {error.message}", file=sys.stderr)
         raise SystemExit(1)
-    worker = Worker(store, registry, concurrency=concurrency, handle_signals=False)
+    from agentstream.django_app.stores import DjangoStoreBackend
+
+    worker = Worker(
+        store, registry, concurrency=concurrency, handle_signals=False, stores=DjangoStoreBackend()
+    )
     projectors = [Projector(redis, settings.keys, p) for p in load_projections(settings)]
     server = uvicorn.Server(
         uvicorn.Config(application, host=host, port=port, lifespan="off", log_level="warning")

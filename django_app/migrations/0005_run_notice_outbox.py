@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('agentstream', '0003_run_notice'),
+        ('agentstream', '0004_persistence_stores'),
     ]
 
     operations = [

@@ -54,6 +54,7 @@ def test_agentstatus_shows_queues_dead_letters_and_runs(agentstream: dict[str, A
     text = command("agentstatus")
     assert "queue" in text and "a " in text
     assert "dead letters: 1" in text
+    assert "knowledge search: " in text
 
 
 def test_deadletters_lists_replays_and_purges(agentstream: dict[str, Any]) -> None:

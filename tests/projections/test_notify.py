@@ -160,11 +160,11 @@ async def test_a_raising_hook_is_logged_and_the_signal_still_fires(
 def test_the_projection_is_configured_by_run_completed_hook_and_a_bad_path_is_one_line() -> None:
     assert "run_finished" not in [p.name for p in load_projections(Settings())]
     names = [p.name for p in load_projections(Settings(RUN_COMPLETED_HOOK=HOOK))]
-    assert names == ["read_model", "run_finished"]
+    assert names == ["read_model", "stores", "run_finished"]
     listed = Settings(
         PROJECTIONS=("agentstream.projections.notify.RunFinishedProjection",), RUN_COMPLETED_HOOK=HOOK
     )
-    assert [p.name for p in load_projections(listed)] == ["read_model", "run_finished"]
+    assert [p.name for p in load_projections(listed)] == ["read_model", "stores", "run_finished"]
     with pytest.raises(ConfigurationError, match="cannot be imported"):
         load_projections(Settings(RUN_COMPLETED_HOOK="tests.projections.notify_hooks.missing"))
     with pytest.raises(ConfigurationError, match="is not callable"):

@@ -7,15 +7,17 @@ import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
+from django.db import connection
 from django.db.models import Count
 
 from agentstream.core.inspect import DeploymentStatus, deployment_status
 from agentstream.core.store import EventStore, redis_from_url
 from agentstream.django_app.conf import runtime_settings
 from agentstream.django_app.models import Run
+from agentstream.projections.stores import search_backend
 
 
-def render(status: DeploymentStatus, runs_by_status: dict[str, int]) -> str:
+def render(status: DeploymentStatus, runs_by_status: dict[str, int], search: str = "") -> str:
     rows = [("queue", "waiting", "running", "consumers", "oldest pending")]
     rows += [
         (q.agent_key, str(q.waiting), str(q.pending), str(q.consumers), f"{q.oldest_pending_age_s:.1f}s")
@@ -35,6 +37,8 @@ def render(status: DeploymentStatus, runs_by_status: dict[str, int]) -> str:
         f"{status.counters.reclaims} reclaims, {status.counters.dead_letters} dead-lettered",
         "runs: " + (", ".join(f"{k} {v}" for k, v in sorted(runs_by_status.items())) or "none projected yet"),
     ]
+    if search:
+        lines.append(f"knowledge search: {search}")
     return "\n".join(lines)
 
 
@@ -56,7 +60,7 @@ class Command(BaseCommand):
         while True:
             status = asyncio.run(self._status())
             runs = dict(Run.objects.values_list("status").annotate(n=Count("id")).order_by())
-            text = render(status, runs)
+            text = render(status, runs, search_backend(connection))
             if options["watch"]:
                 self.stdout.write("\x1b[2J\x1b[H" + time.strftime("%H:%M:%S") + "\n" + text)
                 time.sleep(options["interval"])

@@ -48,6 +48,7 @@ class Command(BaseCommand):
             block_ms=max(1, int(options["queue_poll_interval"] * 1000)),
             log_level="DEBUG" if options["verbosity"] >= 3 else "INFO",
             metrics_port=options["metrics_port"],
+            stores="agentstream.django_app.stores.DjangoStoreBackend",
         )
         processes = options["processes"] or settings.DEFAULT_PROCESSES
         if processes > 1 and config.metrics_port is not None:
