@@ -143,6 +143,19 @@ def test_the_whole_flow_runs_on_a_three_master_redis_cluster(
 
         # reclaim: kill -9 a worker holding runs; the other one takes them over after the lease
         second = start_second_worker(topo)
+
+        def listening_workers() -> int:
+            # every worker process subscribes to the cancel channel before it reads jobs (an idle
+            # XREADGROUP on Redis 7.0 registers no consumer, so the queue group cannot tell)
+            channel = keys.cancel_channel()
+            total = 0
+            for port in redis_cluster.masters():
+                with redis.Redis(port=port) as node:
+                    total += int(dict(node.pubsub_numsub(channel)).get(channel.encode(), 0))
+            return total
+
+        # a slow start (a loaded machine) would let the first worker take every run alone
+        wait_until(lambda: listening_workers() >= 2, 60, "the second worker to listen and read")
         held = [submit(topo, steps=40, delay_ms=50) for _ in range(24)]  # 2 s each
 
         def holders() -> dict[str, str]:
