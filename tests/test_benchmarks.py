@@ -129,3 +129,22 @@ def drop_database(name: str) -> None:
 
     with psycopg.connect(DATABASE_URL, autocommit=True) as c:
         c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_a_remeasured_scenario_keeps_its_place_in_the_results(tmp_path: Path) -> None:
+    from benchmarks.common import Record, save
+
+    def rec(scenario: str, value: float) -> Record:
+        return Record(scenario=scenario, system="s", metric="m", value=value, unit="u", n=1)
+
+    save([rec("append", 1), rec("projector", 2), rec("replay", 3)], results_dir=tmp_path)
+    save([rec("projector", 20)], results_dir=tmp_path)
+    save([rec("new", 4)], results_dir=tmp_path)
+
+    records = json.loads((tmp_path / "latest.json").read_text())["records"]
+    assert [(r["scenario"], r["value"]) for r in records] == [
+        ("append", 1),
+        ("projector", 20),
+        ("replay", 3),
+        ("new", 4),
+    ]
