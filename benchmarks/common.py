@@ -122,8 +122,13 @@ def save(records: list[Record], opts: Options | None = None, results_dir: Path =
     fresh = {r.scenario for r in records}
     for scenario in fresh:
         settings[scenario] = settings_of(opts or Options())
-    kept = [r for r in old_records if r.get("scenario") not in fresh]
-    data = {"machine": machine(), "settings": settings, "records": kept + [asdict(r) for r in records]}
+    # a re-measured scenario keeps its place, so RESULTS.md's diff is that scenario's numbers only
+    merged = [r for r in old_records if r.get("scenario") not in fresh] + [asdict(r) for r in records]
+    place = {str(r.get("scenario")): i for i, r in reversed(list(enumerate(old_records)))}
+    merged.sort(
+        key=lambda r: place.get(str(r["scenario"]), len(old_records))
+    )  # stable: in-scenario order kept
+    data = {"machine": machine(), "settings": settings, "records": merged}
     latest.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     return latest
 

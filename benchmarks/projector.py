@@ -17,54 +17,21 @@ import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlparse
 
 import msgpack
 
 from benchmarks.common import Options, Record, summarize
+from benchmarks.django_env import setup_database
 
 PARTITIONS = 16
 EVENTS_PER_RUN = 12
-BENCH_DB = "bench_projections"
 
 
-# -- Django, configured once for a database of the benchmark's own -------------------------
+# -- Django: the shared configuration, with a database of the benchmark's own -----------------
 
 
 def setup_django(database_url: str) -> None:
-    import django
-    import psycopg
-    from django.conf import settings
-
-    if settings.configured:
-        return
-    pg = urlparse(database_url)
-    params = {"user": pg.username or "postgres", "host": pg.hostname or "127.0.0.1", "port": pg.port or 5432}
-    with psycopg.connect(
-        dbname=(pg.path or "/postgres").lstrip("/") or "postgres", autocommit=True, **params
-    ) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        c.execute(f"CREATE DATABASE {BENCH_DB}")
-    settings.configure(
-        SECRET_KEY="bench",
-        USE_TZ=True,
-        DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
-        INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes", "agentstream.django_app"],
-        DATABASES={
-            "default": {
-                "ENGINE": "django.db.backends.postgresql",
-                "NAME": BENCH_DB,
-                "USER": params["user"],
-                "PASSWORD": pg.password or "",
-                "HOST": params["host"],
-                "PORT": str(params["port"]),
-            }
-        },
-    )
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+    setup_database(database_url)
 
 
 def truncate_read_models() -> None:

@@ -143,22 +143,17 @@ async def start_server(redis_url: str, prefix: str) -> Server:
 # -- clients ----------------------------------------------------------------------------------
 
 
-def token() -> tuple[str, str]:
+def token(database_url: str) -> tuple[str, str]:
     """An anonymous session token the server accepts (same SECRET_KEY, same signer)."""
-    import django
-    from django.conf import settings
+    from benchmarks import django_env
 
-    if not settings.configured:
-        settings.configure(
-            SECRET_KEY=SECRET_KEY,
-            INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes", "agentstream.django_app"],
-        )
-        django.setup()
+    # the one configuration every scenario shares (before any import that reads settings)
+    django_env.configure(database_url)
     from django.test.utils import override_settings
 
     from agentstream.django_app.api.authentication import issue_token
 
-    # another scenario in this process may have configured Django with its own SECRET_KEY
+    # the server process has a SECRET_KEY of its own
     with override_settings(SECRET_KEY=SECRET_KEY):
         session, signed = issue_token()
     return signed, session.id
@@ -252,7 +247,7 @@ async def one_round(opts: Options, n: int, latency_events: int) -> dict[str, flo
     prefix = f"bsse{uuid.uuid4().hex[:8]}"
     settings = Settings(REDIS_URL=opts.redis_url, KEY_PREFIX=prefix, PARTITIONS=16)
     store = EventStore(redis_from_url(opts.redis_url), settings, pipeline_scripts=True)
-    auth, session_id = token()
+    auth, session_id = token(opts.database_url)
     server = await start_server(opts.redis_url, prefix)
     clients: list[Client] = []
     try:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ import redis
 from benchmarks import e2e, peers, report
 from benchmarks.__main__ import SCENARIOS
 from benchmarks.__main__ import main as bench_main
-from tests.services import REDIS_UP, REDIS_URL, require
+from tests.services import DATABASE_URL, POSTGRES_UP, REDIS_UP, REDIS_URL, require
 
 
 def test_every_registered_scenario_is_a_module_with_an_async_main() -> None:
@@ -87,3 +90,61 @@ def test_a_crashing_scenario_fails_the_run_and_writes_no_results(
         bench_main(["limit", "--n", "10", "--results-dir", str(tmp_path)])
 
     assert not (tmp_path / "latest.json").exists()
+
+
+SSE_THEN_PROJECTOR_SETUP = """
+import sys
+from django.conf import settings
+from benchmarks import projector, sse
+
+sse.token(sys.argv[1])  # what the sse scenario does first
+projector.setup_django(sys.argv[1])  # then the projector scenario, in the same process
+projector.truncate_read_models()
+assert settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql", settings.DATABASES
+"""
+
+
+@pytest.mark.postgres
+def test_the_projector_scenario_gets_its_database_after_sse_configured_django_in_the_same_process() -> None:
+    require("PostgreSQL", POSTGRES_UP)
+    db = f"bench_test_{os.getpid()}"
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"} | {
+        "AGENTSTREAM_BENCH_DB": db
+    }
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", SSE_THEN_PROJECTOR_SETUP, DATABASE_URL],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+    finally:
+        drop_database(db)
+
+
+def drop_database(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(DATABASE_URL, autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_a_remeasured_scenario_keeps_its_place_in_the_results(tmp_path: Path) -> None:
+    from benchmarks.common import Record, save
+
+    def rec(scenario: str, value: float) -> Record:
+        return Record(scenario=scenario, system="s", metric="m", value=value, unit="u", n=1)
+
+    save([rec("append", 1), rec("projector", 2), rec("replay", 3)], results_dir=tmp_path)
+    save([rec("projector", 20)], results_dir=tmp_path)
+    save([rec("new", 4)], results_dir=tmp_path)
+
+    records = json.loads((tmp_path / "latest.json").read_text())["records"]
+    assert [(r["scenario"], r["value"]) for r in records] == [
+        ("append", 1),
+        ("projector", 20),
+        ("replay", 3),
+        ("new", 4),
+    ]

@@ -77,3 +77,17 @@ def test_old_versions_are_upcast_on_read(monkeypatch: pytest.MonkeyPatch) -> Non
     event = decode_entry(entry(v=b"1"))
     assert event.payload == {"name": "clock", "upcast": True}
     assert event.v == 2
+
+
+def test_event_of_builds_the_same_event_as_the_constructor_for_every_field() -> None:
+    import dataclasses
+
+    from agentstream.core.events import Event, event_of
+
+    values = ("run-1", 3, "tool.call", {"name": "clock"}, 1700000000000, 2, Visibility.DEBUG, 7, "conv-1")
+    assert len(values) == len(dataclasses.fields(Event))  # a new field must be added to event_of too
+    fast, slow = event_of(*values), Event(*values)
+    assert fast == slow
+    assert [getattr(fast, f.name) for f in dataclasses.fields(Event)] == list(values)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.seq = 4  # type: ignore[misc]
