@@ -15,7 +15,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework import serializers
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -31,6 +31,7 @@ from agentstream.core.records import (
     store_payload,
     task_fields,
 )
+from agentstream.django_app import hooks
 from agentstream.django_app.api.base import AgentViewSet
 from agentstream.django_app.api.schema import extend_schema
 from agentstream.django_app.stores import apply_events, owned, search
@@ -119,7 +120,14 @@ class _StoreViewSet(AgentViewSet):
     delete_type: EventType
 
     def record(self, event_type: EventType, key: str, **body: Any) -> None:
-        """The caller's change: an event on its own stream, then merged into the table at once."""
+        """The caller's change: an event on its own stream, then merged into the table at once.
+
+        ``AUTHZ_HOOK`` is asked first, with the action ``<set|update|delete>_<store>``
+        (``set_memory``, ``delete_task``, ...) and ``{"key": ..., **body}``."""
+        verb = {"set": "set", "upserted": "update", "deleted": "delete"}[event_type.split(".", 1)[1]]
+        action = f"{verb}_{self.kind.value}"
+        if not hooks.authorize(self.request.user, action, {"key": key, **body}):
+            raise PermissionDenied(f"AUTHZ_HOOK refused to {verb} this {self.noun}")
         owner = self.owner
         payload = store_payload(self.kind, owner, check_key("a key", key), now_us(), **body)
         store = self.backend.store

@@ -179,6 +179,9 @@ def test_a_bad_resume_position_on_a_real_run_is_400(
 
 
 VALID_BODY = {"patch": '{"title": "t"}'}  # so the id, not the body, is what is wrong
+# PUT of a memory key or a preference names the caller's own record: any key is a name (an
+# upsert), so these are checked by the key test below, not as "no such id"
+UPSERTS = {"PUT memory/(?P<pk>[^/]+)/", "PUT preferences/(?P<pk>[^/]+)/"}
 MALFORMED_IDS = [
     "not-a-uuid",
     "%00",
@@ -198,6 +201,8 @@ def test_a_malformed_id_in_every_detail_route_is_a_json_404(agentstream: dict[st
         if not route.detail:
             continue
         for method, _ in route.actions:
+            if route.name(method) in UPSERTS:
+                continue
             response = raw_post(client, route.path(bad_id), VALID_BODY.get(method, "{}"), method)
             what = (route.name(method), response.get("Content-Type"), response.content[:200])
             assert response.status_code == 404 and response["Content-Type"] == "application/json", what
@@ -213,7 +218,32 @@ def test_an_id_of_nothing_is_a_json_404_on_every_detail_route(agentstream: dict[
     nobody = str(uuid.uuid4())
     for route in routes():
         for method, _ in route.actions if route.detail else ():
+            if route.name(method) in UPSERTS:
+                continue
             response = raw_post(client, route.path(nobody), VALID_BODY.get(method, "{}"), method)
             what = (route.name(method), response.get("Content-Type"), response.content[:200])
             assert response.status_code == 404 and response["Content-Type"] == "application/json", what
             assert response.json()["error"]["code"] == "not_found", what
+
+
+@pytest.mark.parametrize("key", MALFORMED_IDS, ids=lambda s: s[:20])
+def test_any_store_key_in_the_path_names_the_callers_own_record_or_is_a_json_400(
+    agentstream: dict[str, Any], key: str
+) -> None:
+    client, _ = anon_client()
+    stranger, _ = anon_client()
+    for route in (r for r in routes() if r.detail):
+        for method, _ in route.actions:
+            if route.name(method) not in UPSERTS:
+                continue
+            path = route.path(key)
+            response = raw_post(client, path, '{"value": 1}', "put")
+            what = (route.name(method), response.status_code, response.content[:200])
+            assert response["Content-Type"] == "application/json", what
+            if response.status_code == 400:  # NUL, not UTF-8 or over the key length: named, never stored
+                assert response.json()["error"]["code"] in ("invalid", "invalid_record"), what
+                assert client.get(path).status_code == 404, what
+                continue
+            assert response.status_code == 200 and response.json()["value"] == 1, what
+            assert client.get(path).json()["value"] == 1, what
+            assert stranger.get(path).status_code == 404, what  # the same key of another owner

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import httpx
@@ -23,26 +23,71 @@ from django.core import signing
 from django.test import Client
 
 from agentstream.core.ids import anonymous_owner
+from agentstream.core.store import SubmitRequest
 from agentstream.django_app.api.authentication import AnonymousSession, issue_token
+from agentstream.django_app.models import Conversation
+from agentstream.django_app.stores import apply_events
+from agentstream.projections.history import conversation_tree
 from tests.django_app.conftest import LiveServer, run, store_for
-from tests.django_app.helpers import announce_sync
+from tests.django_app.helpers import announce_sync, project, work
 from tests.django_app.routes import operations, unsafe_operations
 from tests.django_app.test_ownership import Resources, make_resources
+from tests.django_app.test_stores_api import records_of
 
 pytestmark = pytest.mark.django_db
 
 SALT = "agentstream.anonymous-session"
 
 
+@dataclass
+class World(Resources):
+    """The ownership matrix's resources, plus what the newer endpoints act on."""
+
+    chat: str = ""  # a conversation with one answered run, projected (edit/, switch-branch/)
+    first_run: str = ""  # that run: its user message is "<run>:0"
+    branch: str = ""  # the branch shown
+
+
+def make_world(values: dict[str, Any], owner: str) -> World:
+    async def chat() -> tuple[str, str]:
+        store = store_for(values)
+        try:
+            conversation = await store.create_conversation(owner, agent_key="echo", title="chat")
+            hi = [{"role": "user", "content": "hi"}]
+            submitted = await store.submit(
+                SubmitRequest(agent_key="echo", owner=owner, conversation_id=conversation, messages=hi)
+            )
+            return conversation, submitted.run_id
+        finally:
+            await store.redis.aclose()
+
+    announce_sync(values)
+    conversation, first = run(chat)
+    work(values)  # before the matrix's resources: their queued run must stay queued
+    project(values)
+    apply_events(records_of(owner))  # memory "city", preference "tone", tasks "t1" "t2", knowledge "k1" "k2"
+    tree = conversation_tree(Conversation.objects.get(id=conversation))
+    base = asdict(make_resources(values, owner))
+    return World(**base, chat=conversation, first_run=first, branch=str(tree.active_branch_id))
+
+
+Body = dict[str, Any] | Callable[[World], dict[str, Any]]
+
+
 @dataclass(frozen=True)
 class Unsafe:
     """What an unsafe operation needs and does: a valid body, its success status, the action
-    AUTHZ_HOOK is asked (None: needs no credentials), whether it creates a run."""
+    AUTHZ_HOOK is asked (None: it changes nothing the hook guards), whether it creates a run,
+    whether it needs credentials at all."""
 
-    body: dict[str, Any]
+    body: Body
     status: int
     authz_action: str | None
     creates_run: bool = False
+    needs_credentials: bool = True
+
+    def body_for(self, world: World) -> dict[str, Any]:
+        return self.body(world) if callable(self.body) else self.body
 
 
 UNSAFE: dict[str, Unsafe] = {
@@ -51,8 +96,25 @@ UNSAFE: dict[str, Unsafe] = {
     "POST conversations/": Unsafe({"title": "t"}, 201, "create_conversation"),
     "PATCH conversations/(?P<pk>[^/.]+)/": Unsafe({"title": "x"}, 200, "update_conversation"),
     "DELETE conversations/(?P<pk>[^/.]+)/": Unsafe({}, 204, "delete_conversation"),
-    "POST anonymous-session/": Unsafe({}, 201, None),  # how a caller gets credentials at all
+    "POST conversations/(?P<pk>[^/.]+)/edit/": Unsafe(
+        lambda w: {"message_id": f"{w.first_run}:0", "content": "hello"}, 201, "create_run", creates_run=True
+    ),
+    "POST conversations/(?P<pk>[^/.]+)/switch-branch/": Unsafe(
+        lambda w: {"branch_id": w.branch}, 200, "switch_branch"
+    ),
+    "PUT memory/(?P<pk>[^/]+)/": Unsafe({"value": "Paris"}, 200, "set_memory"),
+    "DELETE memory/(?P<pk>[^/]+)/": Unsafe({}, 204, "delete_memory"),
+    "PUT preferences/(?P<pk>[^/]+)/": Unsafe({"value": "warm"}, 200, "set_preference"),
+    "DELETE preferences/(?P<pk>[^/]+)/": Unsafe({}, 204, "delete_preference"),
+    "PATCH tasks/(?P<pk>[^/]+)/": Unsafe({"priority": 3}, 200, "update_task"),
+    "DELETE tasks/(?P<pk>[^/]+)/": Unsafe({}, 204, "delete_task"),
+    "DELETE knowledge/(?P<pk>[^/]+)/": Unsafe({}, 204, "delete_knowledge"),
+    "POST knowledge/search/": Unsafe({"embedding": [1.0, 0.0]}, 200, None),  # reads only
+    "POST anonymous-session/": Unsafe({}, 201, None, needs_credentials=False),  # how a caller gets any
 }
+
+# the record each store route acts on (``records_of``); t2: nothing depends on it
+STORE_KEYS = {"memory": "city", "preferences": "tone", "tasks": "t2", "knowledge": "k1"}
 
 
 def test_every_unsafe_operation_of_the_urlconf_is_classified_here() -> None:
@@ -60,11 +122,20 @@ def test_every_unsafe_operation_of_the_urlconf_is_classified_here() -> None:
     assert found == set(UNSAFE), "classify the new endpoint in UNSAFE (authz action, creates a run?)"
 
 
-def pk_for(route_regex: str, resources: Resources) -> str:
-    return resources.conversation if "conversations/" in route_regex else resources.queued_run
+def pk_for(route_regex: str, world: World) -> str:
+    top = route_regex.lstrip("^").split("/", 1)[0]
+    if top in STORE_KEYS:
+        return STORE_KEYS[top]
+    if top == "conversations":
+        return (
+            world.chat
+            if ("/edit/" in route_regex or "/switch-branch/" in route_regex)
+            else world.conversation
+        )
+    return world.queued_run
 
 
-def call(client: Client, route: Any, method: str, resources: Resources, body: Any = None) -> Any:
+def call(client: Client, route: Any, method: str, resources: World, body: Any = None) -> Any:
     path = route.path(pk_for(route.regex, resources)) if route.detail else route.path()
     payload = "" if method in ("get", "delete") else json.dumps(body if body is not None else {})
     return client.generic(method.upper(), path, payload, content_type="application/json")
@@ -96,13 +167,13 @@ def test_session_auth_needs_the_csrf_token_on_every_unsafe_operation(
     user = django_user_model.objects.create_user("alice")
     route, method = next((r, m) for r, m, _ in unsafe_operations() if r.name(m) == operation)
     spec = UNSAFE[operation]
-    client = Client(enforce_csrf_checks=True)
-    client.force_login(user)
     from agentstream.core.ids import user_owner
 
-    resources = make_resources(agentstream, user_owner(user.pk))
-    refused = call(client, route, method, resources, spec.body)
-    if spec.authz_action is None:  # no credentials involved: nothing to forge
+    resources = make_world(agentstream, user_owner(user.pk))
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    refused = call(client, route, method, resources, spec.body_for(resources))
+    if not spec.needs_credentials:  # no credentials involved: nothing to forge
         assert refused.status_code == spec.status
         return
     assert refused.status_code == 403, refused.content[:300]
@@ -112,7 +183,7 @@ def test_session_auth_needs_the_csrf_token_on_every_unsafe_operation(
     secret = "a" * 32  # a CSRF cookie, and the same value in the header (Django's double submit)
     client.cookies["csrftoken"] = secret
     path = route.path(pk_for(route.regex, resources)) if route.detail else route.path()
-    payload = "" if method == "delete" else json.dumps(spec.body)
+    payload = "" if method == "delete" else json.dumps(spec.body_for(resources))
     accepted = client.generic(
         method.upper(), path, payload, content_type="application/json", HTTP_X_CSRFTOKEN=secret
     )
@@ -168,18 +239,22 @@ def test_forged_and_expired_tokens_are_401_on_every_operation_and_never_show_dat
     settings.AGENTSTREAM = {**agentstream, "ANONYMOUS_SESSION_TTL_SECONDS": 60}
     announce_sync(settings.AGENTSTREAM)
     session, token = issue_token()
-    resources = make_resources(settings.AGENTSTREAM, anonymous_owner(session.id))
+    resources = make_world(settings.AGENTSTREAM, anonymous_owner(session.id))
     route, method = next((r, m) for r, m, _ in operations() if r.name(m) == operation)
     spec = UNSAFE.get(operation)
     for kind, forged in forged_tokens(session, token).items():
-        response = call(Client(HTTP_X_ANONYMOUS_TOKEN=forged), route, method, resources, spec and spec.body)
+        response = call(
+            Client(HTTP_X_ANONYMOUS_TOKEN=forged), route, method, resources, spec and spec.body_for(resources)
+        )
         assert response.status_code == 401, (kind, response.status_code, response.content[:300])
         error = response.json()["error"]
         assert error["code"] == "authentication_failed", (kind, error)
         for secret in (forged, token, resources.queued_run, resources.done_run, resources.conversation):
             assert secret.encode() not in response.content, (kind, secret)
     # the genuine token still works: the refusals above were about the token, not the request
-    genuine = call(Client(HTTP_X_ANONYMOUS_TOKEN=token), route, method, resources, spec and spec.body)
+    genuine = call(
+        Client(HTTP_X_ANONYMOUS_TOKEN=token), route, method, resources, spec and spec.body_for(resources)
+    )
     assert genuine.status_code < 400, genuine.content[:300]
 
 
@@ -188,7 +263,7 @@ def test_an_expired_token_in_the_query_string_of_the_stream_is_401(
 ) -> None:
     settings.AGENTSTREAM = {**agentstream, "ANONYMOUS_SESSION_TTL_SECONDS": 60}
     session, token = issue_token()
-    resources = make_resources(settings.AGENTSTREAM, anonymous_owner(session.id))
+    resources = make_world(settings.AGENTSTREAM, anonymous_owner(session.id))
     expired = forged_tokens(session, token)["expired (older than ANONYMOUS_SESSION_TTL_SECONDS)"]
     response = Client().get(f"/api/agents/runs/{resources.done_run}/events/", {"anonymous_token": expired})
     assert response.status_code == 401
@@ -224,11 +299,11 @@ def test_authz_hook_is_asked_on_every_unsafe_operation_and_a_refusal_changes_not
     settings.AGENTSTREAM = {**agentstream, "AUTHZ_HOOK": f"{__name__}.deny_all"}
     announce_sync(settings.AGENTSTREAM)
     session, token = issue_token()
-    resources = make_resources(settings.AGENTSTREAM, anonymous_owner(session.id))
+    resources = make_world(settings.AGENTSTREAM, anonymous_owner(session.id))
     client = Client(HTTP_X_ANONYMOUS_TOKEN=token)
     before = history(settings.AGENTSTREAM)
     route, method = next((r, m) for r, m, _ in unsafe_operations() if r.name(m) == operation)
-    response = call(client, route, method, resources, UNSAFE[operation].body)
+    response = call(client, route, method, resources, UNSAFE[operation].body_for(resources))
     assert response.status_code == 403, response.content[:300]
     assert response.json()["error"]["code"] == "permission_denied"
     assert asked == [UNSAFE[operation].authz_action]
@@ -243,10 +318,12 @@ def test_quota_hook_is_asked_on_every_operation_that_creates_a_run(
     settings.AGENTSTREAM = {**agentstream, "QUOTA_HOOK": f"{__name__}.no_quota"}
     announce_sync(settings.AGENTSTREAM)
     session, token = issue_token()
-    resources = make_resources(settings.AGENTSTREAM, anonymous_owner(session.id))
+    resources = make_world(settings.AGENTSTREAM, anonymous_owner(session.id))
     before = history(settings.AGENTSTREAM)
     route, method = next((r, m) for r, m, _ in unsafe_operations() if r.name(m) == operation)
-    response = call(Client(HTTP_X_ANONYMOUS_TOKEN=token), route, method, resources, UNSAFE[operation].body)
+    response = call(
+        Client(HTTP_X_ANONYMOUS_TOKEN=token), route, method, resources, UNSAFE[operation].body_for(resources)
+    )
     assert response.status_code == 429, response.content[:300]
     assert response.json()["error"]["code"] == "quota_exceeded"
     assert asked == ["quota:echo"]
