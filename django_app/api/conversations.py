@@ -175,7 +175,9 @@ class BaseAgentConversationViewSet(AgentViewSet):
         tree = conversation_tree(row) if row is not None else Tree([], None)
         if branch_id not in tree.branches():
             raise ValidationError({"branch_id": f"no branch {branch_id[:64]!r} in this conversation"})
-        if not hooks.authorize(request.user, "switch_branch", {"id": conversation_id, "branch_id": branch_id}):
+        if not hooks.authorize(
+            request.user, "switch_branch", {"id": conversation_id, "branch_id": branch_id}
+        ):
             raise PermissionDenied("AUTHZ_HOOK refused to switch this conversation's branch")
         owner = self.owner
         store = self.backend.store
