@@ -102,9 +102,16 @@ async def test_after_a_master_fails_over_its_runs_go_on_and_cancels_are_heard(
         outcome = await until_redis_answers(lambda: store.cancel(target.run_id, reason="failover"))
         assert not outcome.cancelled  # running: requested through the broadcast
         assert await asyncio.wait_for(heard.get(), 20) == target.run_id
-        # and new runs land on every partition again, the failed-over ones included
-        fresh = [await until_redis_answers(lambda: store.submit(request())) for _ in range(24)]
-        assert {servers.master_of(store.keys.run_stream(r.run_id)) for r in fresh} == servers.masters()
+        # and new runs land on every partition again, the failed-over ones included (run ids are
+        # random: submit until every partition has one, rather than hope 24 cover them)
+        fresh: dict[int, str] = {}
+        for _ in range(500):
+            if len(fresh) == store.keys.partitions:
+                break
+            submitted = await until_redis_answers(lambda: store.submit(request()))
+            fresh.setdefault(store.keys.run_partition(submitted.run_id), submitted.run_id)
+        assert len(fresh) == store.keys.partitions
+        assert {servers.master_of(store.keys.run_stream(r)) for r in fresh.values()} == servers.masters()
     finally:
         await hub.close()
         listener.stop()
