@@ -80,6 +80,15 @@ def _already_set() -> asyncio.Event:
     return event
 
 
+async def _stopped_within(stop: asyncio.Event, delay_s: float) -> bool:
+    """Wait ``delay_s``; True as soon as ``stop`` is set (the caller gives up its retry)."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=delay_s)
+    except TimeoutError:
+        return False
+    return True
+
+
 def _id_key(entry_id: str) -> tuple[int, int]:
     ms, _, n = entry_id.partition("-")
     return int(ms), int(n or 0)
@@ -201,19 +210,18 @@ class Projector:
                 return await call()
             except REDIS_UNAVAILABLE as exc:
                 failures += 1
-                delay_s = min(
-                    self.options.backoff_max_s, self.options.backoff_base_s * 2 ** min(failures, 16)
-                )
-                delay_s *= random.uniform(0.5, 1.5)
+                delay_s = self._backoff_s(failures)
                 log.warning(
                     "projection %s: Redis unavailable while %s (%s); retry %d in %.2fs",
                     self.projection.name, doing, exc, failures, delay_s,
                 )  # fmt: skip
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=delay_s)
-                except TimeoutError:
-                    continue
-                return None
+                if await _stopped_within(stop, delay_s):
+                    return None
+
+    def _backoff_s(self, failures: int) -> float:
+        """Exponential backoff with jitter, so projectors do not retry in lockstep."""
+        delay_s: float = min(self.options.backoff_max_s, self.options.backoff_base_s * 2 ** min(failures, 16))
+        return delay_s * random.uniform(0.5, 1.5)
 
     async def next_delivery(self, burst: bool) -> Delivery:
         delivery = await self.claim_stale()
@@ -309,19 +317,13 @@ class Projector:
             except Exception as exc:
                 failures += 1
                 self.failures += 1
-                delay_s = min(
-                    self.options.backoff_max_s, self.options.backoff_base_s * 2 ** min(failures, 16)
-                )
-                delay_s *= random.uniform(0.5, 1.5)  # jitter: projectors do not retry in lockstep
+                delay_s = self._backoff_s(failures)
                 log.warning(
                     "projection %s: applying %d entries failed (%s: %s); retry %d in %.2fs",
                     self.projection.name, delivery.size, type(exc).__name__, exc, failures, delay_s,
                 )  # fmt: skip
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=delay_s)
-                except TimeoutError:
-                    continue
-                return False
+                if await _stopped_within(stop, delay_s):
+                    return False
 
     def _apply_sync(self, delivery: Delivery) -> None:
         connection = connections[self.database]
