@@ -9,13 +9,12 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
 
-from tests.services import IN_CI
+from tests.services import IN_CI, wait_until
 
 MASTERS = 3
 
@@ -44,14 +43,6 @@ def free_cluster_port(taken: set[int]) -> int:
             continue
         return port
     raise RuntimeError("no free port pair for a cluster node")
-
-
-def wait_until(condition: object, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @dataclass

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import socket
+import time
+from collections.abc import Callable
 from urllib.parse import urlparse
 
 import pytest
@@ -37,3 +39,13 @@ def require(service: str, up: bool) -> None:
     if IN_CI:
         pytest.fail(f"CI requires real services: {message}")
     pytest.skip(message)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll a condition (a server up, a process serving); the deadline is a backstop, never the
+    synchronisation itself."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.05)

@@ -23,7 +23,7 @@ from agentstream.django_app.sse.buffers import AsyncBuffer
 from agentstream.django_app.sse.hub import Hub
 from tests.cluster import RedisClusterServers, binaries
 from tests.core.storetools import claim
-from tests.services import require
+from tests.services import require, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.redis, pytest.mark.cluster]
 T = TypeVar("T")
@@ -84,7 +84,7 @@ async def test_after_a_master_fails_over_its_runs_go_on_and_cancels_are_heard(
 
         servers.kill(victim)
         await asyncio.to_thread(
-            lambda: _wait(
+            lambda: wait_until(
                 lambda: servers.ok() and victim not in servers.masters(), 30, "a replica to take over"
             )
         )
@@ -118,11 +118,3 @@ async def test_after_a_master_fails_over_its_runs_go_on_and_cancels_are_heard(
         listening.cancel()
         await asyncio.gather(listening, return_exceptions=True)
         await client.aclose()
-
-
-def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.1)

@@ -9,9 +9,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,19 +22,10 @@ import psycopg
 import redis
 
 from tests.demo.live import free_port
-from tests.services import DATABASE_URL, POSTGRES_UP, require
+from tests.services import DATABASE_URL, POSTGRES_UP, require, wait_until
 
 CLI = [sys.executable, "-m", "agentstream.django_app.cli"]
 TERMINAL = {"run.succeeded", "run.failed", "run.cancelled", "run.timed_out"}
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll a condition; the deadline is a backstop, never the synchronisation itself."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @dataclass
