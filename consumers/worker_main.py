@@ -118,6 +118,7 @@ async def serve(config: WorkerConfig, registry: RuntimeRegistry) -> Worker:
     try:
         await worker.run()
     finally:
+        await store.aclose()
         await client.aclose()
     return worker
 

@@ -7,9 +7,10 @@ stream or hash read. Works the same on Redis 7.0+, Redis Cluster (hash tags) and
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -17,7 +18,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from agentstream.core import scripts
 from agentstream.core.cluster import SlotRouting, cluster_from_url, is_cluster_url
@@ -40,6 +41,7 @@ from agentstream.core.events import (
 )
 from agentstream.core.ids import idempotency_partition, new_run_id, owner_stream_id, partition_of
 from agentstream.core.keys import WORKERS_GROUP, Keys
+from agentstream.core.script_channel import ScriptChannel
 from agentstream.core.settings import POLICIES, Settings
 from agentstream.core.state import RunState, RunStatus
 from agentstream.core.tracing import TRACEPARENT
@@ -236,6 +238,12 @@ class EventStore:
             },
         )
         self._started_payloads: dict[str, bytes] = {}
+
+    async def aclose(self) -> None:
+        """Close what the store opened itself (the script batches' connection); the client
+        stays the caller's to close."""
+        if self._batcher is not None:
+            await self._batcher.aclose()
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -751,23 +759,47 @@ class EventStore:
         return [LogEntry(_s(entry_id), decode_entry(fields)) for entry_id, fields in entries]
 
 
-class ScriptBatcher:
-    """Sends the script calls made during one event-loop tick as ONE pipeline (no MULTI).
+Call = tuple[str, Sequence[str], Sequence[Any], "asyncio.Future[Any]"]
+# One EVALSHA runs at most this many calls: Redis serves nobody else while a script runs
+# (a call costs it ~15-30 µs, so a full batch holds it for a few milliseconds at most).
+MAX_BATCH_CALLS = 128
+# With a channel, a batch leaves as soon as it holds this many calls, before the tick ends: Redis
+# works on it while the worker goes on with the runs that woke up with it (measured: the two
+# CPUs overlap instead of taking turns).
+EAGER_CALLS = 16
 
-    Calls keep their order inside a pipeline; a caller that awaits one call before making the
-    next (append, then finish) is ordered by causality. A script the server does not know
-    (NOSCRIPT: a restarted or different Redis) is loaded and the call retried once.
+
+class ScriptBatcher:
+    """Sends the script calls made during one event-loop tick as ONE script call.
+
+    The calls of a tick become one EVALSHA of ``batch`` (``core/scripts.py``), which runs each as
+    its own script would: the per-call cost of scripting (argument tables, the prelude, a reply
+    to parse on both sides) is paid once per batch instead of once per run. A single Redis takes
+    every call in one batch; a cluster one batch per slot (each script's keys share a slot), all
+    in one pipeline (no MULTI). Calls keep their order; a caller that awaits one call before
+    making the next (append, then finish) is ordered by causality. An error of one call reaches
+    its caller only; an error of the whole EVALSHA (connection lost, OOM, failover) reaches every
+    caller of the batch. A script the server does not know (NOSCRIPT: a restarted or different
+    Redis) is loaded and the batch sent again (NOSCRIPT means nothing of it ran).
     """
 
     def __init__(
-        self, client: Redis, named_scripts: Mapping[str, AsyncScript], max_batch: int = 2000
+        self,
+        client: Redis,
+        named_scripts: Mapping[str, AsyncScript],
+        max_batch: int = 2000,
+        eager_calls: int = EAGER_CALLS,
     ) -> None:
         self._client = client
         self._scripts = named_scripts
-        self._max_batch = max_batch
-        self._pending: list[tuple[str, Sequence[str], Sequence[Any], asyncio.Future[Any]]] = []
+        self._batch_script = client.register_script(scripts.source(scripts.BATCH))
+        self._clustered = SlotRouting.of(client).clustered
+        # a single Redis: batches go out on a connection of their own, written at once
+        self._channel = ScriptChannel.of(client, READ_TIMEOUT_S)
+        self._max_batch = max_batch if self._channel is None else min(max_batch, eager_calls)
+        self._pending: list[Call] = []
         self._flush_scheduled = False
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._in_flight: set[asyncio.Task[Any]] = set()
 
     async def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         loop = asyncio.get_running_loop()
@@ -780,42 +812,124 @@ class ScriptBatcher:
             loop.call_soon(self._flush)
         return await future
 
+    async def aclose(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         if not self._pending:
             return
-        batch, self._pending = self._pending, []
-        task = asyncio.get_running_loop().create_task(self._send(batch))
+        calls, self._pending = self._pending, []
+        chunks = self._chunks(calls)
+        if self._channel is not None:
+            self._channel.send(
+                [self._evalsha(chunk) for chunk in chunks],
+                [functools.partial(self._deliver, chunk) for chunk in chunks],
+            )
+            return
+        self._background(self._send(calls, chunks))
+
+    def _background(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._in_flight.add(task)  # keep a reference until it is done
         task.add_done_callback(self._in_flight.discard)
 
-    async def _send(self, batch: list[tuple[str, Sequence[str], Sequence[Any], asyncio.Future[Any]]]) -> None:
+    def _chunks(self, calls: list[Call]) -> list[list[Call]]:
+        """The calls of each EVALSHA: by slot on a cluster, at most MAX_BATCH_CALLS each."""
+        if self._clustered:
+            by_slot: dict[str, list[Call]] = {}
+            for call in calls:
+                by_slot.setdefault(_hash_tag(call[1][0]), []).append(call)
+            groups = list(by_slot.values())
+        else:
+            groups = [calls]
+        return [g[i : i + MAX_BATCH_CALLS] for g in groups for i in range(0, len(g), MAX_BATCH_CALLS)]
+
+    def _command(self, chunk: list[Call]) -> tuple[list[str], list[Any]]:
+        """The batch script's KEYS and ARGV for ``chunk``."""
+        keys: list[str] = []
+        args: list[Any] = [len(chunk)]
+        for name, call_keys, call_args, _ in chunk:
+            keys += call_keys
+            args += (name, len(call_keys), len(call_args), *call_args)
+        return keys, args
+
+    def _evalsha(self, chunk: list[Call]) -> tuple[Any, ...]:
+        if len(chunk) == 1:
+            name, keys, args, _ = chunk[0]
+            return ("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
+        keys, args = self._command(chunk)
+        return ("EVALSHA", self._batch_script.sha, len(keys), *keys, *args)
+
+    async def _send(self, calls: list[Call], chunks: list[list[Call]]) -> None:
+        """The chunks as one redis-py pipeline (a cluster, fakeredis)."""
         try:
             async with self._client.pipeline(transaction=False) as pipe:
-                for name, keys, args, _ in batch:
-                    pipe.execute_command("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
+                for chunk in chunks:
+                    pipe.execute_command(*self._evalsha(chunk))
                 results = await pipe.execute(raise_on_error=False)
         except BaseException as exc:  # the connection failed: every caller sees it
-            for *_, future in batch:
+            for *_, future in calls:
                 if not future.done():
                     future.set_exception(exc if isinstance(exc, Exception) else ConnectionError(str(exc)))
             if not isinstance(exc, Exception):
                 raise
             return
-        for (name, keys, args, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
+        for chunk, result in zip(chunks, results, strict=True):
             if isinstance(result, NoScriptError):
-                try:
-                    result = await self._scripts[name](keys=list(keys), args=list(args))
-                except Exception as exc:
-                    result = exc
-                if future.done():  # its caller was cancelled while the script was reloaded
-                    continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+                result = await self._again(chunk)
+            self._deliver(chunk, result)
+
+    def _deliver(self, chunk: list[Call], result: Any) -> None:
+        """Hand each caller of ``chunk`` its reply (the EVALSHA's ``result``)."""
+        if isinstance(result, NoScriptError):  # only from the channel: load, send again
+            self._background(self._deliver_again(chunk))
+        elif len(chunk) == 1:
+            _settle(chunk[0][3], result)
+        elif isinstance(result, Exception):
+            for *_, future in chunk:
+                _settle(future, result)
+        else:
+            for (*_, future), reply in zip(chunk, result, strict=True):
+                _settle(future, _batch_reply(reply))
+
+    async def _deliver_again(self, chunk: list[Call]) -> None:
+        self._deliver(chunk, await self._again(chunk))
+
+    async def _again(self, chunk: list[Call]) -> Any:
+        """Send a chunk the server refused with NOSCRIPT, loading the script first."""
+        try:
+            if len(chunk) == 1:
+                name, keys, args, _ = chunk[0]
+                return await self._scripts[name](keys=list(keys), args=list(args))
+            keys, args = self._command(chunk)
+            return await self._batch_script(keys=keys, args=args)
+        except Exception as exc:
+            return exc
+
+
+def _settle(future: asyncio.Future[Any], result: Any) -> None:
+    if future.done():  # its caller was cancelled meanwhile
+        return
+    if isinstance(result, Exception):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+def _batch_reply(reply: Any) -> Any:
+    """One call's reply in a batch: its own, or the error it raised as a ResponseError."""
+    if isinstance(reply, list) and len(reply) == 2 and reply[0] == scripts.BATCH_ERROR:
+        return ResponseError(_s(reply[1]))
+    return reply
+
+
+def _hash_tag(key: str) -> str:
+    """What decides a key's cluster slot: the part between the first ``{`` and the next ``}``."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    return key[start + 1 : end] if start >= 0 and end > start + 1 else key
 
 
 def after_seq_id(seq: int) -> str:

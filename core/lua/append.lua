@@ -5,7 +5,7 @@ Replies: {ok, first_seq, last_seq, cancel} | {no_run} | {terminal, status} | {fe
        | {not_running, status} | {illegal, type}
 ]]
 local st, run_id, attempt = KEYS[1], ARGV[2], ARGV[3]
-local refusal = refuse_unless_current(st, attempt)
+local refusal, f = refuse_unless_current(st, attempt)
 if refusal then return refusal end
 local n = tonumber(ARGV[4])
 for i = 0, n - 1 do
@@ -15,14 +15,13 @@ for i = 0, n - 1 do
     return { 'illegal', etype }
   end
 end
-local f = redis.call('HMGET', st, 'seq', 'conv', 'cancel')
-local seq = tonumber(f[1])
+local seq = f.seq
 local first = seq + 1
 local now = now_ms()
 for i = 0, n - 1 do
   seq = seq + 1
   local b = 5 + i * 4
-  write_event(run_id, seq, ARGV[b], ARGV[b + 2], now, attempt, ARGV[b + 1], f[2] or '', ARGV[b + 3] == '1')
+  write_event(run_id, seq, ARGV[b], ARGV[b + 2], now, attempt, ARGV[b + 1], f.conv, ARGV[b + 3] == '1')
 end
 redis.call('HSET', st, 'seq', seq)
-return { 'ok', first, seq, f[3] or '0' }
+return { 'ok', first, seq, f.cancel }

@@ -15,7 +15,8 @@ local function drop(why)
   return { 'dropped', why }
 end
 
-local f = redis.call('HMGET', st, 'status', 'attempt', 'max_attempts', 'job', 'timeout_ms', 'conv', 'cancel')
+local f = redis.call('HMGET', st, 'status', 'attempt', 'max_attempts', 'job', 'timeout_ms', 'conv', 'cancel',
+  'seq', 'agent')
 if not f[1] then
   redis.call('XADD', DEAD, '*', 'r', run_id, 'job', job, 'reason', 'no state for this run (expired or never submitted)', 'ts', now)
   redis.call('HINCRBY', STATS, 'dead_letters', 1)
@@ -29,16 +30,21 @@ local attempt = tonumber(f[2])
 if f[1] == 'running' then redis.call('HINCRBY', STATS, 'reclaims', 1) end
 if attempt >= tonumber(f[3]) then
   -- every allowed attempt started and none finished: the job keeps killing its workers
-  local seq = terminate(run_id, 'run.failed', ARGV[8], ARGV[7], ARGV[9], now)
+  local seq = terminate(run_id, 'run.failed', ARGV[8], ARGV[7], ARGV[9], now, {
+    status = f[1], attempt = f[2], seq = tonumber(f[8]) or 0, conv = f[6] or '', job = job, agent = f[9] or '',
+  })
   redis.call('XADD', DEAD, '*', 'r', run_id, 'job', job, 'reason', 'max attempts exceeded', 'attempts', attempt, 'ts', now)
   redis.call('HINCRBY', STATS, 'dead_letters', 1)
   return { 'dead', seq }
 end
 
 attempt = attempt + 1
-local seq = next_seq(st)
-redis.call('HSET', st, 'status', 'running', 'attempt', attempt, 'worker', ARGV[4])
-if attempt == 1 then redis.call('HSET', st, 'started', now) end
+local seq = (tonumber(f[8]) or 0) + 1
+if attempt == 1 then
+  redis.call('HSET', st, 'status', 'running', 'attempt', attempt, 'worker', ARGV[4], 'seq', seq, 'started', now)
+else
+  redis.call('HSET', st, 'status', 'running', 'attempt', attempt, 'worker', ARGV[4], 'seq', seq)
+end
 write_event(run_id, seq, 'run.started', ARGV[6], now, attempt, ARGV[5], f[6] or '', true)
 local input = redis.call('XRANGE', KEYS[2], '0-1', '0-1')
 local payload = ''

@@ -19,8 +19,14 @@ Every key a script touches shares TAG, hence one Cluster slot. Replies are table
 element is a status word; scripts never raise for an expected refusal.
 ]]
 
-local TAG = ARGV[1]
 local GROUP = 'workers'
+
+-- The partition's key names. Every script starts with use_tag(ARGV[1]); a batch (batch.lua) runs
+-- calls of several partitions in turn, so these are set per call, not once per EVALSHA.
+local TAG, LOG, DELAYED, DEAD, STATS
+local function use_tag(tag)
+  TAG, LOG, DELAYED, DEAD, STATS = tag, tag .. 'log', tag .. 'delayed', tag .. 'dead', tag .. 'stats'
+end
 
 local TERMINAL = { succeeded = true, failed = true, cancelled = true, timed_out = true }
 local STATUS_OF = {
@@ -36,10 +42,6 @@ end
 local function state_key(run_id) return TAG .. 'run:' .. run_id .. ':s' end
 local function stream_key(run_id) return TAG .. 'run:' .. run_id end
 local function conv_key(conv_id) return TAG .. 'conv:' .. conv_id end
-local LOG = TAG .. 'log'
-local DELAYED = TAG .. 'delayed'
-local DEAD = TAG .. 'dead'
-local STATS = TAG .. 'stats'
 
 -- One event: the run stream always; the partition log unless the event is ephemeral.
 local function write_event(run_id, seq, etype, payload, ts, attempt, vis, conv, to_log)
@@ -103,18 +105,34 @@ local function drop_job(st)
   end
 end
 
+-- The state fields the transitions read, in ONE call (each redis.call costs more than the
+-- command itself: fewer calls is what keeps a run's Redis CPU low).
+local function read_run(st)
+  local f = redis.call('HMGET', st, 'status', 'attempt', 'seq', 'conv', 'job', 'agent', 'cancel')
+  return {
+    status = f[1], attempt = f[2] or '0', seq = tonumber(f[3]) or 0, conv = f[4] or '',
+    job = f[5] or '', agent = f[6] or '', cancel = f[7] or '0',
+  }
+end
+
 -- Any terminal transition: event, status, job dropped, conversation released, keys expire.
-local function terminate(run_id, etype, payload, vis, retention_s, now)
+-- `f`: the run's fields as read_run returns them, seq = the last event written (nil: read here).
+local function terminate(run_id, etype, payload, vis, retention_s, now, f)
   local st = state_key(run_id)
-  local seq = next_seq(st)
-  local f = redis.call('HMGET', st, 'attempt', 'conv')
-  local conv = f[2] or ''
-  write_event(run_id, seq, etype, payload, now, f[1] or '0', vis, conv, true)
-  redis.call('HSET', st, 'status', STATUS_OF[etype], 'finished', now)
-  redis.call('HINCRBY', STATS, 'finished:' .. STATUS_OF[etype], 1)
-  drop_job(st)
-  redis.call('ZREM', DELAYED, run_id)
-  if conv ~= '' then release_conversation(conv, run_id, now) end
+  f = f or read_run(st)
+  local seq = f.seq + 1
+  local status = STATUS_OF[etype]
+  write_event(run_id, seq, etype, payload, now, f.attempt, vis, f.conv, true)
+  redis.call('HSET', st, 'seq', seq, 'status', status, 'finished', now, 'job', '')
+  redis.call('HINCRBY', STATS, 'finished:' .. status, 1)
+  if f.job ~= '' then
+    local queue = TAG .. 'q:' .. f.agent
+    redis.call('XACK', queue, GROUP, f.job)
+    redis.call('XDEL', queue, f.job)
+  end
+  -- only a queued run can wait in the delayed zset (a retry, a scheduled run)
+  if f.status ~= 'running' then redis.call('ZREM', DELAYED, run_id) end
+  if f.conv ~= '' then release_conversation(f.conv, run_id, now) end
   if tonumber(retention_s) > 0 then
     redis.call('EXPIRE', st, retention_s)
     redis.call('EXPIRE', stream_key(run_id), retention_s)
@@ -122,12 +140,12 @@ local function terminate(run_id, etype, payload, vis, retention_s, now)
   return seq
 end
 
--- nil when `attempt` is the run's current, running attempt; otherwise a refusal reply.
+-- (nil, fields) when `attempt` is the run's current, running attempt; otherwise a refusal reply.
 local function refuse_unless_current(st, attempt)
-  local f = redis.call('HMGET', st, 'status', 'attempt')
-  if not f[1] then return { 'no_run' } end
-  if TERMINAL[f[1]] then return { 'terminal', f[1] } end
-  if tonumber(f[2]) ~= tonumber(attempt) then return { 'fenced', f[2] } end
-  if f[1] ~= 'running' then return { 'not_running', f[1] } end
-  return nil
+  local f = read_run(st)
+  if not f.status then return { 'no_run' } end
+  if TERMINAL[f.status] then return { 'terminal', f.status } end
+  if tonumber(f.attempt) ~= tonumber(attempt) then return { 'fenced', f.attempt } end
+  if f.status ~= 'running' then return { 'not_running', f.status } end
+  return nil, f
 end

@@ -6,7 +6,7 @@ ARGV: 1 TAG, 2 run_id, 3 attempt, 4 terminal type, 5 visibility, 6 payload, 7 re
 Replies: {ok, seq} | refusals as in append
 ]]
 local st, run_id, attempt = KEYS[1], ARGV[2], ARGV[3]
-local refusal = refuse_unless_current(st, attempt)
+local refusal, f = refuse_unless_current(st, attempt)
 if refusal then return refusal end
 if not STATUS_OF[ARGV[4]] then return { 'illegal', ARGV[4] } end
 local n = tonumber(ARGV[8] or '0')
@@ -18,14 +18,9 @@ for i = 0, n - 1 do
   end
 end
 local now = now_ms()
-if n > 0 then
-  local f = redis.call('HMGET', st, 'seq', 'conv')
-  local seq = tonumber(f[1])
-  for i = 0, n - 1 do
-    seq = seq + 1
-    local b = 9 + i * 4
-    write_event(run_id, seq, ARGV[b], ARGV[b + 2], now, attempt, ARGV[b + 1], f[2] or '', ARGV[b + 3] == '1')
-  end
-  redis.call('HSET', st, 'seq', seq)
+for i = 0, n - 1 do
+  f.seq = f.seq + 1
+  local b = 9 + i * 4
+  write_event(run_id, f.seq, ARGV[b], ARGV[b + 2], now, attempt, ARGV[b + 1], f.conv, ARGV[b + 3] == '1')
 end
-return { 'ok', terminate(run_id, ARGV[4], ARGV[6], ARGV[5], ARGV[7], now) }
+return { 'ok', terminate(run_id, ARGV[4], ARGV[6], ARGV[5], ARGV[7], now, f) }
