@@ -106,6 +106,11 @@ class ScriptChannel:
         try:
             # checked out of the client's pool for good: closing the client closes it too
             connection: Any = await self._client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+            if (
+                connection._reader is None or connection._reader.at_eof()
+            ):  # idle in the pool while Redis restarted
+                await connection.disconnect()
+                await connection.connect()
             if connection._writer is None or connection._reader is None:
                 raise RedisConnectionError("redis-py made no stream pair for the script channel")
         except Exception as exc:  # every unsent command learns why

@@ -1,0 +1,210 @@
+"""The ScriptBatcher's batches: one EVALSHA of ``batch.lua`` runs a tick's script calls, each as its
+own script would; on a single Redis they travel on the ScriptChannel, written at once. Faults are
+injected on a redis-server of the test's own (restart, a paused server, scripts flushed)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.exceptions
+
+from agentstream.core.script_channel import ScriptChannel
+from agentstream.core.settings import Settings
+from agentstream.core.store import Claim, EventStore, SubmitRequest, redis_from_url
+from tests.conftest import WITH_CLUSTER, backend_url
+from tests.faults.topology import RedisServer
+
+
+@pytest.fixture(params=WITH_CLUSTER)
+def redis_url(request: pytest.FixtureRequest) -> str:
+    return backend_url(request)
+
+
+@pytest.fixture
+async def batched(redis_url: str, key_prefix: str) -> AsyncIterator[EventStore]:
+    client = redis_from_url(redis_url)
+    store = EventStore(client, Settings(KEY_PREFIX=key_prefix, PARTITIONS=4), pipeline_scripts=True)
+    yield store
+    await store.aclose()
+    await client.aclose()
+
+
+async def _running(store: EventStore) -> Claim:
+    run = await store.submit(SubmitRequest("echo", "user:1"))
+    job = (await store.redis.hget(store.keys.run_state(run.run_id), "job")).decode()
+    claim = await store.begin_attempt(run.run_id, job, "w", "echo")
+    assert isinstance(claim, Claim)
+    return claim
+
+
+async def test_a_script_error_inside_a_batch_reaches_only_its_caller(batched: EventStore) -> None:
+    await batched.ensure_groups(["echo"])
+    good, broken = await asyncio.gather(_running(batched), _running(batched))
+    # a state key of the wrong type: the script's HMGET raises WRONGTYPE inside the batch
+    await batched.redis.delete(batched.keys.run_state(broken.run_id))
+    await batched.redis.set(batched.keys.run_state(broken.run_id), "not a hash")
+    ok, failed, ended = await asyncio.gather(
+        batched.append(good.run_id, good.attempt, "assistant.message", {"content": "hi"}),
+        batched.append(broken.run_id, broken.attempt, "assistant.message", {"content": "lost"}),
+        batched.finish(good.run_id, good.attempt, "run.succeeded", {"output": {}}),
+        return_exceptions=True,
+    )
+    assert ok == good.seq + 1
+    assert isinstance(failed, redis.exceptions.ResponseError) and "WRONGTYPE" in str(failed)
+    assert ended == good.seq + 2
+    assert [e.type for e in await batched.read_run(good.run_id)][-2:] == [
+        "assistant.message",
+        "run.succeeded",
+    ]
+
+
+async def test_one_tick_of_calls_over_every_partition_all_land(batched: EventStore) -> None:
+    """On a cluster the tick's calls split into one batch per slot; on a single Redis, one batch."""
+    await batched.ensure_groups(["echo"])
+    claims = await asyncio.gather(*(_running(batched) for _ in range(40)))
+    assert len({batched.keys.run_partition(c.run_id) for c in claims}) == 4
+    seqs = await asyncio.gather(
+        *(batched.finish(c.run_id, c.attempt, "run.succeeded", {"output": {}}) for c in claims)
+    )
+    assert seqs == [c.seq + 1 for c in claims]
+
+
+async def test_more_calls_than_one_batch_holds_keep_their_order_and_replies(batched: EventStore) -> None:
+    await batched.ensure_groups(["echo"])
+    claim = await _running(batched)
+    seqs = await asyncio.gather(
+        *(batched.append(claim.run_id, claim.attempt, "x.n", {"i": i}) for i in range(300))
+    )
+    assert seqs == list(range(claim.seq + 1, claim.seq + 301))
+    events = await batched.read_run(claim.run_id, after_seq=claim.seq)
+    assert [e.payload["i"] for e in events] == list(range(300))
+
+
+# -- the channel, on a redis-server of the test's own ------------------------------------------
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    server.directory.mkdir()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def on_own(own_redis: RedisServer) -> AsyncIterator[EventStore]:
+    client = redis_from_url(own_redis.url)
+    store = EventStore(client, Settings(KEY_PREFIX=f"t{uuid.uuid4().hex[:8]}"), pipeline_scripts=True)
+    yield store
+    await store.aclose()
+    await client.aclose()
+
+
+async def test_a_single_redis_sends_batches_on_the_channel(
+    on_own: EventStore, own_redis: RedisServer
+) -> None:
+    await asyncio.gather(*(on_own.submit(SubmitRequest("echo", "user:1")) for _ in range(2)))  # loaded
+    before = _evalsha_calls(own_redis)
+    results = await asyncio.gather(*(on_own.submit(SubmitRequest("echo", "user:1")) for _ in range(40)))
+    assert len({r.run_id for r in results}) == 40
+    # 40 calls, at most 16 per batch as they are made (EAGER_CALLS): 3 EVALSHAs, not 40
+    assert _evalsha_calls(own_redis) - before <= 4
+    assert ScriptChannel.of(on_own.redis, 1.0) is not None
+
+
+async def test_scripts_flushed_from_the_server_are_loaded_again(
+    on_own: EventStore, own_redis: RedisServer
+) -> None:
+    await on_own.submit(SubmitRequest("echo", "user:1"))
+    own_redis.client().script_flush()
+    one = await on_own.submit(SubmitRequest("echo", "user:1"))  # a batch of one: its own script
+    own_redis.client().script_flush()
+    many = await asyncio.gather(*(on_own.submit(SubmitRequest("echo", "user:1")) for _ in range(5)))
+    assert one.created and all(r.created for r in many)
+
+
+async def test_the_channel_reconnects_after_a_redis_restart(
+    on_own: EventStore, own_redis: RedisServer
+) -> None:
+    first = await on_own.submit(SubmitRequest("echo", "user:1"))
+    own_redis.kill()
+    own_redis.start()  # same port; AOF always kept the run
+    await asyncio.sleep(0.1)  # the channel's idle connection hears the EOF
+    second = await on_own.submit(SubmitRequest("echo", "user:1"))
+    assert first.created and second.created
+    assert await on_own.run_state(first.run_id) is not None
+
+
+async def test_a_reply_owed_when_redis_dies_fails_with_a_connection_error_and_the_next_call_works(
+    on_own: EventStore, own_redis: RedisServer
+) -> None:
+    await on_own.submit(SubmitRequest("echo", "user:1"))  # connected
+    own_redis.client().execute_command("CLIENT", "PAUSE", "5000", "ALL")
+    owed = asyncio.ensure_future(on_own.submit(SubmitRequest("echo", "user:1")))
+    await asyncio.sleep(0.2)
+    assert not owed.done()  # written, waiting for the paused server
+    own_redis.kill()
+    with pytest.raises(redis.exceptions.ConnectionError):
+        await asyncio.wait_for(owed, 5)
+    own_redis.start()
+    # the scripts are gone with the restart: loading them again takes a pooled connection of
+    # redis-py's, which may fail once on a socket that died idle (as any call of redis-py would)
+    for attempt in range(2):
+        try:
+            assert (await on_own.submit(SubmitRequest("echo", "user:1"))).created
+            break
+        except redis.exceptions.ConnectionError:
+            assert attempt == 0
+
+
+async def test_a_batch_redis_does_not_answer_in_time_fails_with_a_timeout(own_redis: RedisServer) -> None:
+    client = redis_from_url(own_redis.url)
+    channel = ScriptChannel.of(client, timeout_s=0.3)
+    assert channel is not None
+    replies: list[Any] = []
+    try:
+        channel.send([("PING",)], [replies.append])
+        await _until(lambda: bool(replies))
+        assert replies == [b"PONG"]
+        own_redis.client().execute_command("CLIENT", "PAUSE", "2000", "ALL")
+        channel.send([("PING",), ("PING",)], [replies.append, replies.append])
+        await _until(lambda: len(replies) == 3)
+        assert all(isinstance(r, redis.exceptions.TimeoutError) for r in replies[1:])
+    finally:
+        await channel.close()
+        await client.aclose()
+
+
+async def test_closing_the_channel_fails_what_is_owed_and_leaves_no_task(own_redis: RedisServer) -> None:
+    client = redis_from_url(own_redis.url)
+    channel = ScriptChannel.of(client, timeout_s=10)
+    assert channel is not None
+    replies: list[Any] = []
+    own_redis.client().execute_command("CLIENT", "PAUSE", "2000", "ALL")
+    channel.send([("PING",)], [replies.append])
+    await asyncio.sleep(0.2)
+    await channel.close()
+    assert len(replies) == 1 and isinstance(replies[0], redis.exceptions.ConnectionError)
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert not [t for t in others if "ScriptChannel" in repr(t)]
+    await client.aclose()
+
+
+def _evalsha_calls(server: RedisServer) -> int:
+    stats = server.client().info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def _until(condition: Any, timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
