@@ -18,6 +18,7 @@ from importlib.resources import files
 NAMES = (
     "submit",
     "begin_attempt",
+    "claim_jobs",
     "append",
     "finish",
     "schedule_retry",

@@ -118,6 +118,17 @@ class Dropped:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A job ``claim_jobs`` read: begun (a ``Claim``, or ``Dropped``), or only read (None)."""
+
+    queue: int  # index into the queues asked
+    job_id: str
+    run_id: str  # '' when only read: ``raw_run_id`` is what the entry holds
+    begun: Claim | Dropped | None
+    raw_run_id: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
 class AppendResult:
     first_seq: int
     last_seq: int
@@ -511,21 +522,40 @@ class EventStore:
                 self._retention,
             ],
         )
-        word = _s(reply[0])
-        if word == "started":
-            timeout_ms = int(reply[5])
-            return Claim(
-                run_id=run_id,
-                attempt=int(reply[1]),
-                seq=int(reply[2]),
-                input=decode_payload(reply[3]) if reply[3] else {},
-                cancel_requested=_s(reply[4]) == "1",
-                timeout_s=timeout_ms / 1000 if timeout_ms else None,
-                conversation_id=_s(reply[6]),
-            )
-        if word == "dead":
-            return Dropped(run_id, "max attempts exceeded", dead_lettered=True)
-        return Dropped(run_id, _s(reply[1]), dead_lettered=_s(reply[1]) == "no_run")
+        return _begun(run_id, reply)
+
+    async def claim_jobs(
+        self, queues: Sequence[tuple[int, str]], worker_id: str, count: int
+    ) -> list[ClaimedJob]:
+        """Read up to ``count`` new jobs of each queue ``(partition, agent_key)`` and begin an
+        attempt of each, in one script call (on a cluster the queues must share a partition).
+
+        A job the script could not vouch for comes back only read (``begun`` None): check it and
+        ``begin_attempt`` it, or dead-letter it, as any job read with XREADGROUP."""
+        if not queues:
+            return []
+        tags = [self.keys.tag(p) + ":" for p, _ in queues]
+        reply = await self._run_script(
+            "claim_jobs",
+            [self.keys.queue(p, key) for p, key in queues],
+            [
+                tags[0],
+                worker_id,
+                count,
+                self.visibility(EventType.RUN_STARTED),
+                self._started_payload(worker_id),
+                self.visibility(EventType.RUN_FAILED),
+                self._attempts_exhausted,
+                self._retention,
+                *tags,
+            ],
+        )
+        jobs: list[ClaimedJob] = []
+        for row in reply:
+            run_id = _s(row[2]) if row[3] != b"read" else ""
+            begun = _begun(run_id, row[3:]) if run_id else None
+            jobs.append(ClaimedJob(int(row[0]) - 1, _s(row[1]), run_id, begun, row[2]))
+        return jobs
 
     async def append(
         self,
@@ -800,6 +830,7 @@ class ScriptBatcher:
         self._pending: list[Call] = []
         self._flush_scheduled = False
         self._in_flight: set[asyncio.Task[Any]] = set()
+        self._loading: asyncio.Task[None] | None = None  # SCRIPT LOAD after a NOSCRIPT, shared
 
     async def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         loop = asyncio.get_running_loop()
@@ -881,10 +912,10 @@ class ScriptBatcher:
                 result = await self._again(chunk)
             self._deliver(chunk, result)
 
-    def _deliver(self, chunk: list[Call], result: Any) -> None:
+    def _deliver(self, chunk: list[Call], result: Any, *, reloaded: bool = False) -> None:
         """Hand each caller of ``chunk`` its reply (the EVALSHA's ``result``)."""
-        if isinstance(result, NoScriptError):  # only from the channel: load, send again
-            self._background(self._deliver_again(chunk))
+        if isinstance(result, NoScriptError) and not reloaded:  # only from the channel
+            self._background(self._send_after_loading(chunk))
         elif len(chunk) == 1:
             _settle(chunk[0][3], result)
         elif isinstance(result, Exception):
@@ -894,8 +925,27 @@ class ScriptBatcher:
             for (*_, future), reply in zip(chunk, result, strict=True):
                 _settle(future, _batch_reply(reply))
 
-    async def _deliver_again(self, chunk: list[Call]) -> None:
-        self._deliver(chunk, await self._again(chunk))
+    async def _send_after_loading(self, chunk: list[Call]) -> None:
+        """A restarted Redis forgot the scripts: load them all once (however many chunks were
+        refused at once), then send the chunk again on the channel."""
+        try:
+            await self._loaded()
+        except Exception as exc:
+            self._deliver(chunk, exc, reloaded=True)
+            return
+        assert self._channel is not None
+        self._channel.send([self._evalsha(chunk)], [functools.partial(self._deliver, chunk, reloaded=True)])
+
+    async def _loaded(self) -> None:
+        if self._loading is None or self._loading.done():
+            self._loading = asyncio.get_running_loop().create_task(self._load_scripts())
+        await asyncio.shield(self._loading)
+
+    async def _load_scripts(self) -> None:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for script in (self._batch_script, *self._scripts.values()):
+                pipe.script_load(script.script)
+            await pipe.execute()
 
     async def _again(self, chunk: list[Call]) -> Any:
         """Send a chunk the server refused with NOSCRIPT, loading the script first."""
@@ -930,6 +980,25 @@ def _hash_tag(key: str) -> str:
     start = key.find("{")
     end = key.find("}", start + 1)
     return key[start + 1 : end] if start >= 0 and end > start + 1 else key
+
+
+def _begun(run_id: str, reply: Sequence[Any]) -> Claim | Dropped:
+    """begin_attempt's reply (also each begun job of claim_jobs)."""
+    word = _s(reply[0])
+    if word == "started":
+        timeout_ms = int(reply[5])
+        return Claim(
+            run_id=run_id,
+            attempt=int(reply[1]),
+            seq=int(reply[2]),
+            input=decode_payload(reply[3]) if reply[3] else {},
+            cancel_requested=_s(reply[4]) == "1",
+            timeout_s=timeout_ms / 1000 if timeout_ms else None,
+            conversation_id=_s(reply[6]),
+        )
+    if word == "dead":
+        return Dropped(run_id, "max attempts exceeded", dead_lettered=True)
+    return Dropped(run_id, _s(reply[1]), dead_lettered=_s(reply[1]) == "no_run")
 
 
 def after_seq_id(seq: int) -> str:

@@ -149,3 +149,53 @@ local function refuse_unless_current(st, attempt)
   if f.status ~= 'running' then return { 'not_running', f.status } end
   return nil, f
 end
+
+-- The fields begin_job needs, in one HMGET (nil status: no such run here).
+local function read_for_begin(st)
+  return redis.call('HMGET', st, 'status', 'attempt', 'max_attempts', 'job', 'timeout_ms', 'conv', 'cancel',
+    'seq', 'agent')
+end
+
+-- Start the next attempt of the run a worker claimed `job` for (f: read_for_begin, status set).
+-- `b`: {worker, vis run.started, payload run.started, vis run.failed, payload run.failed
+-- (attempts exhausted), retention_s}. Replies as begin_attempt's.
+local function begin_job(run_id, job, queue, f, b, now)
+  local function drop(why)
+    redis.call('XACK', queue, GROUP, job)
+    redis.call('XDEL', queue, job)
+    return { 'dropped', why }
+  end
+  if TERMINAL[f[1]] then return drop(f[1]) end
+  if f[4] ~= job then return drop('stale job entry') end
+  local attempt = tonumber(f[2])
+  -- still 'running': its worker's lease expired (crash, stall, or handed back at shutdown)
+  if f[1] == 'running' then redis.call('HINCRBY', STATS, 'reclaims', 1) end
+  if attempt >= tonumber(f[3]) then
+    -- every allowed attempt started and none finished: the job keeps killing its workers
+    local seq = terminate(run_id, 'run.failed', b[5], b[4], b[6], now, {
+      status = f[1], attempt = f[2], seq = tonumber(f[8]) or 0, conv = f[6] or '', job = job, agent = f[9] or '',
+    })
+    redis.call('XADD', DEAD, '*', 'r', run_id, 'job', job, 'reason', 'max attempts exceeded', 'attempts', attempt, 'ts', now)
+    redis.call('HINCRBY', STATS, 'dead_letters', 1)
+    return { 'dead', seq }
+  end
+  attempt = attempt + 1
+  local seq = (tonumber(f[8]) or 0) + 1
+  local st = state_key(run_id)
+  if attempt == 1 then
+    redis.call('HSET', st, 'status', 'running', 'attempt', attempt, 'worker', b[1], 'seq', seq, 'started', now)
+  else
+    redis.call('HSET', st, 'status', 'running', 'attempt', attempt, 'worker', b[1], 'seq', seq)
+  end
+  write_event(run_id, seq, 'run.started', b[3], now, attempt, b[2], f[6] or '', true)
+  -- the run's input: the payload of its first event, run.queued
+  local input = redis.call('XRANGE', stream_key(run_id), '0-1', '0-1')
+  local payload = ''
+  if input[1] then
+    local fields = input[1][2]
+    for i = 1, #fields, 2 do
+      if fields[i] == 'p' then payload = fields[i + 1] end
+    end
+  end
+  return { 'started', attempt, seq, payload, f[7] or '0', f[5] or '0', f[6] or '' }
+end

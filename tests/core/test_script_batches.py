@@ -129,6 +129,11 @@ async def test_scripts_flushed_from_the_server_are_loaded_again(
     own_redis.client().script_flush()
     many = await asyncio.gather(*(on_own.submit(SubmitRequest("echo", "user:1")) for _ in range(5)))
     assert one.created and all(r.created for r in many)
+    own_redis.client().script_flush()
+    # a burst refused chunk by chunk loads the scripts once, not once per chunk (which took a
+    # pooled connection per chunk until the pool ran out)
+    burst = await asyncio.gather(*(on_own.submit(SubmitRequest("echo", "user:1")) for _ in range(2000)))
+    assert all(r.created for r in burst)
 
 
 async def test_the_channel_reconnects_after_a_redis_restart(

@@ -1,0 +1,114 @@
+"""claim_jobs: one script call reads new jobs of several queues and begins each, exactly as
+XREADGROUP followed by begin_attempt per job would; what it cannot vouch for it only reads."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from agentstream.core.ids import new_run_id, partition_of
+from agentstream.core.keys import WORKERS_GROUP
+from agentstream.core.settings import Settings
+from agentstream.core.store import Claim, Dropped, EventStore, SubmitRequest, redis_from_url
+from tests.conftest import WITH_CLUSTER, backend_url, delete_prefix
+
+PARTITIONS = 4
+
+
+@pytest.fixture(params=WITH_CLUSTER)
+def redis_url(request: pytest.FixtureRequest) -> str:
+    return backend_url(request)
+
+
+@pytest.fixture
+async def store(redis_url: str, key_prefix: str) -> AsyncIterator[EventStore]:
+    client = redis_from_url(redis_url)
+    store = EventStore(client, Settings(KEY_PREFIX=key_prefix, PARTITIONS=PARTITIONS), pipeline_scripts=True)
+    await store.ensure_groups(["echo", "other"])
+    yield store
+    await store.aclose()
+    if "cluster" not in redis_url:
+        await delete_prefix(client, key_prefix)
+    await client.aclose()
+
+
+def _queues(store: EventStore, partition: int) -> list[tuple[int, str]]:
+    return [(partition, "echo"), (partition, "other")]
+
+
+async def _submit(store: EventStore, partition: int, agent_key: str = "echo", **kw: object) -> str:
+    conv = await store.create_conversation("user:1", conversation_id=_conversation_in(partition))
+    result = await store.submit(
+        SubmitRequest(agent_key, "user:1", conversation_id=conv, policy="enqueue", **kw)
+    )  # type: ignore[arg-type]
+    return result.run_id
+
+
+def _conversation_in(partition: int) -> str:
+    """A fresh conversation id of ``partition`` (runs of a conversation share its partition)."""
+    while True:
+        candidate = str(uuid.uuid4())
+        if partition_of(candidate, PARTITIONS) == partition:
+            return candidate
+
+
+async def test_jobs_of_several_queues_are_read_and_begun_in_one_call(store: EventStore) -> None:
+    echo = await _submit(store, 1, messages=[{"role": "user", "content": "hi"}])
+    other = await _submit(store, 1, "other")
+    jobs = await store.claim_jobs(_queues(store, 1), "w1", 10)
+    assert sorted((j.queue, j.run_id) for j in jobs) == [(0, echo), (1, other)]
+    for job in jobs:
+        assert isinstance(job.begun, Claim)
+        assert job.begun.attempt == 1 and job.begun.seq == 2 and job.begun.run_id == job.run_id
+        assert job.begun.conversation_id  # read from the state, like begin_attempt
+        state = await store.run_state(job.run_id)
+        assert state is not None and state.status.value == "running"
+    [begun_echo] = [j.begun for j in jobs if j.run_id == echo]
+    assert isinstance(begun_echo, Claim) and begun_echo.input["messages"] == [
+        {"role": "user", "content": "hi"}
+    ]
+    # the jobs wait in this worker's PEL (its lease) until the run ends
+    pending = await store.redis.xpending(store.keys.queue(1, "echo"), WORKERS_GROUP)
+    assert pending["pending"] == 1 and pending["consumers"][0]["name"] == b"w1"
+    assert [e.type for e in await store.read_run(echo)] == ["run.queued", "run.started"]
+
+
+async def test_it_reads_at_most_count_per_queue_and_nothing_when_empty(store: EventStore) -> None:
+    for _ in range(5):
+        await _submit(store, 2)
+    assert len(await store.claim_jobs(_queues(store, 2), "w1", 3)) == 3
+    assert len(await store.claim_jobs(_queues(store, 2), "w1", 3)) == 2
+    assert await store.claim_jobs(_queues(store, 2), "w1", 3) == []
+
+
+async def test_a_job_whose_run_already_ended_is_dropped_like_begin_attempt_drops_it(
+    store: EventStore,
+) -> None:
+    run_id = await _submit(store, 3)
+    await store.cancel(run_id)  # queued: cancelled at once, its job entry goes
+    second = await _submit(store, 3)
+    jobs = await store.claim_jobs(_queues(store, 3), "w1", 10)
+    assert [j.run_id for j in jobs] == [second]
+
+
+async def test_entries_it_cannot_vouch_for_are_only_read_for_the_worker_to_judge(store: EventStore) -> None:
+    queue = store.keys.queue(0, "echo")
+    foreign = new_run_id(PARTITIONS, 1)  # a run id of another partition
+    entries = [{"x": "no run id"}, {"r": "not-a-run-id"}, {"r": foreign}, {"r": b"\xff\xfe"}]
+    for fields in entries:
+        await store.redis.xadd(queue, fields)  # type: ignore[arg-type]
+    jobs = await store.claim_jobs(_queues(store, 0), "w1", 10)
+    assert [j.begun for j in jobs] == [None] * 4
+    assert [j.raw_run_id for j in jobs] == [b"", b"not-a-run-id", foreign.encode(), b"\xff\xfe"]
+    assert all(j.run_id == "" for j in jobs)
+    assert (await store.redis.xpending(queue, WORKERS_GROUP))["pending"] == 4  # read, like XREADGROUP
+
+
+async def test_a_job_begun_twice_is_dropped_as_stale_the_second_time(store: EventStore) -> None:
+    run_id = await _submit(store, 1)
+    [job] = await store.claim_jobs(_queues(store, 1), "w1", 10)
+    assert isinstance(job.begun, Claim)
+    again = await store.begin_attempt(run_id, "0-1", "w2", "echo")  # another job id: stale
+    assert isinstance(again, Dropped) and again.reason == "stale job entry"
