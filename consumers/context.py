@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from agentstream.consumers.errors import StoresNotConfigured
 from agentstream.consumers.stores import Knowledge, Memory, Preferences, StoreBackend, Tasks
-from agentstream.core.codec import encode_payload
+from agentstream.core.codec import pack_payload
 from agentstream.core.errors import FencedOut
 from agentstream.core.events import LIFECYCLE_TYPES, Event, EventType, NewEvent, Visibility
 from agentstream.core.logfmt import run_fields
@@ -92,9 +92,10 @@ class RunContext:
             raise ValueError(
                 f"{kind} is written by the run's stores; use ctx.memory / preferences / tasks / knowledge"
             )
-        encode_payload(kind, payload, self._store.settings.MAX_EVENT_BYTES)  # fail here, not in a later flush
+        # encoded here, once: a bad payload fails here, not in a later flush, which sends these bytes
+        packed = pack_payload(kind, payload, self._store.settings.MAX_EVENT_BYTES)
         self._remember(kind, payload)
-        self._buffer.append(NewEvent(kind, payload, Visibility(visibility) if visibility else None))
+        self._buffer.append(NewEvent(kind, packed, Visibility(visibility) if visibility else None))
         if len(self._buffer) >= self._max_batch:
             await self.flush()
         elif self._timer is None:
@@ -167,14 +168,14 @@ class RunContext:
     async def record(self, event_type: str, payload: Mapping[str, Any]) -> Event:
         """Append one event now, after everything buffered, and return it with its seq (the
         stores' write path: the event must be in the run before its effect is applied)."""
-        encode_payload(event_type, payload, self._store.settings.MAX_EVENT_BYTES)
+        packed = pack_payload(event_type, payload, self._store.settings.MAX_EVENT_BYTES)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         async with self._flush_lock:
             if self._fenced is not None:
                 raise self._fenced
-            self._buffer.append(NewEvent(event_type, payload))
+            self._buffer.append(NewEvent(event_type, packed))
             batch, self._buffer = self._buffer, []
             result = await self._send(batch)
         return Event(

@@ -28,7 +28,7 @@ from agentstream.core.errors import FencedOut, IllegalTransition, NotFound, Retr
 from agentstream.core.events import EventType
 from agentstream.core.logfmt import run_fields
 from agentstream.core.store import Claim, EventStore
-from agentstream.core.tracing import TRACEPARENT
+from agentstream.core.tracing import TRACEPARENT, NoopTracer
 
 log = logging.getLogger("agentstream.worker")
 
@@ -58,10 +58,8 @@ class Attempt:
         stores: StoreBackend | None = None,
     ) -> None:
         self.store = store
-        # on every log line about this attempt (see core.logfmt)
-        self.log_fields = run_fields(
-            claim.run_id, attempt=claim.attempt, agent_key=agent_key, worker_id=worker_id
-        )
+        self.worker_id = worker_id
+        self._log_fields: dict[str, Any] | None = None
         self.runtime = runtime
         self.claim = claim
         self.agent_key = agent_key
@@ -86,6 +84,18 @@ class Attempt:
     def run_id(self) -> str:
         return self.claim.run_id
 
+    @property
+    def log_fields(self) -> dict[str, Any]:
+        """On every log line about this attempt (see core.logfmt); built on the first line."""
+        if self._log_fields is None:
+            self._log_fields = run_fields(
+                self.claim.run_id,
+                attempt=self.claim.attempt,
+                agent_key=self.agent_key,
+                worker_id=self.worker_id,
+            )
+        return self._log_fields
+
     def request_cancel(self, reason: str) -> None:
         """Cancel the agent's task now; the attempt ends with ``run.cancelled``."""
         if self.cancel_reason is None:
@@ -104,9 +114,11 @@ class Attempt:
 
     async def execute(self) -> Outcome:
         """The attempt in one span (a child of the caller's trace when the run carries one)."""
+        tracer = current_tracer()
+        if type(tracer) is NoopTracer:  # the default: no span, no attributes to build per run
+            return await self._execute()
         traceparent = self.ctx.metadata.get(TRACEPARENT)
         attributes = {k: v for k, v in self.log_fields.items() if v is not None}
-        tracer = current_tracer()
         with tracer.span(
             f"run {self.agent_key}",
             kind="attempt",
@@ -193,7 +205,7 @@ class Attempt:
         try:
             outcome = await ride_out_redis(
                 lambda: self.store.schedule_retry(self.run_id, self.claim.attempt, decision.delay_s, error),
-                log_fields=self.log_fields,
+                log_fields=lambda: self.log_fields,
             )
         except FencedOut:
             return Outcome.FENCED
@@ -245,7 +257,7 @@ class Attempt:
         try:
             await ride_out_redis(
                 lambda: self.store.finish(self.run_id, self.claim.attempt, event_type, payload, events=last),
-                log_fields=self.log_fields,
+                log_fields=lambda: self.log_fields,
             )
         except FencedOut:
             return Outcome.FENCED
@@ -256,7 +268,7 @@ class Attempt:
     async def _flush_or_stop(self) -> bool:
         """Write what the agent emitted before the lifecycle event; False if fenced out."""
         try:
-            await ride_out_redis(self.ctx.flush, log_fields=self.log_fields)
+            await ride_out_redis(self.ctx.flush, log_fields=lambda: self.log_fields)
         except FencedOut:
             self.stop_reason = self.stop_reason or Outcome.FENCED
             return False
@@ -296,12 +308,16 @@ async def _finished_within(task: asyncio.Task[Any], timeout_s: float) -> bool:
     return task.done()
 
 
+LogFields = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
+
+
 async def ride_out_redis(
-    call: Callable[[], Awaitable[T]], budget_s: float = 20.0, *, log_fields: Mapping[str, Any] | None = None
+    call: Callable[[], Awaitable[T]], budget_s: float = 20.0, *, log_fields: LogFields | None = None
 ) -> T:
     """Ride out a Redis outage (connection reset, restart, failover) on lifecycle writes: retry
     with capped exponential backoff for up to ``budget_s``, then let the error through (the job
-    stays pending and is reclaimed after its lease). ``log_fields``: the run's, for the log line."""
+    stays pending and is reclaimed after its lease). ``log_fields``: the run's, for the log line
+    (or a function returning them: built only when a line is written)."""
     deadline = time.monotonic() + budget_s
     n = 0
     while True:
@@ -311,7 +327,8 @@ async def ride_out_redis(
             delay_s = min(2.0, 0.1 * 2**n) * random.uniform(0.5, 1.5)  # jitter: no thundering herd
             if time.monotonic() + delay_s > deadline:
                 raise
-            log.warning("redis unavailable (%s); retrying in %.2fs", exc, delay_s, extra=log_fields)
+            fields = log_fields() if callable(log_fields) else log_fields
+            log.warning("redis unavailable (%s); retrying in %.2fs", exc, delay_s, extra=fields)
             await asyncio.sleep(delay_s)
             n += 1
 

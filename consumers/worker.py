@@ -234,17 +234,18 @@ class Worker:
             log.warning("job %s dead-lettered: %s", job.job_id, problem, extra=self._fields(job))
             await ride_out_redis(
                 lambda: self.store.dead_letter(job.partition, job.agent_key, job.job_id, problem),
-                log_fields=self._fields(job),
+                log_fields=lambda: self._fields(job),
             )
             return
         # a Redis outage here must not orphan the job until its lease runs out
         claim = await ride_out_redis(
             lambda: self.store.begin_attempt(job.run_id, job.job_id, self.worker_id, job.agent_key),
-            log_fields=self._fields(job),
+            log_fields=lambda: self._fields(job),
         )
         if not isinstance(claim, Claim):
             level = logging.WARNING if claim.dead_lettered else logging.DEBUG
-            log.log(level, "run %s not started: %s", job.run_id, claim.reason, extra=self._fields(job))
+            if log.isEnabledFor(level):
+                log.log(level, "run %s not started: %s", job.run_id, claim.reason, extra=self._fields(job))
             self._count(Outcome.DROPPED)
             return
         attempt = Attempt(
@@ -261,8 +262,15 @@ class Worker:
             attempt.request_cancel("cancel requested")
         if self._handing_back:  # began while the drain ended: give it straight back
             attempt.stop(Outcome.HANDED_BACK)
-        fields = self._fields(job, claim.attempt)
-        log.info("run %s started: attempt %d on %s", job.run_id, claim.attempt, self.worker_id, extra=fields)
+        # logs at INFO are off on a busy worker: build no fields for them then
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "run %s started: attempt %d on %s",
+                job.run_id,
+                claim.attempt,
+                self.worker_id,
+                extra=attempt.log_fields,
+            )
         try:
             outcome = await attempt.execute()
         finally:
@@ -270,13 +278,15 @@ class Worker:
         self._count(outcome)
         if outcome is Outcome.HANDED_BACK:
             await self._hand_back([job])
+        elif not log.isEnabledFor(logging.INFO):
+            pass
         elif outcome is Outcome.CANCELLED and attempt.cancel_requested_at is not None:
             took_ms = (time.monotonic() - attempt.cancel_requested_at) * 1000
             log.info(
                 "run %s cancelled (%.1f ms after the request reached the worker)",
                 job.run_id,
                 took_ms,
-                extra=fields,
+                extra=attempt.log_fields,
             )
         elif outcome is not Outcome.RETRYING:
             log.info(
@@ -284,7 +294,7 @@ class Worker:
                 job.run_id,
                 outcome.value.replace("_", " "),
                 claim.attempt,
-                extra=fields,
+                extra=attempt.log_fields,
             )
 
     def _fields(self, job: Job, attempt: int | None = None) -> dict[str, Any]:
