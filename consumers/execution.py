@@ -1,7 +1,9 @@
-"""One attempt of one run: start the agent's task, watch it, and write how it ended.
+"""One attempt of one run: run the agent, watch it, and write how it ended.
 
-The worker owns the job (queue entry); an ``Attempt`` owns the agent's task. Three things stop
-the task from outside: a cancel request (-> ``run.cancelled``, after the agent's ``cancel``
+The worker owns the job (queue entry); an ``Attempt`` runs the agent inside the task that
+executes it (one task per run: no second task, no waiter), and cancels the agent there, only
+while it runs, never the attempt's own writes that follow. Three things stop the agent from
+outside: a cancel request (-> ``run.cancelled``, after the agent's ``cancel``
 hook), the run's timeout (-> ``run.timed_out``), and a *stop* (fenced out, run gone, worker
 shutting down), after which this attempt writes nothing: the run belongs to someone else, or
 goes back to the queue for another worker.
@@ -73,7 +75,13 @@ class Attempt:
             on_fenced=lambda exc: self.stop(Outcome.FENCED),
             stores=stores,
         )
-        self.task: asyncio.Task[RunResult | None] | None = None
+        # the task the agent runs in: the attempt's own (``execute``'s caller), while the agent runs
+        self.task: asyncio.Task[Any] | None = None
+        self._agent_started = False
+        self._agent_running = False
+        self._cancels_sent = 0  # task.cancel() calls of ours, taken back when the agent returns
+        self._timed_out = False
+        self._timer: asyncio.TimerHandle | None = None  # the run's timeout
         self.cancel_reason: str | None = "cancel requested" if claim.cancel_requested else None
         self.stop_reason: Outcome | None = None
         self.cancel_requested_at: float | None = None  # monotonic, for the log line
@@ -102,15 +110,35 @@ class Attempt:
             self.cancel_reason = reason
             self.cancel_requested_at = time.monotonic()
         self.ctx.mark_cancel_requested()
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
+        self._cancel_agent()
 
     def stop(self, why: Outcome) -> None:
         """Cancel the agent's task and write nothing more (fenced, gone, or shutting down)."""
         if self.stop_reason is None:
             self.stop_reason = why
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
+        self._cancel_agent()
+
+    def _cancel_agent(self) -> None:
+        """Cancel the agent where it awaits, if it is running (never the attempt's own writes)."""
+        task = self.task
+        if task is None or not self._agent_running:
+            return
+        if asyncio.current_task() is task:
+            # From inside the agent's own step (a flush it awaited was refused or answered
+            # "cancel"): a cancel now would stay pending past its return and hit our writes.
+            # Deliver it where the agent next waits, if it is still running by then.
+            task.get_loop().call_soon(self._cancel_agent)
+            return
+        self._cancels_sent += 1
+        task.cancel()
+
+    def _time_out(self) -> None:
+        """The run's timeout: cancel the agent; again every HOOK_TIMEOUT_S if it ignores that."""
+        if not self._agent_running or self.task is None:
+            return
+        self._timed_out = True
+        self._cancel_agent()
+        self._timer = self.task.get_loop().call_later(HOOK_TIMEOUT_S, self._time_out)
 
     async def execute(self) -> Outcome:
         """The attempt in one span (a child of the caller's trace when the run carries one)."""
@@ -141,10 +169,8 @@ class Attempt:
             return self.stop_reason
         if self.cancel_reason is not None:  # requested before this attempt began
             return await self._end_cancelled()
-        self.task = asyncio.get_running_loop().create_task(self.runtime.run(self.ctx))
-        if not await _finished_within(self.task, self.options.timeout_s):
-            self.task.cancel()
-            await _finished_within(self.task, HOOK_TIMEOUT_S)
+        result, exc = await self._run_agent()
+        if self._timed_out:
             if self.stop_reason is not None:
                 return self.stop_reason
             return await self._end_timed_out()
@@ -152,15 +178,13 @@ class Attempt:
             return self.stop_reason
         if self.cancel_reason is not None:
             return await self._end_cancelled()
-        if self.task.cancelled():  # the agent cancelled itself: treat as a cancellation
+        if isinstance(exc, asyncio.CancelledError):  # the agent cancelled itself: a cancellation
             self.cancel_reason = "the agent's task was cancelled"
             return await self._end_cancelled()
-        exc = self.task.exception()
         if isinstance(exc, FencedOut):
             return Outcome.FENCED
         if exc is not None:
             return await self._end_failed(exc)
-        result = self.task.result()
         if result is None:
             result = RunResult()
         if not isinstance(result, RunResult):
@@ -169,6 +193,40 @@ class Attempt:
             )
             return await self._end_failed(failure)
         return await self._end_succeeded(result)
+
+    async def _run_agent(self) -> tuple[Any, BaseException | None]:
+        """Run the agent in this task (one task per attempt): its result or what it raised.
+
+        Cancels (``request_cancel``, ``stop``, the timeout) reach it only while it runs, and
+        are taken back when it returns, so the writes that follow are never cancelled by them.
+        A cancellation of this task from elsewhere (not ours) goes on up.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        loop = task.get_loop()
+        self.task = task
+        self._agent_started = self._agent_running = True
+        self._timer = loop.call_later(self.options.timeout_s, self._time_out)
+        outside = task.cancelling()  # cancels of this task that were not ours
+        result: Any = None
+        caught: BaseException | None = None
+        try:
+            result = await self.runtime.run(self.ctx)
+        except asyncio.CancelledError as exc:
+            caught = exc
+        except Exception as exc:
+            caught = exc
+        finally:
+            self._agent_running = False
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            for _ in range(self._cancels_sent):
+                task.uncancel()
+            self._cancels_sent = 0
+        if isinstance(caught, asyncio.CancelledError) and task.cancelling() > outside:
+            raise caught  # this task itself is being cancelled, not just the agent
+        return result, caught
 
     # -- endings -------------------------------------------------------------------------------
 
@@ -224,7 +282,7 @@ class Attempt:
         return Outcome.FAILED
 
     async def _end_cancelled(self) -> Outcome:
-        if self.task is not None:
+        if self._agent_started:
             await self._hook(self.runtime.cancel(self.ctx), "cancel")
         self.ending = self.cancel_reason or ""
         payload: dict[str, Any] = {"reason": self.ending}
@@ -285,27 +343,6 @@ class Attempt:
                 "run %s: the runtime's %s hook raised; ignoring it", self.run_id, name, extra=self.log_fields
             )
             return None
-
-
-async def _finished_within(task: asyncio.Task[Any], timeout_s: float) -> bool:
-    """Wait for ``task`` up to ``timeout_s``; never raises (asyncio.wait, minus its overhead)."""
-    if task.done():
-        return True
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[None] = loop.create_future()
-
-    def wake(_: object = None) -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    timer = loop.call_later(timeout_s, wake)
-    task.add_done_callback(wake)
-    try:
-        await waiter
-    finally:
-        timer.cancel()
-        task.remove_done_callback(wake)
-    return task.done()
 
 
 LogFields = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
