@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from agentstream.consumers.errors import StoresNotConfigured
 from agentstream.consumers.stores import Knowledge, Memory, Preferences, StoreBackend, Tasks
+from agentstream.consumers.timers import Cancellable, Scheduler
 from agentstream.core.codec import pack_payload
 from agentstream.core.errors import FencedOut
 from agentstream.core.events import LIFECYCLE_TYPES, Event, EventType, NewEvent, Visibility
@@ -43,6 +44,7 @@ class RunContext:
         on_cancel_requested: Callable[[], None] | None = None,
         on_fenced: Callable[[FencedOut], None] | None = None,
         stores: StoreBackend | None = None,
+        timers: Scheduler | None = None,
     ) -> None:
         queued = claim.input
         self.run_id: str = claim.run_id
@@ -60,7 +62,8 @@ class RunContext:
         self._on_fenced = on_fenced
         self._buffer: list[NewEvent] = []
         self._flush_lock = asyncio.Lock()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timers = timers  # the flush timer's (None: the event loop's)
+        self._timer: Cancellable | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._fenced: FencedOut | None = None
         self._cancel_requested = claim.cancel_requested
@@ -99,9 +102,8 @@ class RunContext:
         if len(self._buffer) >= self._max_batch:
             await self.flush()
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(
-                self._flush_interval_s, self._flush_in_background
-            )
+            timers = self._timers or asyncio.get_running_loop()
+            self._timer = timers.call_later(self._flush_interval_s, self._flush_in_background)
 
     async def emit_user_message(self, content: str) -> None:
         await self.emit(EventType.ASSISTANT_MESSAGE, {"role": "assistant", "content": content})
@@ -296,7 +298,8 @@ class RunContext:
                 extra=run_fields(self.run_id, attempt=self.attempt, agent_key=self.agent_key),
             )
             if self._timer is None and self._buffer:
-                self._timer = asyncio.get_running_loop().call_later(0.5, self._flush_in_background)
+                timers = self._timers or asyncio.get_running_loop()
+                self._timer = timers.call_later(0.5, self._flush_in_background)
 
     def _remember(self, kind: str, payload: Mapping[str, Any]) -> None:
         if kind == EventType.ASSISTANT_MESSAGE:

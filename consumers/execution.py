@@ -25,6 +25,7 @@ from agentstream.consumers.context import RunContext
 from agentstream.consumers.outcome import FailureDecision, Outcome, decide_failure
 from agentstream.consumers.runtime import AgentRuntime, ErrorInfo, RunResult
 from agentstream.consumers.stores import StoreBackend
+from agentstream.consumers.timers import Cancellable, Scheduler
 from agentstream.consumers.tracing import current_tracer
 from agentstream.core.errors import FencedOut, IllegalTransition, NotFound, RetryableError
 from agentstream.core.events import EventType
@@ -58,8 +59,10 @@ class Attempt:
         *,
         worker_id: str | None = None,
         stores: StoreBackend | None = None,
+        timers: Scheduler | None = None,
     ) -> None:
         self.store = store
+        self._timers = timers  # for the timeout (None: the event loop's)
         self.worker_id = worker_id
         self._log_fields: dict[str, Any] | None = None
         self.runtime = runtime
@@ -81,7 +84,7 @@ class Attempt:
         self._agent_running = False
         self._cancels_sent = 0  # task.cancel() calls of ours, taken back when the agent returns
         self._timed_out = False
-        self._timer: asyncio.TimerHandle | None = None  # the run's timeout
+        self._timer: Cancellable | None = None  # the run's timeout
         self.cancel_reason: str | None = "cancel requested" if claim.cancel_requested else None
         self.stop_reason: Outcome | None = None
         self.cancel_requested_at: float | None = None  # monotonic, for the log line
@@ -138,7 +141,7 @@ class Attempt:
             return
         self._timed_out = True
         self._cancel_agent()
-        self._timer = self.task.get_loop().call_later(HOOK_TIMEOUT_S, self._time_out)
+        self._timer = (self._timers or self.task.get_loop()).call_later(HOOK_TIMEOUT_S, self._time_out)
 
     async def execute(self) -> Outcome:
         """The attempt in one span (a child of the caller's trace when the run carries one)."""
@@ -206,7 +209,7 @@ class Attempt:
         loop = task.get_loop()
         self.task = task
         self._agent_started = self._agent_running = True
-        self._timer = loop.call_later(self.options.timeout_s, self._time_out)
+        self._timer = (self._timers or loop).call_later(self.options.timeout_s, self._time_out)
         outside = task.cancelling()  # cancels of this task that were not ours
         result: Any = None
         caught: BaseException | None = None

@@ -39,6 +39,7 @@ from agentstream.consumers.outcome import Outcome
 from agentstream.consumers.queues import Job, Queue, QueueReader, job_from, job_problem
 from agentstream.consumers.registry import RuntimeRegistry
 from agentstream.consumers.stores import StoreBackend
+from agentstream.consumers.timers import Timers
 from agentstream.core.eviction import ensure_noeviction
 from agentstream.core.keys import WORKERS_GROUP
 from agentstream.core.logfmt import run_fields
@@ -100,6 +101,7 @@ class Worker:
             flush_interval_s=flush_interval_s,
         )
         self.attempts: dict[str, tuple[Job, Attempt]] = {}  # run id -> what runs it
+        self.timers = Timers()  # the attempts' timeouts and flushes, on one loop timer
         self.outcomes: dict[Outcome, int] = {}
         self.reclaims = 0  # jobs taken over from an expired lease (for --metrics-port)
         self._jobs: set[asyncio.Task[None]] = set()
@@ -256,6 +258,7 @@ class Worker:
             _with_timeout(self.attempt_options, claim.timeout_s),
             worker_id=self.worker_id,
             stores=self.stores,
+            timers=self.timers,
         )
         self.attempts[job.run_id] = (job, attempt)
         if self._early_cancels.pop(job.run_id, None) is not None:
