@@ -234,14 +234,15 @@ class Attempt:
     # -- endings -------------------------------------------------------------------------------
 
     async def _end_succeeded(self, result: RunResult) -> Outcome:
-        usage = _merge_usage(result.usage, self.ctx.usage)
+        output = dict(result.final_output)
+        messages = result.final_messages
         payload = {
-            "output": dict(result.final_output),
-            "final_messages": [dict(m) for m in result.final_messages] or self.ctx.emitted_messages,
-            "usage": usage,
+            "output": output,
+            "final_messages": [dict(m) for m in messages] if messages else self.ctx.emitted_messages,
+            "usage": _merge_usage(result.usage, self.ctx.usage),
             "artifacts": dict(result.artifacts),
         }
-        self.output = dict(result.final_output)
+        self.output = output
         return await self._finish(EventType.RUN_SUCCEEDED, payload, Outcome.SUCCEEDED)
 
     async def _end_failed(self, exc: BaseException) -> Outcome:
@@ -376,6 +377,8 @@ async def ride_out_redis(
 def _merge_usage(*parts: Any) -> dict[str, int | float]:
     out: dict[str, int | float] = {}
     for part in parts:
+        if not part:
+            continue
         for name, amount in dict(part).items():
             if isinstance(amount, int | float) and not isinstance(amount, bool):
                 out[name] = out.get(name, 0) + amount

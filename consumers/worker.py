@@ -100,6 +100,7 @@ class Worker:
             backoff_max_s=settings.RETRY_BACKOFF_MAX,
             flush_interval_s=flush_interval_s,
         )
+        self._options_by_timeout: dict[float | None, AttemptOptions] = {}
         self.attempts: dict[str, tuple[Job, Attempt]] = {}  # run id -> what runs it
         self.timers = Timers()  # the attempts' timeouts and flushes, on one loop timer
         self.outcomes: dict[Outcome, int] = {}
@@ -255,7 +256,7 @@ class Worker:
             self.registry.get(job.agent_key),
             claim,
             job.agent_key,
-            _with_timeout(self.attempt_options, claim.timeout_s),
+            self._options(claim.timeout_s),
             worker_id=self.worker_id,
             stores=self.stores,
             timers=self.timers,
@@ -299,6 +300,15 @@ class Worker:
                 claim.attempt,
                 extra=attempt.log_fields,
             )
+
+    def _options(self, timeout_s: float | None) -> AttemptOptions:
+        """The attempt options for a run's own timeout (one object per timeout, not per run)."""
+        options = self._options_by_timeout.get(timeout_s)
+        if options is None:
+            if len(self._options_by_timeout) > 100:
+                self._options_by_timeout.clear()
+            options = self._options_by_timeout[timeout_s] = _with_timeout(self.attempt_options, timeout_s)
+        return options
 
     def _fields(self, job: Job, attempt: int | None = None) -> dict[str, Any]:
         return run_fields(job.run_id, attempt=attempt, agent_key=job.agent_key, worker_id=self.worker_id)
