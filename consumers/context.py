@@ -208,6 +208,11 @@ class RunContext:
     def fenced(self) -> FencedOut | None:
         return self._fenced
 
+    def detach(self) -> None:
+        """The attempt is over: drop the engine's callbacks (they would keep it alive in a cycle)."""
+        self._on_cancel_requested = None
+        self._on_fenced = None
+
     def mark_cancel_requested(self) -> None:
         self._cancel_requested = True
 

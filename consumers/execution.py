@@ -145,6 +145,14 @@ class Attempt:
 
     async def execute(self) -> Outcome:
         """The attempt in one span (a child of the caller's trace when the run carries one)."""
+        try:
+            return await self._traced_execute()
+        finally:
+            # The context calls back into this attempt: without this the two (and the task,
+            # the claim, the buffers...) form a cycle that only the cyclic GC frees.
+            self.ctx.detach()
+
+    async def _traced_execute(self) -> Outcome:
         tracer = current_tracer()
         if type(tracer) is NoopTracer:  # the default: no span, no attributes to build per run
             return await self._execute()
