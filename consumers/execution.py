@@ -31,7 +31,7 @@ from agentstream.core.errors import FencedOut, IllegalTransition, NotFound, Retr
 from agentstream.core.events import EventType
 from agentstream.core.logfmt import run_fields
 from agentstream.core.store import Claim, EventStore
-from agentstream.core.tracing import TRACEPARENT, NoopTracer
+from agentstream.core.tracing import TRACEPARENT, NoopTracer, Tracer
 
 log = logging.getLogger("agentstream.worker")
 
@@ -145,17 +145,17 @@ class Attempt:
 
     async def execute(self) -> Outcome:
         """The attempt in one span (a child of the caller's trace when the run carries one)."""
+        tracer = current_tracer()
         try:
-            return await self._traced_execute()
+            if type(tracer) is NoopTracer:  # the default: no span, no attributes to build per run
+                return await self._execute()
+            return await self._traced_execute(tracer)
         finally:
             # The context calls back into this attempt: without this the two (and the task,
             # the claim, the buffers...) form a cycle that only the cyclic GC frees.
             self.ctx.detach()
 
-    async def _traced_execute(self) -> Outcome:
-        tracer = current_tracer()
-        if type(tracer) is NoopTracer:  # the default: no span, no attributes to build per run
-            return await self._execute()
+    async def _traced_execute(self, tracer: Tracer) -> Outcome:
         traceparent = self.ctx.metadata.get(TRACEPARENT)
         attributes = {k: v for k, v in self.log_fields.items() if v is not None}
         with tracer.span(
