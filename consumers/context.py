@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 
 from agentstream.consumers.errors import StoresNotConfigured
 from agentstream.consumers.stores import Knowledge, Memory, Preferences, StoreBackend, Tasks
-from agentstream.core.codec import encode_payload
+from agentstream.consumers.timers import Cancellable, Scheduler
+from agentstream.core.codec import pack_payload
 from agentstream.core.errors import FencedOut
 from agentstream.core.events import LIFECYCLE_TYPES, Event, EventType, NewEvent, Visibility
 from agentstream.core.logfmt import run_fields
@@ -43,6 +44,7 @@ class RunContext:
         on_cancel_requested: Callable[[], None] | None = None,
         on_fenced: Callable[[FencedOut], None] | None = None,
         stores: StoreBackend | None = None,
+        timers: Scheduler | None = None,
     ) -> None:
         queued = claim.input
         self.run_id: str = claim.run_id
@@ -60,7 +62,8 @@ class RunContext:
         self._on_fenced = on_fenced
         self._buffer: list[NewEvent] = []
         self._flush_lock = asyncio.Lock()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timers = timers  # the flush timer's (None: the event loop's)
+        self._timer: Cancellable | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._fenced: FencedOut | None = None
         self._cancel_requested = claim.cancel_requested
@@ -92,15 +95,15 @@ class RunContext:
             raise ValueError(
                 f"{kind} is written by the run's stores; use ctx.memory / preferences / tasks / knowledge"
             )
-        encode_payload(kind, payload, self._store.settings.MAX_EVENT_BYTES)  # fail here, not in a later flush
+        # encoded here, once: a bad payload fails here, not in a later flush, which sends these bytes
+        packed = pack_payload(kind, payload, self._store.settings.MAX_EVENT_BYTES)
         self._remember(kind, payload)
-        self._buffer.append(NewEvent(kind, payload, Visibility(visibility) if visibility else None))
+        self._buffer.append(NewEvent(kind, packed, Visibility(visibility) if visibility else None))
         if len(self._buffer) >= self._max_batch:
             await self.flush()
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(
-                self._flush_interval_s, self._flush_in_background
-            )
+            timers = self._timers or asyncio.get_running_loop()
+            self._timer = timers.call_later(self._flush_interval_s, self._flush_in_background)
 
     async def emit_user_message(self, content: str) -> None:
         await self.emit(EventType.ASSISTANT_MESSAGE, {"role": "assistant", "content": content})
@@ -167,14 +170,14 @@ class RunContext:
     async def record(self, event_type: str, payload: Mapping[str, Any]) -> Event:
         """Append one event now, after everything buffered, and return it with its seq (the
         stores' write path: the event must be in the run before its effect is applied)."""
-        encode_payload(event_type, payload, self._store.settings.MAX_EVENT_BYTES)
+        packed = pack_payload(event_type, payload, self._store.settings.MAX_EVENT_BYTES)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         async with self._flush_lock:
             if self._fenced is not None:
                 raise self._fenced
-            self._buffer.append(NewEvent(event_type, payload))
+            self._buffer.append(NewEvent(event_type, packed))
             batch, self._buffer = self._buffer, []
             result = await self._send(batch)
         return Event(
@@ -204,6 +207,11 @@ class RunContext:
     @property
     def fenced(self) -> FencedOut | None:
         return self._fenced
+
+    def detach(self) -> None:
+        """The attempt is over: drop the engine's callbacks (they would keep it alive in a cycle)."""
+        self._on_cancel_requested = None
+        self._on_fenced = None
 
     def mark_cancel_requested(self) -> None:
         self._cancel_requested = True
@@ -295,7 +303,8 @@ class RunContext:
                 extra=run_fields(self.run_id, attempt=self.attempt, agent_key=self.agent_key),
             )
             if self._timer is None and self._buffer:
-                self._timer = asyncio.get_running_loop().call_later(0.5, self._flush_in_background)
+                timers = self._timers or asyncio.get_running_loop()
+                self._timer = timers.call_later(0.5, self._flush_in_background)
 
     def _remember(self, kind: str, payload: Mapping[str, Any]) -> None:
         if kind == EventType.ASSISTANT_MESSAGE:

@@ -1,7 +1,9 @@
-"""One attempt of one run: start the agent's task, watch it, and write how it ended.
+"""One attempt of one run: run the agent, watch it, and write how it ended.
 
-The worker owns the job (queue entry); an ``Attempt`` owns the agent's task. Three things stop
-the task from outside: a cancel request (-> ``run.cancelled``, after the agent's ``cancel``
+The worker owns the job (queue entry); an ``Attempt`` runs the agent inside the task that
+executes it (one task per run: no second task, no waiter), and cancels the agent there, only
+while it runs, never the attempt's own writes that follow. Three things stop the agent from
+outside: a cancel request (-> ``run.cancelled``, after the agent's ``cancel``
 hook), the run's timeout (-> ``run.timed_out``), and a *stop* (fenced out, run gone, worker
 shutting down), after which this attempt writes nothing: the run belongs to someone else, or
 goes back to the queue for another worker.
@@ -23,12 +25,13 @@ from agentstream.consumers.context import RunContext
 from agentstream.consumers.outcome import FailureDecision, Outcome, decide_failure
 from agentstream.consumers.runtime import AgentRuntime, ErrorInfo, RunResult
 from agentstream.consumers.stores import StoreBackend
+from agentstream.consumers.timers import Cancellable, Scheduler
 from agentstream.consumers.tracing import current_tracer
 from agentstream.core.errors import FencedOut, IllegalTransition, NotFound, RetryableError
 from agentstream.core.events import EventType
 from agentstream.core.logfmt import run_fields
 from agentstream.core.store import Claim, EventStore
-from agentstream.core.tracing import TRACEPARENT
+from agentstream.core.tracing import TRACEPARENT, NoopTracer, Tracer
 
 log = logging.getLogger("agentstream.worker")
 
@@ -56,12 +59,12 @@ class Attempt:
         *,
         worker_id: str | None = None,
         stores: StoreBackend | None = None,
+        timers: Scheduler | None = None,
     ) -> None:
         self.store = store
-        # on every log line about this attempt (see core.logfmt)
-        self.log_fields = run_fields(
-            claim.run_id, attempt=claim.attempt, agent_key=agent_key, worker_id=worker_id
-        )
+        self._timers = timers  # for the timeout (None: the event loop's)
+        self.worker_id = worker_id
+        self._log_fields: dict[str, Any] | None = None
         self.runtime = runtime
         self.claim = claim
         self.agent_key = agent_key
@@ -75,7 +78,13 @@ class Attempt:
             on_fenced=lambda exc: self.stop(Outcome.FENCED),
             stores=stores,
         )
-        self.task: asyncio.Task[RunResult | None] | None = None
+        # the task the agent runs in: the attempt's own (``execute``'s caller), while the agent runs
+        self.task: asyncio.Task[Any] | None = None
+        self._agent_started = False
+        self._agent_running = False
+        self._cancels_sent = 0  # task.cancel() calls of ours, taken back when the agent returns
+        self._timed_out = False
+        self._timer: Cancellable | None = None  # the run's timeout
         self.cancel_reason: str | None = "cancel requested" if claim.cancel_requested else None
         self.stop_reason: Outcome | None = None
         self.cancel_requested_at: float | None = None  # monotonic, for the log line
@@ -86,27 +95,69 @@ class Attempt:
     def run_id(self) -> str:
         return self.claim.run_id
 
+    @property
+    def log_fields(self) -> dict[str, Any]:
+        """On every log line about this attempt (see core.logfmt); built on the first line."""
+        if self._log_fields is None:
+            self._log_fields = run_fields(
+                self.claim.run_id,
+                attempt=self.claim.attempt,
+                agent_key=self.agent_key,
+                worker_id=self.worker_id,
+            )
+        return self._log_fields
+
     def request_cancel(self, reason: str) -> None:
         """Cancel the agent's task now; the attempt ends with ``run.cancelled``."""
         if self.cancel_reason is None:
             self.cancel_reason = reason
             self.cancel_requested_at = time.monotonic()
         self.ctx.mark_cancel_requested()
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
+        self._cancel_agent()
 
     def stop(self, why: Outcome) -> None:
         """Cancel the agent's task and write nothing more (fenced, gone, or shutting down)."""
         if self.stop_reason is None:
             self.stop_reason = why
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
+        self._cancel_agent()
+
+    def _cancel_agent(self) -> None:
+        """Cancel the agent where it awaits, if it is running (never the attempt's own writes)."""
+        task = self.task
+        if task is None or not self._agent_running:
+            return
+        if asyncio.current_task() is task:
+            # From inside the agent's own step (a flush it awaited was refused or answered
+            # "cancel"): a cancel now would stay pending past its return and hit our writes.
+            # Deliver it where the agent next waits, if it is still running by then.
+            task.get_loop().call_soon(self._cancel_agent)
+            return
+        self._cancels_sent += 1
+        task.cancel()
+
+    def _time_out(self) -> None:
+        """The run's timeout: cancel the agent; again every HOOK_TIMEOUT_S if it ignores that."""
+        if not self._agent_running or self.task is None:
+            return
+        self._timed_out = True
+        self._cancel_agent()
+        self._timer = (self._timers or self.task.get_loop()).call_later(HOOK_TIMEOUT_S, self._time_out)
 
     async def execute(self) -> Outcome:
         """The attempt in one span (a child of the caller's trace when the run carries one)."""
+        tracer = current_tracer()
+        try:
+            if type(tracer) is NoopTracer:  # the default: no span, no attributes to build per run
+                return await self._execute()
+            return await self._traced_execute(tracer)
+        finally:
+            # The context calls back into this attempt: without this the two (and the task,
+            # the claim, the buffers...) form a cycle that only the cyclic GC frees.
+            self.ctx.detach()
+
+    async def _traced_execute(self, tracer: Tracer) -> Outcome:
         traceparent = self.ctx.metadata.get(TRACEPARENT)
         attributes = {k: v for k, v in self.log_fields.items() if v is not None}
-        tracer = current_tracer()
         with tracer.span(
             f"run {self.agent_key}",
             kind="attempt",
@@ -129,10 +180,8 @@ class Attempt:
             return self.stop_reason
         if self.cancel_reason is not None:  # requested before this attempt began
             return await self._end_cancelled()
-        self.task = asyncio.get_running_loop().create_task(self.runtime.run(self.ctx))
-        if not await _finished_within(self.task, self.options.timeout_s):
-            self.task.cancel()
-            await _finished_within(self.task, HOOK_TIMEOUT_S)
+        result, exc = await self._run_agent()
+        if self._timed_out:
             if self.stop_reason is not None:
                 return self.stop_reason
             return await self._end_timed_out()
@@ -140,15 +189,13 @@ class Attempt:
             return self.stop_reason
         if self.cancel_reason is not None:
             return await self._end_cancelled()
-        if self.task.cancelled():  # the agent cancelled itself: treat as a cancellation
+        if isinstance(exc, asyncio.CancelledError):  # the agent cancelled itself: a cancellation
             self.cancel_reason = "the agent's task was cancelled"
             return await self._end_cancelled()
-        exc = self.task.exception()
         if isinstance(exc, FencedOut):
             return Outcome.FENCED
         if exc is not None:
             return await self._end_failed(exc)
-        result = self.task.result()
         if result is None:
             result = RunResult()
         if not isinstance(result, RunResult):
@@ -158,17 +205,52 @@ class Attempt:
             return await self._end_failed(failure)
         return await self._end_succeeded(result)
 
+    async def _run_agent(self) -> tuple[Any, BaseException | None]:
+        """Run the agent in this task (one task per attempt): its result or what it raised.
+
+        Cancels (``request_cancel``, ``stop``, the timeout) reach it only while it runs, and
+        are taken back when it returns, so the writes that follow are never cancelled by them.
+        A cancellation of this task from elsewhere (not ours) goes on up.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        loop = task.get_loop()
+        self.task = task
+        self._agent_started = self._agent_running = True
+        self._timer = (self._timers or loop).call_later(self.options.timeout_s, self._time_out)
+        outside = task.cancelling()  # cancels of this task that were not ours
+        result: Any = None
+        caught: BaseException | None = None
+        try:
+            result = await self.runtime.run(self.ctx)
+        except asyncio.CancelledError as exc:
+            caught = exc
+        except Exception as exc:
+            caught = exc
+        finally:
+            self._agent_running = False
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            for _ in range(self._cancels_sent):
+                task.uncancel()
+            self._cancels_sent = 0
+        if isinstance(caught, asyncio.CancelledError) and task.cancelling() > outside:
+            raise caught  # this task itself is being cancelled, not just the agent
+        return result, caught
+
     # -- endings -------------------------------------------------------------------------------
 
     async def _end_succeeded(self, result: RunResult) -> Outcome:
-        usage = _merge_usage(result.usage, self.ctx.usage)
+        output = dict(result.final_output)
+        messages = result.final_messages
         payload = {
-            "output": dict(result.final_output),
-            "final_messages": [dict(m) for m in result.final_messages] or self.ctx.emitted_messages,
-            "usage": usage,
+            "output": output,
+            "final_messages": [dict(m) for m in messages] if messages else self.ctx.emitted_messages,
+            "usage": _merge_usage(result.usage, self.ctx.usage),
             "artifacts": dict(result.artifacts),
         }
-        self.output = dict(result.final_output)
+        self.output = output
         return await self._finish(EventType.RUN_SUCCEEDED, payload, Outcome.SUCCEEDED)
 
     async def _end_failed(self, exc: BaseException) -> Outcome:
@@ -193,7 +275,7 @@ class Attempt:
         try:
             outcome = await ride_out_redis(
                 lambda: self.store.schedule_retry(self.run_id, self.claim.attempt, decision.delay_s, error),
-                log_fields=self.log_fields,
+                log_fields=lambda: self.log_fields,
             )
         except FencedOut:
             return Outcome.FENCED
@@ -212,7 +294,7 @@ class Attempt:
         return Outcome.FAILED
 
     async def _end_cancelled(self) -> Outcome:
-        if self.task is not None:
+        if self._agent_started:
             await self._hook(self.runtime.cancel(self.ctx), "cancel")
         self.ending = self.cancel_reason or ""
         payload: dict[str, Any] = {"reason": self.ending}
@@ -245,7 +327,7 @@ class Attempt:
         try:
             await ride_out_redis(
                 lambda: self.store.finish(self.run_id, self.claim.attempt, event_type, payload, events=last),
-                log_fields=self.log_fields,
+                log_fields=lambda: self.log_fields,
             )
         except FencedOut:
             return Outcome.FENCED
@@ -256,7 +338,7 @@ class Attempt:
     async def _flush_or_stop(self) -> bool:
         """Write what the agent emitted before the lifecycle event; False if fenced out."""
         try:
-            await ride_out_redis(self.ctx.flush, log_fields=self.log_fields)
+            await ride_out_redis(self.ctx.flush, log_fields=lambda: self.log_fields)
         except FencedOut:
             self.stop_reason = self.stop_reason or Outcome.FENCED
             return False
@@ -275,33 +357,16 @@ class Attempt:
             return None
 
 
-async def _finished_within(task: asyncio.Task[Any], timeout_s: float) -> bool:
-    """Wait for ``task`` up to ``timeout_s``; never raises (asyncio.wait, minus its overhead)."""
-    if task.done():
-        return True
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[None] = loop.create_future()
-
-    def wake(_: object = None) -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    timer = loop.call_later(timeout_s, wake)
-    task.add_done_callback(wake)
-    try:
-        await waiter
-    finally:
-        timer.cancel()
-        task.remove_done_callback(wake)
-    return task.done()
+LogFields = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
 
 
 async def ride_out_redis(
-    call: Callable[[], Awaitable[T]], budget_s: float = 20.0, *, log_fields: Mapping[str, Any] | None = None
+    call: Callable[[], Awaitable[T]], budget_s: float = 20.0, *, log_fields: LogFields | None = None
 ) -> T:
     """Ride out a Redis outage (connection reset, restart, failover) on lifecycle writes: retry
     with capped exponential backoff for up to ``budget_s``, then let the error through (the job
-    stays pending and is reclaimed after its lease). ``log_fields``: the run's, for the log line."""
+    stays pending and is reclaimed after its lease). ``log_fields``: the run's, for the log line
+    (or a function returning them: built only when a line is written)."""
     deadline = time.monotonic() + budget_s
     n = 0
     while True:
@@ -311,7 +376,8 @@ async def ride_out_redis(
             delay_s = min(2.0, 0.1 * 2**n) * random.uniform(0.5, 1.5)  # jitter: no thundering herd
             if time.monotonic() + delay_s > deadline:
                 raise
-            log.warning("redis unavailable (%s); retrying in %.2fs", exc, delay_s, extra=log_fields)
+            fields = log_fields() if callable(log_fields) else log_fields
+            log.warning("redis unavailable (%s); retrying in %.2fs", exc, delay_s, extra=fields)
             await asyncio.sleep(delay_s)
             n += 1
 
@@ -319,6 +385,8 @@ async def ride_out_redis(
 def _merge_usage(*parts: Any) -> dict[str, int | float]:
     out: dict[str, int | float] = {}
     for part in parts:
+        if not part:
+            continue
         for name, amount in dict(part).items():
             if isinstance(amount, int | float) and not isinstance(amount, bool):
                 out[name] = out.get(name, 0) + amount

@@ -39,6 +39,7 @@ from agentstream.consumers.outcome import Outcome
 from agentstream.consumers.queues import Job, Queue, QueueReader, job_from, job_problem
 from agentstream.consumers.registry import RuntimeRegistry
 from agentstream.consumers.stores import StoreBackend
+from agentstream.consumers.timers import Timers
 from agentstream.core.eviction import ensure_noeviction
 from agentstream.core.keys import WORKERS_GROUP
 from agentstream.core.logfmt import run_fields
@@ -99,7 +100,9 @@ class Worker:
             backoff_max_s=settings.RETRY_BACKOFF_MAX,
             flush_interval_s=flush_interval_s,
         )
+        self._options_by_timeout: dict[float | None, AttemptOptions] = {}
         self.attempts: dict[str, tuple[Job, Attempt]] = {}  # run id -> what runs it
+        self.timers = Timers()  # the attempts' timeouts and flushes, on one loop timer
         self.outcomes: dict[Outcome, int] = {}
         self.reclaims = 0  # jobs taken over from an expired lease (for --metrics-port)
         self._jobs: set[asyncio.Task[None]] = set()
@@ -234,17 +237,18 @@ class Worker:
             log.warning("job %s dead-lettered: %s", job.job_id, problem, extra=self._fields(job))
             await ride_out_redis(
                 lambda: self.store.dead_letter(job.partition, job.agent_key, job.job_id, problem),
-                log_fields=self._fields(job),
+                log_fields=lambda: self._fields(job),
             )
             return
         # a Redis outage here must not orphan the job until its lease runs out
         claim = await ride_out_redis(
             lambda: self.store.begin_attempt(job.run_id, job.job_id, self.worker_id, job.agent_key),
-            log_fields=self._fields(job),
+            log_fields=lambda: self._fields(job),
         )
         if not isinstance(claim, Claim):
             level = logging.WARNING if claim.dead_lettered else logging.DEBUG
-            log.log(level, "run %s not started: %s", job.run_id, claim.reason, extra=self._fields(job))
+            if log.isEnabledFor(level):
+                log.log(level, "run %s not started: %s", job.run_id, claim.reason, extra=self._fields(job))
             self._count(Outcome.DROPPED)
             return
         attempt = Attempt(
@@ -252,17 +256,25 @@ class Worker:
             self.registry.get(job.agent_key),
             claim,
             job.agent_key,
-            _with_timeout(self.attempt_options, claim.timeout_s),
+            self._options(claim.timeout_s),
             worker_id=self.worker_id,
             stores=self.stores,
+            timers=self.timers,
         )
         self.attempts[job.run_id] = (job, attempt)
         if self._early_cancels.pop(job.run_id, None) is not None:
             attempt.request_cancel("cancel requested")
         if self._handing_back:  # began while the drain ended: give it straight back
             attempt.stop(Outcome.HANDED_BACK)
-        fields = self._fields(job, claim.attempt)
-        log.info("run %s started: attempt %d on %s", job.run_id, claim.attempt, self.worker_id, extra=fields)
+        # logs at INFO are off on a busy worker: build no fields for them then
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "run %s started: attempt %d on %s",
+                job.run_id,
+                claim.attempt,
+                self.worker_id,
+                extra=attempt.log_fields,
+            )
         try:
             outcome = await attempt.execute()
         finally:
@@ -270,13 +282,15 @@ class Worker:
         self._count(outcome)
         if outcome is Outcome.HANDED_BACK:
             await self._hand_back([job])
+        elif not log.isEnabledFor(logging.INFO):
+            pass
         elif outcome is Outcome.CANCELLED and attempt.cancel_requested_at is not None:
             took_ms = (time.monotonic() - attempt.cancel_requested_at) * 1000
             log.info(
                 "run %s cancelled (%.1f ms after the request reached the worker)",
                 job.run_id,
                 took_ms,
-                extra=fields,
+                extra=attempt.log_fields,
             )
         elif outcome is not Outcome.RETRYING:
             log.info(
@@ -284,8 +298,17 @@ class Worker:
                 job.run_id,
                 outcome.value.replace("_", " "),
                 claim.attempt,
-                extra=fields,
+                extra=attempt.log_fields,
             )
+
+    def _options(self, timeout_s: float | None) -> AttemptOptions:
+        """The attempt options for a run's own timeout (one object per timeout, not per run)."""
+        options = self._options_by_timeout.get(timeout_s)
+        if options is None:
+            if len(self._options_by_timeout) > 100:
+                self._options_by_timeout.clear()
+            options = self._options_by_timeout[timeout_s] = _with_timeout(self.attempt_options, timeout_s)
+        return options
 
     def _fields(self, job: Job, attempt: int | None = None) -> dict[str, Any]:
         return run_fields(job.run_id, attempt=attempt, agent_key=job.agent_key, worker_id=self.worker_id)

@@ -18,7 +18,7 @@ import datetime as dt
 import decimal
 import enum
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import msgpack
@@ -46,20 +46,56 @@ def _default(value: object) -> object:
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
+class PackedPayload(Mapping[str, Any]):
+    """A payload together with its msgpack bytes, so that it is encoded once: a worker's
+    ``RunContext.emit`` encodes it (to refuse a bad one at once), and the store's write later
+    gets these bytes back from ``encode_payload`` instead of encoding it again. Reads go to
+    the payload; the bytes are what it was when packed."""
+
+    __slots__ = ("data", "payload")
+
+    def __init__(self, payload: Mapping[str, Any], data: bytes) -> None:
+        self.payload = payload
+        self.data = data
+
+    def __getitem__(self, key: str) -> Any:
+        return self.payload[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.payload)
+
+    def __len__(self) -> int:
+        return len(self.payload)
+
+    def __repr__(self) -> str:
+        return f"PackedPayload({self.payload!r})"
+
+
+def pack_payload(
+    event_type: str, payload: Mapping[str, Any], max_bytes: int = DEFAULT_MAX_EVENT_BYTES
+) -> PackedPayload:
+    """``payload`` with its bytes (``encode_payload``'s errors if it cannot be written)."""
+    return PackedPayload(payload, encode_payload(event_type, payload, max_bytes))
+
+
 def encode_payload(
     event_type: str, payload: Mapping[str, Any], max_bytes: int = DEFAULT_MAX_EVENT_BYTES
 ) -> bytes:
     """msgpack bytes of a payload, or ``EventEncodingError`` naming the type and the bad key."""
-    if not isinstance(payload, Mapping):
-        raise EventEncodingError(f"{event_type}: payload must be a dict, got {type(payload).__name__}")
-    try:
-        data: bytes = msgpack.packb(payload, default=_default, use_bin_type=True, strict_types=False)
-    except (TypeError, ValueError, OverflowError) as exc:
-        where = _find_unencodable(payload, "payload") or "payload"
-        raise EventEncodingError(
-            f"{event_type}: {where} cannot be encoded ({exc}); use JSON-like values "
-            "(str, int, float, bool, None, list, dict)"
-        ) from None
+    cls = type(payload)
+    if cls is PackedPayload:
+        data: bytes = payload.data  # type: ignore[attr-defined]
+    else:
+        if cls is not dict and not isinstance(payload, Mapping):
+            raise EventEncodingError(f"{event_type}: payload must be a dict, got {cls.__name__}")
+        try:
+            data = msgpack.packb(payload, default=_default, use_bin_type=True, strict_types=False)
+        except (TypeError, ValueError, OverflowError) as exc:
+            where = _find_unencodable(payload, "payload") or "payload"
+            raise EventEncodingError(
+                f"{event_type}: {where} cannot be encoded ({exc}); use JSON-like values "
+                "(str, int, float, bool, None, list, dict)"
+            ) from None
     if len(data) > max_bytes:
         raise EventEncodingError(
             f"{event_type}: payload is {len(data)} bytes, over MAX_EVENT_BYTES={max_bytes}; "

@@ -7,6 +7,7 @@ must live in the conversation's partition, so their ids are drawn until one land
 
 from __future__ import annotations
 
+import re
 import uuid
 import zlib
 
@@ -37,12 +38,14 @@ def idempotency_partition(owner: str, key: str, partitions: int) -> int:
     return partition_of(f"{owner}:{key}", partitions)
 
 
+# what str(uuid.UUID(...)) writes: 8-4-4-4-12 lower-case hex digits
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def is_valid_id(value: str) -> bool:
-    """True for the canonical uuid text form the API accepts as a run or conversation id."""
-    try:
-        return str(uuid.UUID(value)) == value
-    except (ValueError, AttributeError, TypeError):
-        return False
+    """True for the canonical uuid text form the API accepts as a run or conversation id
+    (``str(uuid.UUID(value)) == value``, without building the UUID: every job checks it)."""
+    return isinstance(value, str) and _CANONICAL_UUID.fullmatch(value) is not None
 
 
 # Owners: every run and conversation has exactly one, a user or an anonymous session.
