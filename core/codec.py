@@ -18,7 +18,7 @@ import datetime as dt
 import decimal
 import enum
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgpack
@@ -46,29 +46,17 @@ def _default(value: object) -> object:
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
-class PackedPayload(Mapping[str, Any]):
-    """A payload together with its msgpack bytes, so that it is encoded once: a worker's
-    ``RunContext.emit`` encodes it (to refuse a bad one at once), and the store's write later
-    gets these bytes back from ``encode_payload`` instead of encoding it again. Reads go to
-    the payload; the bytes are what it was when packed."""
+class PackedPayload(dict[str, Any]):
+    """A payload (a shallow copy, taken when it was packed) with its msgpack bytes, so that it
+    is encoded once: a worker's ``RunContext.emit`` encodes it (to refuse a bad one at once), and
+    the store's write later gets these bytes back from ``encode_payload`` instead of encoding it
+    again. A plain dict to everything else: any other encoder writes the same thing."""
 
-    __slots__ = ("data", "payload")
+    __slots__ = ("data",)
 
     def __init__(self, payload: Mapping[str, Any], data: bytes) -> None:
-        self.payload = payload
+        super().__init__(payload)
         self.data = data
-
-    def __getitem__(self, key: str) -> Any:
-        return self.payload[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.payload)
-
-    def __len__(self) -> int:
-        return len(self.payload)
-
-    def __repr__(self) -> str:
-        return f"PackedPayload({self.payload!r})"
 
 
 def pack_payload(
@@ -84,7 +72,7 @@ def encode_payload(
     """msgpack bytes of a payload, or ``EventEncodingError`` naming the type and the bad key."""
     cls = type(payload)
     if cls is PackedPayload:
-        data: bytes = payload.data  # type: ignore[attr-defined]
+        data: bytes = payload.data  # type: ignore[attr-defined]  # (type() is exact: mypy cannot narrow)
     else:
         if cls is not dict and not isinstance(payload, Mapping):
             raise EventEncodingError(f"{event_type}: payload must be a dict, got {cls.__name__}")

@@ -91,3 +91,16 @@ def test_event_of_builds_the_same_event_as_the_constructor_for_every_field() -> 
     assert [getattr(fast, f.name) for f in dataclasses.fields(Event)] == list(values)
     with pytest.raises(dataclasses.FrozenInstanceError):
         fast.seq = 4  # type: ignore[misc]
+
+
+def test_a_packed_payload_is_encoded_once_and_is_a_plain_dict_snapshot_to_everyone_else() -> None:
+    from agentstream.core.codec import pack_payload
+
+    source = {"role": "assistant", "content": "hi"}
+    packed = pack_payload("assistant.message", source)
+    source["content"] = "changed after emit"
+    assert packed == {"role": "assistant", "content": "hi"}
+    assert encode_payload("assistant.message", packed) is packed.data
+    assert codec.decode_payload(packed.data) == packed
+    with pytest.raises(EventEncodingError, match="MAX_EVENT_BYTES=4"):
+        encode_payload("assistant.message", packed, max_bytes=4)
