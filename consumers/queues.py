@@ -15,6 +15,7 @@ blocking read returns with the first partition that has a job and keeps the othe
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Any
 from agentstream.core.cluster import SlotReads, SlotRouting
 from agentstream.core.ids import is_valid_id, partition_of
 from agentstream.core.keys import WORKERS_GROUP
-from agentstream.core.store import Redis
+from agentstream.core.store import Claim, Dropped, EventStore, Redis
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,32 @@ class QueueReader:
         """Cancel blocking reads still in flight on a cluster (their jobs stay pending: the
         worker hands its pending jobs back when it stops)."""
         await self._reads.close()
+
+    async def claim(self, store: EventStore, free: int) -> list[tuple[Job, Claim | Dropped | None]]:
+        """Up to ``free`` new jobs, each begun in the same script call that reads it
+        (``EventStore.claim_jobs``: one call on a single Redis, one per partition on a cluster).
+        A job the script only read comes with None: the worker checks and begins it itself."""
+        plan = plan_read(self.queues, self._hot, self._rotation, free)
+        self._rotation += len(plan.queues)
+        groups = list(self._routing.group(plan.queues, lambda q: q.partition).values())
+        replies = await asyncio.gather(
+            *(
+                store.claim_jobs([(q.partition, q.agent_key) for q in group], self._consumer, plan.count)
+                for group in groups
+            )
+        )
+        out: list[tuple[Job, Claim | Dropped | None]] = []
+        hot: dict[str, Queue] = {}
+        for group, claimed in zip(groups, replies, strict=True):
+            for item in claimed:
+                queue = group[item.queue]
+                hot[queue.key] = queue
+                if item.begun is None:
+                    out.append((job_from(queue, item.job_id, {b"r": item.raw_run_id}), None))
+                else:
+                    out.append((Job(queue.partition, queue.agent_key, item.job_id, item.run_id), item.begun))
+        self._hot = list(hot.values())
+        return out
 
     async def read(self, free: int, *, block_ms: int | None = None) -> list[Job]:
         """Up to ``free`` jobs at once, or (``block_ms``) wait that long for the first."""

@@ -43,7 +43,7 @@ from agentstream.consumers.timers import Timers
 from agentstream.core.eviction import ensure_noeviction
 from agentstream.core.keys import WORKERS_GROUP
 from agentstream.core.logfmt import run_fields
-from agentstream.core.store import Claim, EventStore
+from agentstream.core.store import Claim, Dropped, EventStore
 
 log = logging.getLogger("agentstream.worker")
 
@@ -184,10 +184,11 @@ class Worker:
                 await self._slot_freed.wait()
                 continue
             try:
-                jobs = await self.reader.read(free)
-                if not jobs:  # nothing where we looked: wait on every queue
+                # read and begun in one script call; when that finds nothing, wait on every queue
+                jobs = await self.reader.claim(self.store, free)
+                if not jobs:
                     block_ms = min(self.block_ms, 100) if self.burst else self.block_ms
-                    jobs = await self.reader.read(free, block_ms=block_ms)
+                    jobs = [(job, None) for job in await self.reader.read(free, block_ms=block_ms)]
             except TRANSIENT as exc:
                 log.warning("cannot read jobs (%s); retrying in 1s", exc)
                 await asyncio.sleep(1.0)
@@ -198,9 +199,11 @@ class Worker:
                     return
                 continue
             idle_checks = 0
-            for job in jobs:
-                if len(self._jobs) < self.concurrency:
-                    self._start(job)
+            for job, begun in jobs:
+                if isinstance(begun, Dropped):
+                    self._dropped(job, begun)
+                elif begun is not None or len(self._jobs) < self.concurrency:
+                    self._start(job, begun)  # a begun attempt starts now: its run is running
                 else:
                     self._backlog.append(job)
 
@@ -218,8 +221,8 @@ class Worker:
 
     # -- one job ---------------------------------------------------------------------------
 
-    def _start(self, job: Job) -> None:
-        task = asyncio.get_running_loop().create_task(self._handle(job), name=f"run {job.run_id}")
+    def _start(self, job: Job, claim: Claim | None = None) -> None:
+        task = asyncio.get_running_loop().create_task(self._handle(job, claim), name=f"run {job.run_id}")
         self._jobs.add(task)
         task.add_done_callback(functools.partial(self._job_done, job))
 
@@ -231,26 +234,26 @@ class Worker:
                 "run %s: job task crashed", job.run_id, exc_info=task.exception(), extra=self._fields(job)
             )
 
-    async def _handle(self, job: Job) -> None:
-        problem = job_problem(job, self.store.settings.PARTITIONS)
-        if problem:
-            log.warning("job %s dead-lettered: %s", job.job_id, problem, extra=self._fields(job))
-            await ride_out_redis(
-                lambda: self.store.dead_letter(job.partition, job.agent_key, job.job_id, problem),
+    async def _handle(self, job: Job, claim: Claim | None) -> None:
+        """Run the job's attempt: ``claim`` when it was begun as it was read, else begin it here."""
+        if claim is None:
+            problem = job_problem(job, self.store.settings.PARTITIONS)
+            if problem:
+                log.warning("job %s dead-lettered: %s", job.job_id, problem, extra=self._fields(job))
+                await ride_out_redis(
+                    lambda: self.store.dead_letter(job.partition, job.agent_key, job.job_id, problem),
+                    log_fields=lambda: self._fields(job),
+                )
+                return
+            # a Redis outage here must not orphan the job until its lease runs out
+            begun = await ride_out_redis(
+                lambda: self.store.begin_attempt(job.run_id, job.job_id, self.worker_id, job.agent_key),
                 log_fields=lambda: self._fields(job),
             )
-            return
-        # a Redis outage here must not orphan the job until its lease runs out
-        claim = await ride_out_redis(
-            lambda: self.store.begin_attempt(job.run_id, job.job_id, self.worker_id, job.agent_key),
-            log_fields=lambda: self._fields(job),
-        )
-        if not isinstance(claim, Claim):
-            level = logging.WARNING if claim.dead_lettered else logging.DEBUG
-            if log.isEnabledFor(level):
-                log.log(level, "run %s not started: %s", job.run_id, claim.reason, extra=self._fields(job))
-            self._count(Outcome.DROPPED)
-            return
+            if not isinstance(begun, Claim):
+                self._dropped(job, begun)
+                return
+            claim = begun
         attempt = Attempt(
             self.store,
             self.registry.get(job.agent_key),
@@ -300,6 +303,12 @@ class Worker:
                 claim.attempt,
                 extra=attempt.log_fields,
             )
+
+    def _dropped(self, job: Job, dropped: Dropped) -> None:
+        level = logging.WARNING if dropped.dead_lettered else logging.DEBUG
+        if log.isEnabledFor(level):
+            log.log(level, "run %s not started: %s", job.run_id, dropped.reason, extra=self._fields(job))
+        self._count(Outcome.DROPPED)
 
     def _options(self, timeout_s: float | None) -> AttemptOptions:
         """The attempt options for a run's own timeout (one object per timeout, not per run)."""

@@ -44,6 +44,25 @@ async def test_a_run_succeeds_with_its_events_in_order_and_usage_merged(wstore: 
     assert worker.worker_id.count(":") == 2  # host:pid:random
 
 
+async def test_jobs_waiting_when_the_worker_reads_are_begun_in_the_script_call_that_reads_them(
+    wstore: EventStore,
+) -> None:
+    calls = {"begin_attempt": 0, "claim_jobs": 0}
+    for name in calls:
+        original = getattr(wstore, name)
+
+        async def counting(*args: Any, _name: str = name, _original: Any = original, **kw: Any) -> Any:
+            calls[_name] += 1
+            return await _original(*args, **kw)
+
+        setattr(wstore, name, counting)
+    run_ids = [await submit(wstore, "echo") for _ in range(12)]
+    await burst(wstore)
+    for run_id in run_ids:
+        assert types(await wstore.read_run(run_id))[-1] == "run.succeeded"
+    assert calls["claim_jobs"] >= 1 and calls["begin_attempt"] == 0, calls
+
+
 async def test_many_deltas_are_coalesced_into_a_few_writes_and_the_last_ones_ride_with_finish(
     wstore: EventStore,
 ) -> None:
