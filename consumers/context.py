@@ -72,6 +72,9 @@ class RunContext:
         self._messages: list[dict[str, Any]] = []
         self._pending_text: list[str] = []
         self.last_seq: int = claim.seq
+        # events of this attempt known written: the next batch's first event is number written + 1
+        # (numbered, a batch sent again after a lost reply writes nothing twice)
+        self._written = 0
         self._stores = stores
         self._store_objects: dict[type, object] = {}
 
@@ -231,14 +234,16 @@ class RunContext:
 
     async def _send(self, batch: list[NewEvent]) -> AppendResult:
         """One ``append_many`` of ``batch``; the caller holds the flush lock."""
-        sending = asyncio.ensure_future(self._store.append_many(self.run_id, self.attempt, batch))
+        sending = asyncio.ensure_future(
+            self._store.append_many(self.run_id, self.attempt, batch, first_index=self._written + 1)
+        )
         try:
             result = await asyncio.shield(sending)
         except asyncio.CancelledError:
             # The agent was cancelled mid-flush: the batch is on its way; let it land (so it
             # is neither lost nor sent twice by the final flush), then honour the cancel.
             await asyncio.wait({sending})
-            self._after_cancelled_send(sending)
+            self._after_cancelled_send(sending, batch)
             raise
         except FencedOut as exc:
             self._fenced = exc
@@ -246,14 +251,20 @@ class RunContext:
                 self._on_fenced(exc)
             raise
         except BaseException:
-            self._buffer[:0] = batch  # not written: keep them for the next flush
+            self._buffer[:0] = batch  # maybe not written: send them again, numbered as before
             raise
+        self._written += len(batch)
         self.last_seq = result.last_seq
         if result.cancel_requested and not self._cancel_requested:
             self._cancel_requested = True
             if self._on_cancel_requested is not None:
                 self._on_cancel_requested()
         return result
+
+    @property
+    def next_index(self) -> int:
+        """The number, within the attempt, of the first event ``take_buffer`` returns."""
+        return self._written + 1
 
     async def take_buffer(self) -> list[NewEvent]:
         """The events not sent yet, for the engine's last write (``finish`` carries them).
@@ -269,14 +280,17 @@ class RunContext:
             batch, self._buffer = self._buffer, []
             return batch
 
-    def _after_cancelled_send(self, sending: asyncio.Future[AppendResult]) -> None:
+    def _after_cancelled_send(self, sending: asyncio.Future[AppendResult], batch: list[NewEvent]) -> None:
         exc = sending.exception()
         if isinstance(exc, FencedOut):
             self._fenced = exc
             if self._on_fenced is not None:
                 self._on_fenced(exc)
         elif exc is None:
+            self._written += len(batch)
             self.last_seq = sending.result().last_seq
+        else:  # maybe not written: the final write carries them, numbered as before
+            self._buffer[:0] = batch
 
     def discard_buffer(self) -> None:
         if self._timer is not None:

@@ -324,9 +324,17 @@ class Attempt:
             last = await self.ctx.take_buffer()  # written by the same call, just before the end
         except FencedOut:
             return Outcome.FENCED
+        first_index = self.ctx.next_index
         try:
             await ride_out_redis(
-                lambda: self.store.finish(self.run_id, self.claim.attempt, event_type, payload, events=last),
+                lambda: self.store.finish(
+                    self.run_id,
+                    self.claim.attempt,
+                    event_type,
+                    payload,
+                    events=last,
+                    first_index=first_index,
+                ),
                 log_fields=lambda: self.log_fields,
             )
         except FencedOut:

@@ -568,15 +568,21 @@ class EventStore:
         result = await self.append_many(run_id, attempt, [NewEvent(event_type, payload or {}, visibility)])
         return result.last_seq
 
-    async def append_many(self, run_id: str, attempt: int, events: Iterable[NewEvent]) -> AppendResult:
-        """Append a batch of one attempt's events in one call; seqs are consecutive."""
+    async def append_many(
+        self, run_id: str, attempt: int, events: Iterable[NewEvent], *, first_index: int = 0
+    ) -> AppendResult:
+        """Append a batch of one attempt's events in one call; seqs are consecutive.
+
+        ``first_index``: the number of the batch's first event within the attempt (1, 2, ...).
+        With it, sending a batch again after its reply was lost (Redis died after writing it)
+        writes only the events not written yet: each event lands exactly once."""
         n, event_args = self._event_args(events)
         if n == 0:
             raise ValueError("append_many needs at least one event")
         reply = await self._run_script(
             "append",
             [self.keys.run_state(run_id), self.keys.run_stream(run_id)],
-            [self._tag(run_id), run_id, attempt, n, *event_args],
+            [self._tag(run_id), run_id, attempt, n, *event_args, first_index],
         )
         if _s(reply[0]) != "ok":
             self._raise_refusal(run_id, reply)
@@ -603,10 +609,12 @@ class EventStore:
         payload: Mapping[str, Any] | None = None,
         *,
         events: Iterable[NewEvent] = (),
+        first_index: int = 0,
     ) -> int:
         """The attempt's terminal event: succeeded, failed, cancelled or timed_out.
 
-        ``events``: the attempt's last events, written just before it in the same call.
+        ``events``: the attempt's last events, written just before it in the same call
+        (``first_index``: as in ``append_many``)
         """
         n, event_args = self._event_args(events)
         reply = await self._run_script(
@@ -622,6 +630,7 @@ class EventStore:
                 self._retention,
                 n,
                 *event_args,
+                first_index,
             ],
         )
         if _s(reply[0]) != "ok":

@@ -114,10 +114,10 @@ end
 -- The state fields the transitions read, in ONE call (each redis.call costs more than the
 -- command itself: fewer calls is what keeps a run's Redis CPU low).
 local function read_run(st)
-  local f = redis.call('HMGET', st, 'status', 'attempt', 'seq', 'conv', 'job', 'agent', 'cancel')
+  local f = redis.call('HMGET', st, 'status', 'attempt', 'seq', 'conv', 'job', 'agent', 'cancel', 'emitted')
   return {
     status = f[1], attempt = f[2] or '0', seq = tonumber(f[3]) or 0, conv = f[4] or '',
-    job = f[5] or '', agent = f[6] or '', cancel = f[7] or '0',
+    job = f[5] or '', agent = f[6] or '', cancel = f[7] or '0', emitted = tonumber(f[8]) or 0,
   }
 end
 
@@ -144,6 +144,14 @@ local function terminate(run_id, etype, payload, vis, retention_s, now, f)
     redis.call('EXPIRE', stream_key(run_id), retention_s)
   end
   return seq
+end
+
+-- How many of a worker's n events, numbered from `first_index` within its attempt, were written
+-- already: a batch sent again after its reply was lost (Redis died after writing it) must not
+-- write its events twice. 0 without numbers (first_index 0).
+local function already_written(f, first_index, n)
+  if first_index <= 0 then return 0 end
+  return math.max(0, math.min(n, f.emitted - first_index + 1))
 end
 
 -- (nil, fields) when `attempt` is the run's current, running attempt; otherwise a refusal reply.
@@ -189,9 +197,10 @@ local function begin_job(run_id, job, queue, f, b, now)
   local seq = (tonumber(f[8]) or 0) + 1
   local st = state_key(run_id)
   if attempt == 1 then
-    redis.call('HSET', st, 'status', 'running', 'attempt', attempt, 'worker', b[1], 'seq', seq, 'started', now)
+    redis.call('HSET', st, 'status', 'running', 'attempt', attempt, 'worker', b[1], 'seq', seq, 'emitted', 0,
+      'started', now)
   else
-    redis.call('HSET', st, 'status', 'running', 'attempt', attempt, 'worker', b[1], 'seq', seq)
+    redis.call('HSET', st, 'status', 'running', 'attempt', attempt, 'worker', b[1], 'seq', seq, 'emitted', 0)
   end
   write_event(run_id, seq, 'run.started', b[3], now, attempt, b[2], f[6] or '', true)
   -- the run's input: the payload of its first event, run.queued

@@ -82,8 +82,8 @@ async def test_a_cancel_answered_by_the_agents_own_flush_does_not_cancel_the_fin
 ) -> None:
     original = wstore.append_many
 
-    async def answer_cancel(run_id: str, attempt: int, events: Any) -> Any:
-        result = await original(run_id, attempt, events)
+    async def answer_cancel(run_id: str, attempt: int, events: Any, **kw: Any) -> Any:
+        result = await original(run_id, attempt, events, **kw)
         return dataclasses.replace(result, cancel_requested=True)
 
     wstore.append_many = answer_cancel  # type: ignore[method-assign]

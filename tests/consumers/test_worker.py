@@ -70,10 +70,10 @@ async def test_many_deltas_are_coalesced_into_a_few_writes_and_the_last_ones_rid
     with_finish: list[int] = []
     original_append, original_finish = wstore.append_many, wstore.finish
 
-    async def counting_append(run_id: str, attempt: int, events: Any) -> Any:
+    async def counting_append(run_id: str, attempt: int, events: Any, **kw: Any) -> Any:
         batch = list(events)
         appended.append(len(batch))
-        return await original_append(run_id, attempt, batch)
+        return await original_append(run_id, attempt, batch, **kw)
 
     async def counting_finish(*args: Any, events: Any = (), **kw: Any) -> Any:
         batch = list(events)
@@ -307,14 +307,14 @@ async def test_a_cancel_that_lands_during_a_flush_neither_loses_nor_repeats_its_
     gate, in_flight = asyncio.Event(), asyncio.Event()
     original = wstore.append_many
 
-    async def held_at_the_gate(run_id: str, attempt: int, events: Any) -> Any:
+    async def held_at_the_gate(run_id: str, attempt: int, events: Any, **kw: Any) -> Any:
         batch = list(events)
 
         async def send() -> Any:
             if any(e.type == "tick" for e in batch) and not gate.is_set():
                 in_flight.set()
                 await gate.wait()
-            return await original(run_id, attempt, batch)
+            return await original(run_id, attempt, batch, **kw)
 
         # like a pipeline already on the wire: cancelling the caller does not recall it
         return await asyncio.shield(asyncio.ensure_future(send()))

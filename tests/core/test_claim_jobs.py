@@ -4,34 +4,20 @@ XREADGROUP followed by begin_attempt per job would; what it cannot vouch for it 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
 from agentstream.core.ids import new_run_id, partition_of
 from agentstream.core.keys import WORKERS_GROUP
-from agentstream.core.settings import Settings
-from agentstream.core.store import Claim, Dropped, EventStore, SubmitRequest, redis_from_url
-from tests.conftest import WITH_CLUSTER, backend_url, delete_prefix
+from agentstream.core.store import Claim, Dropped, EventStore, SubmitRequest
 
-PARTITIONS = 4
-
-
-@pytest.fixture(params=WITH_CLUSTER)
-def redis_url(request: pytest.FixtureRequest) -> str:
-    return backend_url(request)
+PARTITIONS = 4  # the batched fixture's (tests/core/conftest.py)
 
 
 @pytest.fixture
-async def store(redis_url: str, key_prefix: str) -> AsyncIterator[EventStore]:
-    client = redis_from_url(redis_url)
-    store = EventStore(client, Settings(KEY_PREFIX=key_prefix, PARTITIONS=PARTITIONS), pipeline_scripts=True)
-    await store.ensure_groups(["echo", "other"])
-    yield store
-    await store.aclose()
-    if "cluster" not in redis_url:
-        await delete_prefix(client, key_prefix)
-    await client.aclose()
+async def store(batched: EventStore) -> EventStore:
+    await batched.ensure_groups(["echo", "other"])
+    return batched
 
 
 def _queues(store: EventStore, partition: int) -> list[tuple[int, str]]:

@@ -17,24 +17,14 @@ from agentstream.core.errors import ConfigurationError
 from agentstream.core.eviction import ensure_noeviction, eviction_policy
 from agentstream.core.settings import Settings
 from agentstream.core.store import EventStore, redis_from_url
-from tests.faults.topology import CLI, RedisServer, environment
+from tests.faults.topology import CLI, RedisServer, environment, running_redis
 
 LRU = ("--maxmemory-policy", "allkeys-lru")
 
 
-def own_redis(directory: Path, *args: str) -> Iterator[RedisServer]:
-    server = RedisServer(directory, extra_args=args)
-    server.directory.mkdir()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def evicting_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    yield from own_redis(tmp_path / "lru", *LRU)
+    yield from running_redis(tmp_path / "lru", *LRU)
 
 
 async def check(url: str, **settings: Any) -> None:
@@ -56,7 +46,7 @@ async def test_an_evicting_redis_is_refused_with_one_line_that_says_what_to_set(
 
 
 async def test_a_noeviction_redis_is_accepted(tmp_path: Path) -> None:
-    for server in own_redis(tmp_path / "safe", "--maxmemory-policy", "noeviction"):
+    for server in running_redis(tmp_path / "safe", "--maxmemory-policy", "noeviction"):
         await check(server.url)
 
 
@@ -66,7 +56,7 @@ async def test_allow_evicting_redis_is_the_escape_hatch(evicting_redis: RedisSer
 
 
 async def test_with_config_renamed_the_policy_is_read_from_info(tmp_path: Path) -> None:
-    for server in own_redis(tmp_path / "renamed", *LRU, "--rename-command", "CONFIG", ""):
+    for server in running_redis(tmp_path / "renamed", *LRU, "--rename-command", "CONFIG", ""):
         client = redis_from_url(server.url)
         try:
             assert await eviction_policy(client) == "allkeys-lru"

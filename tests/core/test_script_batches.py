@@ -16,22 +16,7 @@ import redis.exceptions
 from agentstream.core.script_channel import ScriptChannel
 from agentstream.core.settings import Settings
 from agentstream.core.store import Claim, EventStore, SubmitRequest, redis_from_url
-from tests.conftest import WITH_CLUSTER, backend_url
-from tests.faults.topology import RedisServer
-
-
-@pytest.fixture(params=WITH_CLUSTER)
-def redis_url(request: pytest.FixtureRequest) -> str:
-    return backend_url(request)
-
-
-@pytest.fixture
-async def batched(redis_url: str, key_prefix: str) -> AsyncIterator[EventStore]:
-    client = redis_from_url(redis_url)
-    store = EventStore(client, Settings(KEY_PREFIX=key_prefix, PARTITIONS=4), pipeline_scripts=True)
-    yield store
-    await store.aclose()
-    await client.aclose()
+from tests.faults.topology import RedisServer, running_redis
 
 
 async def _running(store: EventStore) -> Claim:
@@ -90,13 +75,7 @@ async def test_more_calls_than_one_batch_holds_keep_their_order_and_replies(batc
 
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.directory.mkdir()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from running_redis(tmp_path / "redis")
 
 
 @pytest.fixture
@@ -213,3 +192,26 @@ async def _until(condition: Any, timeout_s: float = 5.0) -> None:
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, "timed out"
         await asyncio.sleep(0.01)
+
+
+async def test_a_batch_sent_again_after_a_lost_reply_writes_each_event_once(batched: EventStore) -> None:
+    """Redis can die after writing a batch and before answering: the worker sends it again (with
+    whatever was emitted meanwhile), numbered as before, and only the new events are written."""
+    from agentstream.core.events import NewEvent
+
+    await batched.ensure_groups(["echo"])
+    claim = await _running(batched)
+    first = [NewEvent("x.n", {"i": i}) for i in range(1, 4)]
+    await batched.append_many(claim.run_id, claim.attempt, first, first_index=1)
+    more = [*first, NewEvent("x.n", {"i": 4}), NewEvent("x.n", {"i": 5})]
+    again = await batched.append_many(claim.run_id, claim.attempt, more, first_index=1)
+    assert again.last_seq == claim.seq + 5
+    last = [NewEvent("x.n", {"i": 5}), NewEvent("x.n", {"i": 6})]  # 5 was written: the finish skips it
+    seq = await batched.finish(claim.run_id, claim.attempt, "run.succeeded", {}, events=last, first_index=5)
+    events = await batched.read_run(claim.run_id, after_seq=claim.seq)
+    assert [e.payload.get("i") for e in events] == [1, 2, 3, 4, 5, 6, None]
+    assert [e.seq for e in events] == list(range(claim.seq + 1, seq + 1))
+    # a new attempt numbers its events from 1 again
+    second = await _running(batched)
+    await batched.append_many(second.run_id, second.attempt, first[:1], first_index=1)
+    assert [e.type for e in await batched.read_run(second.run_id)][-1] == "x.n"

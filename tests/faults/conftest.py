@@ -7,18 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.topology import RedisServer, Topology, environment, fresh_database
+from tests.faults.topology import RedisServer, Topology, environment, fresh_database, running_redis
 
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.directory.mkdir()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from running_redis(tmp_path / "redis")
 
 
 @pytest.fixture

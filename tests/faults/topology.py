@@ -76,6 +76,17 @@ class RedisServer:
         return redis.Redis(port=self.port)
 
 
+def running_redis(directory: Path, *extra_args: str) -> Iterator[RedisServer]:
+    """A fixture body: a redis-server of the test's own in ``directory``, stopped afterwards."""
+    server = RedisServer(directory, extra_args=extra_args) if extra_args else RedisServer(directory)
+    server.directory.mkdir()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @contextmanager
 def fresh_database() -> Iterator[str]:
     require("PostgreSQL", POSTGRES_UP)
