@@ -18,7 +18,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import DataError, NoScriptError, ResponseError
 
 from agentstream.core import scripts
 from agentstream.core.cluster import SlotRouting, cluster_from_url, is_cluster_url
@@ -863,10 +863,14 @@ class ScriptBatcher:
         calls, self._pending = self._pending, []
         chunks = self._chunks(calls)
         if self._channel is not None:
-            self._channel.send(
-                [self._evalsha(chunk) for chunk in chunks],
-                [functools.partial(self._deliver, chunk) for chunk in chunks],
-            )
+            try:
+                self._channel.send(
+                    [self._evalsha(chunk) for chunk in chunks],
+                    [functools.partial(self._deliver, chunk) for chunk in chunks],
+                )
+            except Exception as exc:  # an argument that does not pack: its callers hear why
+                for *_, future in calls:
+                    _settle(future, DataError(f"cannot send a script call: {exc}"))
             return
         self._background(self._send(calls, chunks))
 

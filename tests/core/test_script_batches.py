@@ -215,3 +215,10 @@ async def test_a_batch_sent_again_after_a_lost_reply_writes_each_event_once(batc
     second = await _running(batched)
     await batched.append_many(second.run_id, second.attempt, first[:1], first_index=1)
     assert [e.type for e in await batched.read_run(second.run_id)][-1] == "x.n"
+
+
+async def test_an_argument_that_does_not_pack_fails_its_batch_instead_of_hanging(on_own: EventStore) -> None:
+    tag = on_own.keys.tag(0) + ":"
+    with pytest.raises(redis.exceptions.DataError):
+        await asyncio.wait_for(on_own._run_script("promote_due", [on_own.keys.delayed(0)], [tag, None]), 5)
+    assert await on_own.promote_due(0) == 0  # the channel goes on
