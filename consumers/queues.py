@@ -92,12 +92,16 @@ class QueueReader:
         worker hands its pending jobs back when it stops)."""
         await self._reads.close()
 
+    def _next_plan(self, free: int) -> ReadPlan:
+        plan = plan_read(self.queues, self._hot, self._rotation, free)
+        self._rotation += len(plan.queues)
+        return plan
+
     async def claim(self, store: EventStore, free: int) -> list[tuple[Job, Claim | Dropped | None]]:
         """Up to ``free`` new jobs, each begun in the same script call that reads it
         (``EventStore.claim_jobs``: one call on a single Redis, one per partition on a cluster).
         A job the script only read comes with None: the worker checks and begins it itself."""
-        plan = plan_read(self.queues, self._hot, self._rotation, free)
-        self._rotation += len(plan.queues)
+        plan = self._next_plan(free)
         groups = list(self._routing.group(plan.queues, lambda q: q.partition).values())
         replies = await asyncio.gather(
             *(
@@ -120,11 +124,7 @@ class QueueReader:
 
     async def read(self, free: int, *, block_ms: int | None = None) -> list[Job]:
         """Up to ``free`` jobs at once, or (``block_ms``) wait that long for the first."""
-        if block_ms:
-            plan = ReadPlan(self.queues, 1)
-        else:
-            plan = plan_read(self.queues, self._hot, self._rotation, free)
-            self._rotation += len(plan.queues)
+        plan = ReadPlan(self.queues, 1) if block_ms else self._next_plan(free)
         groups = self._routing.group(plan.queues, lambda q: q.partition)
         replies = await self._reads.read(groups, functools.partial(self._read_queues, plan.count), block_ms)
         jobs: list[Job] = []

@@ -277,6 +277,18 @@ class EventStore:
             )
         return payload
 
+    def _begin_args(self, worker_id: str) -> list[Any]:
+        """What begin_job (common.lua) takes to start an attempt, as its table ``b``: worker,
+        run.started's visibility and payload, run.failed's (attempts exhausted), retention."""
+        return [
+            worker_id,
+            self.visibility(EventType.RUN_STARTED),
+            self._started_payload(worker_id),
+            self.visibility(EventType.RUN_FAILED),
+            self._attempts_exhausted,
+            self._retention,
+        ]
+
     def _tag(self, run_id: str) -> str:
         return self.keys.tag(self.keys.run_partition(run_id)) + ":"
 
@@ -510,17 +522,7 @@ class EventStore:
                 self.keys.run_stream(run_id),
                 self.keys.queue(partition, agent_key),
             ],
-            [
-                self._tag(run_id),
-                run_id,
-                job_id,
-                worker_id,
-                self.visibility(EventType.RUN_STARTED),
-                self._started_payload(worker_id),
-                self.visibility(EventType.RUN_FAILED),
-                self._attempts_exhausted,
-                self._retention,
-            ],
+            [self._tag(run_id), run_id, job_id, *self._begin_args(worker_id)],
         )
         return _begun(run_id, reply)
 
@@ -538,17 +540,7 @@ class EventStore:
         reply = await self._run_script(
             "claim_jobs",
             [self.keys.queue(p, key) for p, key in queues],
-            [
-                tags[0],
-                worker_id,
-                count,
-                self.visibility(EventType.RUN_STARTED),
-                self._started_payload(worker_id),
-                self.visibility(EventType.RUN_FAILED),
-                self._attempts_exhausted,
-                self._retention,
-                *tags,
-            ],
+            [tags[0], count, *self._begin_args(worker_id), *tags],
         )
         jobs: list[ClaimedJob] = []
         for row in reply:

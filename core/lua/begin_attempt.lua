@@ -16,4 +16,4 @@ if not f[1] then
   redis.call('XDEL', KEYS[3], job)
   return { 'dropped', 'no_run' }
 end
-return begin_job(run_id, job, KEYS[3], f, { ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9] }, now)
+return begin_job(run_id, job, KEYS[3], f, { unpack(ARGV, 4, 9) }, now)

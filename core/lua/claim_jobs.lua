@@ -4,14 +4,14 @@ A job this script cannot vouch for (no run id, not a run id, no state in this pa
 read, as XREADGROUP would: the worker checks it and dead-letters it, or begins it, as it does any
 job it read itself.
 KEYS: the queues (one slot on a cluster)
-ARGV: 1 TAG of KEYS[1], 2 consumer (worker id), 3 count per queue, 4 vis run.started,
+ARGV: 1 TAG of KEYS[1], 2 count per queue, 3 worker id (the consumer), 4 vis run.started,
       5 payload run.started, 6 vis run.failed, 7 payload run.failed (attempts exhausted),
-      8 retention_s, then the TAG of each queue, in KEYS order
+      8 retention_s (3-8: begin_job's table b), then the TAG of each queue, in KEYS order
 Replies: one table per job read, in order: {queue index (1-based), job id, run id, begin_attempt's
 reply...}, or {queue index, job id, run id or '', 'read'} for a job only read
 ]]
 local n = #KEYS
-local args = { 'GROUP', GROUP, ARGV[2], 'COUNT', ARGV[3], 'STREAMS' }
+local args = { 'GROUP', GROUP, ARGV[3], 'COUNT', ARGV[2], 'STREAMS' }
 local index = {}
 for i = 1, n do
   args[#args + 1] = KEYS[i]
@@ -21,7 +21,7 @@ for _ = 1, n do args[#args + 1] = '>' end
 local read = redis.call('XREADGROUP', unpack(args))
 if not read then return {} end
 
-local b = { ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8] }
+local b = { unpack(ARGV, 3, 8) }
 local UUID = '^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$'
 local now = now_ms()
 local out = {}
