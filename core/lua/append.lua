@@ -23,11 +23,11 @@ local now = now_ms()
 for i = already_written(f, first_index, n), n - 1 do
   seq = seq + 1
   local b = 5 + i * 4
-  write_event(run_id, seq, ARGV[b], ARGV[b + 2], now, attempt, ARGV[b + 1], f.conv, ARGV[b + 3] == '1')
+  write_event(run_id, seq, ARGV[b], ARGV[b + 2], attempt, ARGV[b + 1], f.conv, ARGV[b + 3] == '1')
 end
 if first_index > 0 then
-  redis.call('HSET', st, 'seq', seq, 'emitted', math.max(f.emitted, first_index + n - 1))
+  redis.call('HSET', st, 'seq', text(seq), 'emitted', text(math.max(f.emitted, first_index + n - 1)))
 else
-  redis.call('HSET', st, 'seq', seq)
+  redis.call('HSET', st, 'seq', text(seq))
 end
 return { 'ok', first, seq, f.cancel }

@@ -10,7 +10,7 @@ local st, run_id, job = KEYS[1], ARGV[2], ARGV[3]
 local now = now_ms()
 local f = read_for_begin(st)
 if not f[1] then
-  redis.call('XADD', DEAD, '*', 'r', run_id, 'job', job, 'reason', 'no state for this run (expired or never submitted)', 'ts', now)
+  redis.call('XADD', DEAD, '*', 'r', run_id, 'job', job, 'reason', 'no state for this run (expired or never submitted)', 'ts', now_text())
   redis.call('HINCRBY', STATS, 'dead_letters', 1)
   redis.call('XACK', KEYS[3], GROUP, job)
   redis.call('XDEL', KEYS[3], job)

@@ -16,6 +16,6 @@ end
 if f[3] == '1' then return { 'requested', tonumber(f[6]) } end
 redis.call('HSET', st, 'cancel', 1)
 local seq = next_seq(st)
-write_event(run_id, seq, 'run.cancel_requested', ARGV[6], now, f[4], ARGV[5], f[5] or '', true)
+write_event(run_id, seq, 'run.cancel_requested', ARGV[6], f[4], ARGV[5], f[5] or '', true)
 redis.call('PUBLISH', ARGV[7], run_id)
 return { 'requested', seq }

@@ -17,6 +17,6 @@ else
   seq = redis.call('HINCRBY', ck, 'seq', 1)
   if etype == 'conversation.deleted' then redis.call('HSET', ck, 'deleted', 1) end
 end
-redis.call('XADD', KEYS[2], '*', 'r', '', 's', seq, 't', etype, 'p', ARGV[5], 'ts', now,
+redis.call('XADD', KEYS[2], '*', 'r', '', 's', seq, 't', etype, 'p', ARGV[5], 'ts', now_text(),
   'a', 0, 'vis', ARGV[6], 'c', conv)
 return { 'ok', seq }

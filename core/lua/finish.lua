@@ -22,6 +22,6 @@ local now = now_ms()
 for i = already_written(f, tonumber(ARGV[9 + n * 4] or '0') or 0, n), n - 1 do
   f.seq = f.seq + 1
   local b = 9 + i * 4
-  write_event(run_id, f.seq, ARGV[b], ARGV[b + 2], now, attempt, ARGV[b + 1], f.conv, ARGV[b + 3] == '1')
+  write_event(run_id, f.seq, ARGV[b], ARGV[b + 2], attempt, ARGV[b + 1], f.conv, ARGV[b + 3] == '1')
 end
 return { 'ok', terminate(run_id, ARGV[4], ARGV[6], ARGV[5], ARGV[7], now, f) }

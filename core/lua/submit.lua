@@ -33,19 +33,19 @@ if conv ~= '' then
   if active and policy == 'reject' then return { 'busy', active } end
 end
 
-redis.call('HSET', st, 'status', 'queued', 'seq', 1, 'attempt', 0, 'agent', agent, 'owner', owner,
-  'conv', conv, 'max_attempts', ARGV[7], 'due', ARGV[8], 'timeout_ms', ARGV[9], 'cancel', 0,
-  'created', now, 'job', '')
-write_event(run_id, 1, 'run.queued', ARGV[10], now, 0, ARGV[14], conv, true)
+redis.call('HSET', st, 'status', 'queued', 'seq', '1', 'attempt', '0', 'agent', agent, 'owner', owner,
+  'conv', conv, 'max_attempts', ARGV[7], 'due', ARGV[8], 'timeout_ms', ARGV[9], 'cancel', '0',
+  'created', now_text(), 'job', '')
+write_event(run_id, '1', 'run.queued', ARGV[10], '0', ARGV[14], conv, true)
 if ARGV[13] == '1' then
   redis.call('SET', KEYS[3], run_id .. '|' .. ARGV[11], 'EX', ARGV[12])
 end
 
 if conv == '' then
-  dispatch(run_id, now)
+  dispatch(run_id, now, ARGV[10])
 elseif not active then
   redis.call('HSET', KEYS[4], 'active', run_id)
-  dispatch(run_id, now)
+  dispatch(run_id, now, ARGV[10])
 elseif policy == 'interrupt' then
   -- the new run goes first; the active one is cancelled (at once if it has not started)
   redis.call('LPUSH', KEYS[4] .. ':w', run_id)
@@ -55,7 +55,7 @@ elseif policy == 'interrupt' then
   elseif redis.call('HGET', ast, 'cancel') ~= '1' then
     redis.call('HSET', ast, 'cancel', 1)
     local f = redis.call('HMGET', ast, 'attempt')
-    write_event(active, next_seq(ast), 'run.cancel_requested', ARGV[17], now, f[1], ARGV[16], conv, true)
+    write_event(active, next_seq(ast), 'run.cancel_requested', ARGV[17], f[1], ARGV[16], conv, true)
     redis.call('PUBLISH', ARGV[18], active)
   end
 else
