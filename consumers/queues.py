@@ -1,16 +1,18 @@
 """Reading jobs from the queues a worker serves, never more than it can start.
 
-XREADGROUP's COUNT applies per stream, so reading ``free`` jobs across many queues takes a
-plan: with at least as many free slots as queues, ask ``free // queues`` of each; otherwise ask
-``free // n`` of ``n = free`` queues, those that had jobs last time first (a busy queue keeps
-its batch size), then the others in rotation (every queue gets its turn). When that finds
-nothing, a blocking read waits on every queue for one job each, and is woken by the first;
-if several queues fill at once it can return a few more than ``free`` (the worker keeps them
-in a backlog that it starts first and whose leases it renews).
+A claim (``claim_jobs``) asks the queues in turn for what is still missing of ``free`` and
+begins each job in the same script call; the starting queue moves on each call, so none is
+always served last. One call covers every queue of a single Redis; on Redis Cluster a command
+may not span slots, so one call per partition, concurrently, sharing ``free``.
 
-On a single Redis the plan's queues are read with ONE XREADGROUP. On Redis Cluster a command
-may not span slots, so ``core.cluster.SlotReads`` sends one per partition, concurrently; a
-blocking read returns with the first partition that has a job and keeps the others in flight.
+When claims find nothing, a blocking read waits on every queue for one job each, and is woken
+by the first; if several queues fill at once it can return a few more than ``free`` (the worker
+keeps them in a backlog that it starts first and whose leases it renews). A plain read's COUNT
+applies per stream, so reading ``free`` jobs across many queues takes a plan: with at least as
+many free slots as queues, ask ``free // queues`` of each; otherwise ask ``free // n`` of
+``n = free`` queues, those that had jobs last time first, then the others in rotation. On a
+cluster ``core.cluster.SlotReads`` sends one read per partition; a blocking read returns with
+the first partition that has a job and keeps the others in flight.
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ class QueueReader:
         self.queues = list(queues)
         self._hot: list[Queue] = []  # queues the last read found jobs in
         self._rotation = 0
+        self._partitions = {q.partition for q in self.queues}
+        self._asked_in_vain: set[int] = set()  # partitions claims found empty since a job was found
         self._by_key = {q.key: q for q in self.queues}
         # one XREADGROUP over every queue on a single Redis; one per partition on a cluster
         self._routing = SlotRouting.of(client)
@@ -99,28 +103,41 @@ class QueueReader:
 
     async def claim(self, store: EventStore, free: int) -> list[tuple[Job, Claim | Dropped | None]]:
         """Up to ``free`` new jobs, each begun in the same script call that reads it
-        (``EventStore.claim_jobs``: one call on a single Redis, one per partition on a cluster).
-        A job the script only read comes with None: the worker checks and begins it itself."""
-        plan = self._next_plan(free)
-        groups = list(self._routing.group(plan.queues, lambda q: q.partition).values())
+        (``EventStore.claim_jobs``: one call over every queue on a single Redis; on a cluster
+        one per partition, sharing ``free``). The queues are asked in turn from a starting
+        point that moves on each call, so that no queue is always last. A job the script only
+        read comes with None: the worker checks and begins it itself."""
+        start = self._rotation % len(self.queues)
+        self._rotation += 1
+        groups = list(self._routing.group(self.queues[start:] + self.queues[:start], _partition).values())
+        shares = [free // len(groups) + (1 if i < free % len(groups) else 0) for i in range(len(groups))]
+        asked = [(group, share) for group, share in zip(groups, shares, strict=True) if share > 0]
         replies = await asyncio.gather(
             *(
-                store.claim_jobs([(q.partition, q.agent_key) for q in group], self._consumer, plan.count)
-                for group in groups
+                store.claim_jobs([(q.partition, q.agent_key) for q in group], self._consumer, share)
+                for group, share in asked
             )
         )
         out: list[tuple[Job, Claim | Dropped | None]] = []
-        hot: dict[str, Queue] = {}
-        for group, claimed in zip(groups, replies, strict=True):
+        for (group, _), claimed in zip(asked, replies, strict=True):
             for item in claimed:
                 queue = group[item.queue]
-                hot[queue.key] = queue
                 if item.begun is None:
                     out.append((job_from(queue, item.job_id, {b"r": item.raw_run_id}), None))
                 else:
                     out.append((Job(queue.partition, queue.agent_key, item.job_id, item.run_id), item.begun))
-        self._hot = list(hot.values())
+        if out:
+            self._asked_in_vain.clear()
+        else:
+            self._asked_in_vain.update(group[0].partition for group, _ in asked)
         return out
+
+    @property
+    def found_nothing(self) -> bool:
+        """Claims asked every queue since one last found a job, and none had any (a call asks
+        every queue of its partitions; on a cluster with fewer free slots than partitions,
+        it takes a few calls): time to wait on them all with a blocking read."""
+        return len(self._asked_in_vain) >= len(self._partitions)
 
     async def read(self, free: int, *, block_ms: int | None = None) -> list[Job]:
         """Up to ``free`` jobs at once, or (``block_ms``) wait that long for the first."""
@@ -135,7 +152,13 @@ class QueueReader:
                 hot.append(queue)
             jobs += [job_from(queue, _s(entry_id), fields) for entry_id, fields in entries]
         self._hot = hot
+        if jobs:
+            self._asked_in_vain.clear()
         return jobs
+
+
+def _partition(queue: Queue) -> int:
+    return queue.partition
 
 
 def job_from(queue: Queue, entry_id: str, fields: Any) -> Job:

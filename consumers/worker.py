@@ -47,6 +47,10 @@ from agentstream.core.store import Claim, Dropped, EventStore
 
 log = logging.getLogger("agentstream.worker")
 
+# Two claims in flight keep Redis and this process busy at once; more only splits the same
+# free slots into smaller calls.
+CLAIMS_IN_FLIGHT = 2
+
 
 def new_worker_id() -> str:
     """``<hostname>:<pid>:<random>``: unique per process and host, readable in XINFO."""
@@ -107,7 +111,10 @@ class Worker:
         self.reclaims = 0  # jobs taken over from an expired lease (for --metrics-port)
         self._jobs: set[asyncio.Task[None]] = set()
         self._backlog: deque[Job] = deque()  # read but not started (a blocking read over-delivered)
-        self._slot_freed = asyncio.Event()
+        self._claims: set[asyncio.Task[None]] = set()  # claim calls in flight
+        self._claiming = 0  # the jobs those may bring
+        self._claim_failure: Exception | None = None
+        self._wake = asyncio.Event()  # a slot freed or a claim came back
         self._stopping = asyncio.Event()
         self._stop_now = asyncio.Event()
         self.reader = QueueReader(store.redis, self.worker_id, self.queues)
@@ -149,6 +156,8 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await claim_loop  # re-raises what crashed it, after the drain below
         finally:
+            if self._claims:  # their jobs are begun or pending: the drain needs to know them
+                await asyncio.wait(set(self._claims), timeout=10.0)
             await self.reader.close()  # before the drain: it hands back what those reads took
             await self._drain()
             self._closing = True
@@ -173,39 +182,71 @@ class Worker:
     # -- the claim loop --------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
+        """Keep the free slots claimed. Claims run as tasks, up to CLAIMS_IN_FLIGHT at once: while
+        Redis begins the next jobs this process runs the ones it has (one claim at a time, the
+        two took turns and each idled half the time). When a claim finds nothing, one blocking
+        read waits on every queue."""
         idle_checks = 0
         while not self._stopping.is_set():
-            free = self.concurrency - len(self._jobs)
-            while self._backlog and free > 0:
+            if self._claim_failure is not None:
+                raise self._claim_failure  # a bug, not an outage (those are retried in _claim)
+            while self._backlog and len(self._jobs) < self.concurrency:
                 self._start(self._backlog.popleft())
-                free -= 1
-            if free <= 0:
-                self._slot_freed.clear()
-                await self._slot_freed.wait()
+            free = self.concurrency - len(self._jobs) - len(self._backlog) - self._claiming
+            if free > 0 and not self.reader.found_nothing and len(self._claims) < CLAIMS_IN_FLIGHT:
+                self._launch_claim(free)
                 continue
+            if free <= 0 or self._claims or not self.reader.found_nothing:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            # nothing in flight and the last claim found nothing: wait on every queue
             try:
-                # read and begun in one script call; when that finds nothing, wait on every queue
-                jobs = await self.reader.claim(self.store, free)
-                if not jobs:
-                    block_ms = min(self.block_ms, 100) if self.burst else self.block_ms
-                    jobs = [(job, None) for job in await self.reader.read(free, block_ms=block_ms)]
+                block_ms = min(self.block_ms, 100) if self.burst else self.block_ms
+                jobs = await self.reader.read(free, block_ms=block_ms)
             except TRANSIENT as exc:
                 log.warning("cannot read jobs (%s); retrying in 1s", exc)
                 await asyncio.sleep(1.0)
                 continue
-            if not jobs and self.burst:
+            if jobs:
+                idle_checks = 0
+                self._take([(job, None) for job in jobs])
+            elif self.burst:
                 idle_checks = idle_checks + 1 if await self._drained() else 0
                 if idle_checks >= 2:  # twice in a row, a read apart: nothing was in flight
                     return
-                continue
-            idle_checks = 0
-            for job, begun in jobs:
-                if isinstance(begun, Dropped):
-                    self._dropped(job, begun)
-                elif begun is not None or len(self._jobs) < self.concurrency:
-                    self._start(job, begun)  # a begun attempt starts now: its run is running
-                else:
-                    self._backlog.append(job)
+
+    def _launch_claim(self, free: int) -> None:
+        self._claiming += free
+        task = asyncio.get_running_loop().create_task(self._claim(free), name="claim")
+        self._claims.add(task)
+
+    async def _claim(self, free: int) -> None:
+        """One claim of up to ``free`` jobs: read and begun in one script call."""
+        try:
+            jobs = await self.reader.claim(self.store, free)
+        except TRANSIENT as exc:
+            log.warning("cannot read jobs (%s); retrying in 1s", exc)
+            await asyncio.sleep(1.0)
+            return
+        except Exception as exc:
+            self._claim_failure = exc
+            return
+        finally:
+            self._claiming -= free
+            self._claims.discard(asyncio.current_task())
+            self._wake.set()
+        self._take(jobs)
+
+    def _take(self, jobs: list[tuple[Job, Claim | Dropped | None]]) -> None:
+        """Start what a claim or read brought (a begun attempt starts now: its run is running)."""
+        for job, begun in jobs:
+            if isinstance(begun, Dropped):
+                self._dropped(job, begun)
+            elif begun is not None or (len(self._jobs) < self.concurrency and not self._stopping.is_set()):
+                self._start(job, begun)
+            else:
+                self._backlog.append(job)
 
     async def _drained(self) -> bool:
         """Burst mode: nothing running, nothing queued for us, nothing delayed."""
@@ -228,7 +269,7 @@ class Worker:
 
     def _job_done(self, job: Job, task: asyncio.Task[None]) -> None:
         self._jobs.discard(task)
-        self._slot_freed.set()
+        self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             log.error(
                 "run %s: job task crashed", job.run_id, exc_info=task.exception(), extra=self._fields(job)
@@ -397,7 +438,7 @@ class Worker:
         if self._stopping.is_set():
             return
         for queue in self.queues:
-            free = self.concurrency - len(self._jobs) - len(self._backlog)
+            free = self.concurrency - len(self._jobs) - len(self._backlog) - self._claiming
             if free <= 0:
                 return
             reply: Any = await self.store.redis.xautoclaim(

@@ -352,6 +352,8 @@ async def test_a_cancel_broadcast_while_the_attempt_is_beginning_still_cancels_i
                 return claim
 
             store.begin_attempt = begin_then_cancel  # type: ignore[method-assign]
+            # idle, waiting on its queues: the job comes from a read, then begin_attempt
+            await wait_until(lambda: worker.reader.found_nothing and not worker._claims, 5, "worker idle")
             run_id = await submit(store, "silent", params={"sleep_s": 60})
             state = await wait_terminal(store, run_id, timeout_s=5)
         assert state.status is RunStatus.CANCELLED

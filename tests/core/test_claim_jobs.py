@@ -61,12 +61,19 @@ async def test_jobs_of_several_queues_are_read_and_begun_in_one_call(store: Even
     assert [e.type for e in await store.read_run(echo)] == ["run.queued", "run.started"]
 
 
-async def test_it_reads_at_most_count_per_queue_and_nothing_when_empty(store: EventStore) -> None:
-    for _ in range(5):
-        await _submit(store, 2)
-    assert len(await store.claim_jobs(_queues(store, 2), "w1", 3)) == 3
-    assert len(await store.claim_jobs(_queues(store, 2), "w1", 3)) == 2
+async def test_it_reads_at_most_count_in_all_queues_in_order_and_nothing_when_empty(
+    store: EventStore,
+) -> None:
+    echo = [await _submit(store, 2) for _ in range(2)]
+    other = [await _submit(store, 2, "other") for _ in range(3)]
+    first = await store.claim_jobs(_queues(store, 2), "w1", 3)  # what the first queue lacks, from the next
+    assert [(j.queue, j.run_id) for j in first] == [(0, echo[0]), (0, echo[1]), (1, other[0])]
+    second = await store.claim_jobs(list(reversed(_queues(store, 2))), "w1", 3)
+    assert [(j.queue, j.run_id) for j in second] == [(0, other[1]), (0, other[2])]
     assert await store.claim_jobs(_queues(store, 2), "w1", 3) == []
+    for queue in ("echo", "other"):  # nothing read beyond the count: every read job is begun
+        pending = await store.redis.xpending(store.keys.queue(2, queue), WORKERS_GROUP)
+        assert pending["pending"] == {"echo": 2, "other": 3}[queue]
 
 
 async def test_a_job_whose_run_already_ended_is_dropped_like_begin_attempt_drops_it(
