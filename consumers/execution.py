@@ -60,8 +60,12 @@ class Attempt:
         worker_id: str | None = None,
         stores: StoreBackend | None = None,
         timers: Scheduler | None = None,
+        on_ending: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
+        # called once, as the attempt sends the write that ends it (finish or retry): the agent
+        # is done, so the worker may claim the next job in the same batch as that write
+        self._on_ending = on_ending
         self._timers = timers  # for the timeout (None: the event loop's)
         self.worker_id = worker_id
         self._log_fields: dict[str, Any] | None = None
@@ -272,6 +276,7 @@ class Attempt:
             return await self._finish(EventType.RUN_FAILED, {"error": error, **error_usage}, Outcome.FAILED)
         if not await self._flush_or_stop():
             return self.stop_reason or Outcome.FENCED
+        self._ending()
         try:
             outcome = await ride_out_redis(
                 lambda: self.store.schedule_retry(self.run_id, self.claim.attempt, decision.delay_s, error),
@@ -325,6 +330,7 @@ class Attempt:
         except FencedOut:
             return Outcome.FENCED
         first_index = self.ctx.next_index
+        self._ending()
         try:
             await ride_out_redis(
                 lambda: self.store.finish(
@@ -342,6 +348,11 @@ class Attempt:
         except (IllegalTransition, NotFound):
             return Outcome.GONE
         return outcome
+
+    def _ending(self) -> None:
+        on_ending, self._on_ending = self._on_ending, None
+        if on_ending is not None:
+            on_ending()
 
     async def _flush_or_stop(self) -> bool:
         """Write what the agent emitted before the lifecycle event; False if fenced out."""

@@ -47,8 +47,7 @@ from agentstream.core.store import Claim, Dropped, EventStore
 
 log = logging.getLogger("agentstream.worker")
 
-# Two claims in flight keep Redis and this process busy at once; more only splits the same
-# free slots into smaller calls.
+# Two claims in flight keep Redis and this process busy at once (measured: more were no faster).
 CLAIMS_IN_FLIGHT = 2
 
 
@@ -110,6 +109,7 @@ class Worker:
         self.outcomes: dict[Outcome, int] = {}
         self.reclaims = 0  # jobs taken over from an expired lease (for --metrics-port)
         self._jobs: set[asyncio.Task[None]] = set()
+        self._ending: set[asyncio.Task[None]] = set()  # jobs whose last write is on its way
         self._backlog: deque[Job] = deque()  # read but not started (a blocking read over-delivered)
         self._claims: set[asyncio.Task[None]] = set()  # claim calls in flight
         self._claiming = 0  # the jobs those may bring
@@ -179,42 +179,55 @@ class Worker:
     def running(self) -> int:
         return len(self._jobs)
 
+    @property
+    def _busy(self) -> int:
+        """Slots taken: runs whose agent has not ended (a run's last write does not hold one)."""
+        return len(self._jobs) - len(self._ending)
+
     # -- the claim loop --------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
-        """Keep the free slots claimed. Claims run as tasks, up to CLAIMS_IN_FLIGHT at once: while
-        Redis begins the next jobs this process runs the ones it has (one claim at a time, the
-        two took turns and each idled half the time). When a claim finds nothing, one blocking
-        read waits on every queue."""
+        """Keep the free slots claimed. Claims run as tasks, up to CLAIMS_IN_FLIGHT at once, and
+        a slot counts as free as soon as its run's last write is sent: the next job is begun
+        right behind that write, while this process runs others (claiming only after the
+        write's reply, Redis and this process took turns and each idled). When a claim finds
+        nothing, one blocking read waits on every queue."""
         idle_checks = 0
         while not self._stopping.is_set():
             if self._claim_failure is not None:
                 raise self._claim_failure  # a bug, not an outage (those are retried in _claim)
-            while self._backlog and len(self._jobs) < self.concurrency:
+            while self._backlog and self._busy < self.concurrency:
                 self._start(self._backlog.popleft())
-            free = self.concurrency - len(self._jobs) - len(self._backlog) - self._claiming
-            if free > 0 and not self.reader.found_nothing and len(self._claims) < CLAIMS_IN_FLIGHT:
-                self._launch_claim(free)
+            free = self.concurrency - self._busy - len(self._backlog) - self._claiming
+            if free > 0 and not self.reader.found_nothing:
+                if len(self._claims) < CLAIMS_IN_FLIGHT:
+                    # at most half the slots per claim, one claim per wake-up: the runs come in
+                    # two groups or more, one running here while Redis ends and begins another
+                    self._launch_claim(min(free, max(1, self.concurrency // 2)))
+            elif free > 0 and not self._claims:
+                # nothing in flight and the last claim found nothing: wait on every queue
+                jobs = await self._read_blocking(free)
+                if jobs:
+                    idle_checks = 0
+                    self._take([(job, None) for job in jobs])
+                elif jobs is not None and self.burst:
+                    idle_checks = idle_checks + 1 if await self._drained() else 0
+                    if idle_checks >= 2:  # twice in a row, a read apart: nothing was in flight
+                        return
                 continue
-            if free <= 0 or self._claims or not self.reader.found_nothing:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            # nothing in flight and the last claim found nothing: wait on every queue
-            try:
-                block_ms = min(self.block_ms, 100) if self.burst else self.block_ms
-                jobs = await self.reader.read(free, block_ms=block_ms)
-            except TRANSIENT as exc:
-                log.warning("cannot read jobs (%s); retrying in 1s", exc)
-                await asyncio.sleep(1.0)
-                continue
-            if jobs:
-                idle_checks = 0
-                self._take([(job, None) for job in jobs])
-            elif self.burst:
-                idle_checks = idle_checks + 1 if await self._drained() else 0
-                if idle_checks >= 2:  # twice in a row, a read apart: nothing was in flight
-                    return
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def _read_blocking(self, free: int) -> list[Job] | None:
+        """Up to ``free`` jobs, waiting for the first on every queue (None: Redis failed)."""
+        try:
+            return await self.reader.read(
+                free, block_ms=min(self.block_ms, 100) if self.burst else self.block_ms
+            )
+        except TRANSIENT as exc:
+            log.warning("cannot read jobs (%s); retrying in 1s", exc)
+            await asyncio.sleep(1.0)
+            return None
 
     def _launch_claim(self, free: int) -> None:
         self._claiming += free
@@ -243,7 +256,7 @@ class Worker:
         for job, begun in jobs:
             if isinstance(begun, Dropped):
                 self._dropped(job, begun)
-            elif begun is not None or (len(self._jobs) < self.concurrency and not self._stopping.is_set()):
+            elif begun is not None or (self._busy < self.concurrency and not self._stopping.is_set()):
                 self._start(job, begun)
             else:
                 self._backlog.append(job)
@@ -267,8 +280,17 @@ class Worker:
         self._jobs.add(task)
         task.add_done_callback(functools.partial(self._job_done, job))
 
+    def _ending_now(self) -> None:
+        """The current job's agent is done and its last write is on its way: its slot is free
+        for a claim, which goes out right behind that write instead of after its reply."""
+        task = asyncio.current_task()
+        if task in self._jobs:
+            self._ending.add(task)
+            self._wake.set()
+
     def _job_done(self, job: Job, task: asyncio.Task[None]) -> None:
         self._jobs.discard(task)
+        self._ending.discard(task)
         self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             log.error(
@@ -304,6 +326,7 @@ class Worker:
             worker_id=self.worker_id,
             stores=self.stores,
             timers=self.timers,
+            on_ending=self._ending_now,
         )
         self.attempts[job.run_id] = (job, attempt)
         if self._early_cancels.pop(job.run_id, None) is not None:
@@ -438,7 +461,7 @@ class Worker:
         if self._stopping.is_set():
             return
         for queue in self.queues:
-            free = self.concurrency - len(self._jobs) - len(self._backlog) - self._claiming
+            free = self.concurrency - self._busy - len(self._backlog) - self._claiming
             if free <= 0:
                 return
             reply: Any = await self.store.redis.xautoclaim(

@@ -169,6 +169,23 @@ class Noop(AgentRuntime):
         return RunResult()
 
 
+class Counted(AgentRuntime):
+    """Counts how many of its runs execute at once (``COUNTED``: now, and the most seen)."""
+
+    key = "counted"
+
+    async def run(self, ctx: RunContext) -> RunResult:
+        COUNTED["now"] += 1
+        COUNTED["most"] = max(COUNTED["most"], COUNTED["now"])
+        try:
+            await asyncio.sleep(float(ctx.params.get("sleep_s", 0.005)))
+        finally:
+            COUNTED["now"] -= 1
+        return RunResult()
+
+
+COUNTED = {"now": 0, "most": 0}
+
 ALL: list[type[AgentRuntime]] = [
     Echo,
     Other,
@@ -182,6 +199,7 @@ ALL: list[type[AgentRuntime]] = [
     Streamer,
     Silent,
     Noop,
+    Counted,
 ]
 
 
