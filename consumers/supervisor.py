@@ -1,4 +1,11 @@
-"""Run N worker processes (multiprocessing *spawn*) and keep them running.
+"""Run N worker processes and keep them running.
+
+Given modules to preload (``worker_main`` does), children come from a *forkserver* where the
+platform has one: a clean process, started once, that imports those modules and then forks
+each child, so N children start within milliseconds of each other instead of each importing
+everything again (~0.3 s of CPU apiece, taken from the children already at work). Unlike a
+plain fork of this process, nothing the supervisor did (threads, connections) leaks into them.
+Otherwise children are *spawned*.
 
 A child that dies unexpectedly is restarted (with a short backoff, so a crash loop does not
 spin); SIGTERM/SIGINT are forwarded to every child, which drain as a single worker does, and
@@ -7,13 +14,14 @@ the supervisor returns when all have exited. In burst mode children are not rest
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
@@ -22,10 +30,22 @@ log = logging.getLogger("agentstream.worker")
 
 
 def supervise(
-    target: Callable[..., Any], args: tuple[Any, ...], processes: int, *, restart: bool = True
+    target: Callable[..., Any],
+    args: tuple[Any, ...],
+    processes: int,
+    *,
+    restart: bool = True,
+    preload: Sequence[str] = (),
 ) -> int:
-    """Run ``target(*args)`` in ``processes`` spawned children; returns the worst exit code."""
-    ctx = multiprocessing.get_context("spawn")
+    """Run ``target(*args)`` in ``processes`` children; returns the worst exit code.
+    ``preload``: the modules a forkserver imports once for all children (an ImportError there
+    is ignored: the child imports the module again and reports it); none: children are
+    spawned (a Django child sets itself up, nothing to share)."""
+    if preload and "forkserver" in multiprocessing.get_all_start_methods():
+        ctx: Any = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([target.__module__, *preload])
+    else:  # pragma: no cover - Windows
+        ctx = multiprocessing.get_context("spawn")
     stopping = False
     children: dict[int, BaseProcess] = {}
     restarts: dict[int, float] = {}
@@ -73,7 +93,19 @@ def supervise(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        _stop_forkserver()
     return worst
+
+
+def _stop_forkserver() -> None:
+    """Stop and reap the forkserver (it reaped the children): no process outlives the
+    supervisor, and the children's CPU time reaches ours (``getrusage(RUSAGE_CHILDREN)``)."""
+    import multiprocessing.forkserver as forkserver
+
+    stop = getattr(getattr(forkserver, "_forkserver", None), "_stop", None)
+    if callable(stop):
+        with contextlib.suppress(OSError):
+            stop()
 
 
 def _child(target: Callable[..., Any], args: tuple[Any, ...]) -> None:

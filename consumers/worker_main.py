@@ -174,8 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if processes > 1:
         configure_logging(config.log_level, config.settings.LOG_FORMAT)
-        load_registry([*settings.RUNTIME_REGISTRY, *config.registry_paths])  # fail here, not N times
-        return supervise(run_worker_process, (config,), processes, restart=not args.burst)
+        paths = [*settings.RUNTIME_REGISTRY, *config.registry_paths]
+        load_registry(paths)  # fail here, not N times
+        modules = [path.split(":", 1)[0] for path in paths]
+        return supervise(run_worker_process, (config,), processes, restart=not args.burst, preload=modules)
     run_worker_process(config)
     return 0
 
