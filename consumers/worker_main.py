@@ -52,7 +52,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--processes", type=int, default=None, help="worker processes (default DEFAULT_PROCESSES)"
     )
-    parser.add_argument("--concurrency", type=int, default=None, help="runs at once per process")
+    parser.add_argument("--concurrency", type=int, default=None, help="agents running at once per process")
     parser.add_argument("--agent-keys", default="", help="comma-separated agent keys to serve (default: all)")
     parser.add_argument(
         "--queue-poll-interval", type=float, default=1.0, help="seconds a blocking read waits for a job"
