@@ -21,7 +21,7 @@ import asyncio
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from agentstream.core.cluster import SlotReads, SlotRouting
 from agentstream.core.ids import is_valid_id, partition_of
@@ -36,8 +36,7 @@ class Queue:
     key: str
 
 
-@dataclass(frozen=True, slots=True)
-class Job:
+class Job(NamedTuple):
     """One queue entry: the run it names and where it came from."""
 
     partition: int

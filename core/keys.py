@@ -54,6 +54,12 @@ class Keys:
     def run_state(self, run_id: str) -> str:
         return f"{self.run_stream(run_id)}:s"
 
+    def run_keys(self, run_id: str) -> tuple[str, list[str]]:
+        """A run's script arguments at once: its tag (``<prefix>:{p}:``) and KEYS (state, stream)."""
+        tag = f"{self.tag(self.run_partition(run_id))}:"
+        stream = f"{tag}run:{run_id}"
+        return tag, [f"{stream}:s", stream]
+
     def conversation(self, conversation_id: str) -> str:
         return f"{self.tag(partition_of(conversation_id, self.partitions))}:conv:{conversation_id}"
 

@@ -12,7 +12,7 @@ import hashlib
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -95,8 +95,9 @@ class SubmitResult:
     created: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Claim:
+# Claim, ClaimedJob (and queues.Job): one or two per run on a worker's hot path; as NamedTuples
+# they are as immutable as frozen dataclasses and cost a third to make (~0.25 vs ~0.8 µs).
+class Claim(NamedTuple):
     """A run a worker may now execute, as attempt ``attempt``."""
 
     run_id: str
@@ -117,8 +118,7 @@ class Dropped:
     dead_lettered: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class ClaimedJob:
+class ClaimedJob(NamedTuple):
     """A job ``claim_jobs`` read: begun (a ``Claim``, or ``Dropped``), or only read (None)."""
 
     queue: int  # index into the queues asked
@@ -571,11 +571,8 @@ class EventStore:
         n, event_args = self._event_args(events)
         if n == 0:
             raise ValueError("append_many needs at least one event")
-        reply = await self._run_script(
-            "append",
-            [self.keys.run_state(run_id), self.keys.run_stream(run_id)],
-            [self._tag(run_id), run_id, attempt, n, *event_args, first_index],
-        )
+        tag, keys = self.keys.run_keys(run_id)
+        reply = await self._run_script("append", keys, [tag, run_id, attempt, n, *event_args, first_index])
         if _s(reply[0]) != "ok":
             self._raise_refusal(run_id, reply)
         return AppendResult(int(reply[1]), int(reply[2]), _s(reply[3]) == "1")
@@ -609,11 +606,12 @@ class EventStore:
         (``first_index``: as in ``append_many``)
         """
         n, event_args = self._event_args(events)
+        tag, keys = self.keys.run_keys(run_id)
         reply = await self._run_script(
             "finish",
-            [self.keys.run_state(run_id), self.keys.run_stream(run_id)],
+            keys,
             [
-                self._tag(run_id),
+                tag,
                 run_id,
                 attempt,
                 str(event_type),
