@@ -93,8 +93,12 @@ local function run_input(run_id)
   return ''
 end
 
+-- An input up to this size rides in the job entry too (claiming it then reads no run stream);
+-- a larger one is read from the run stream when the job is begun, not kept twice while queued.
+local INLINE_INPUT_BYTES = 4096
+
 -- Put a queued run where a worker finds it: the job queue, or the delayed zset if not yet due.
--- The job carries the run's input (`input`, or read here), so claiming it reads no run stream.
+-- `input`: the run's input if the caller has it (else read here).
 local function dispatch(run_id, now, input)
   local st = state_key(run_id)
   local f = redis.call('HMGET', st, 'agent', 'due')
@@ -107,7 +111,13 @@ local function dispatch(run_id, now, input)
   if redis.call('SADD', TAG .. 'agents', f[1]) == 1 then
     redis.pcall('XGROUP', 'CREATE', queue, GROUP, '0', 'MKSTREAM')
   end
-  local job = redis.call('XADD', queue, '*', 'r', run_id, 'p', input or run_input(run_id))
+  input = input or run_input(run_id)
+  local job
+  if #input <= INLINE_INPUT_BYTES then
+    job = redis.call('XADD', queue, '*', 'r', run_id, 'p', input)
+  else
+    job = redis.call('XADD', queue, '*', 'r', run_id)
+  end
   redis.call('HSET', st, 'job', job)
 end
 
@@ -203,7 +213,8 @@ end
 
 -- Start the next attempt of the run a worker claimed `job` for (f: read_for_begin, status set).
 -- `b`: {worker, vis run.started, payload run.started, vis run.failed, payload run.failed
--- (attempts exhausted), retention_s}; `input`: the job's copy of the run's input (nil: read it).
+-- (attempts exhausted), retention_s}; `input`: the job's copy of the run's input (nil: none,
+-- read it from the run stream).
 -- Replies as begin_attempt's.
 local function begin_job(run_id, job, queue, f, b, now, input)
   local function drop(why)

@@ -131,8 +131,28 @@ async def test_a_poison_run_that_kills_its_workers_is_dead_lettered_after_the_ca
     dead = await rstore.redis.xrange(rstore.keys.dead(rstore.keys.run_partition(run_id)))
     assert [f[b"r"].decode() for _, f in dead] == [run_id]
     assert "restarting it" in supervisor.log()
+    family = _descendants(supervisor.pid)  # the forkserver and the workers it forked
+    assert len(family) >= 3
     supervisor.signal(signal.SIGTERM)
     assert supervisor.wait(20) == 0
+    deadline = time.monotonic() + 5  # nothing outlives the supervisor (a helper may take a moment)
+    while [pid for pid in family if _alive(pid)] and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert [pid for pid in family if _alive(pid)] == []
+
+
+def _descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        out += [int(child), *_descendants(int(child))]
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 async def test_workers_with_different_agent_keys_run_only_their_own_jobs_and_lose_none(

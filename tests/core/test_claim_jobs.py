@@ -105,3 +105,16 @@ async def test_a_job_begun_twice_is_dropped_as_stale_the_second_time(store: Even
     assert isinstance(job.begun, Claim)
     again = await store.begin_attempt(run_id, "0-1", "w2", "echo")  # another job id: stale
     assert isinstance(again, Dropped) and again.reason == "stale job entry"
+
+
+async def test_a_small_input_rides_in_the_job_entry_and_a_large_one_is_read_from_the_run(
+    store: EventStore,
+) -> None:
+    small = await _submit(store, 1, messages=[{"role": "user", "content": "hi"}])
+    large = await _submit(store, 1, messages=[{"role": "user", "content": "x" * 10_000}])
+    entries = await store.redis.xrange(store.keys.queue(1, "echo"))
+    assert [b"p" in fields for _, fields in entries] == [True, False]  # not kept twice while queued
+    jobs = await store.claim_jobs(_queues(store, 1), "w1", 10)
+    inputs = {j.run_id: j.begun.input for j in jobs if isinstance(j.begun, Claim)}
+    assert inputs[small]["messages"][0]["content"] == "hi"
+    assert inputs[large]["messages"][0]["content"] == "x" * 10_000
