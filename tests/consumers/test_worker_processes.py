@@ -19,7 +19,7 @@ from agentstream.core.settings import Settings
 from agentstream.core.state import RunStatus
 from agentstream.core.store import EventStore, SubmitRequest, redis_from_url
 from tests.conftest import delete_prefix
-from tests.consumers.helpers import types, wait_for_event, wait_terminal
+from tests.consumers.helpers import types, wait_for_event, wait_terminal, wait_until
 from tests.consumers.processes import WorkerProcess, start_worker, worker_env
 from tests.services import REDIS_UP, REDIS_URL, require
 
@@ -135,10 +135,8 @@ async def test_a_poison_run_that_kills_its_workers_is_dead_lettered_after_the_ca
     assert len(family) >= 3
     supervisor.signal(signal.SIGTERM)
     assert supervisor.wait(20) == 0
-    deadline = time.monotonic() + 5  # nothing outlives the supervisor (a helper may take a moment)
-    while [pid for pid in family if _alive(pid)] and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert [pid for pid in family if _alive(pid)] == []
+    # nothing outlives the supervisor (a helper may take a moment to see it gone)
+    await wait_until(lambda: not [pid for pid in family if _alive(pid)], 5, "its processes exit")
 
 
 def _descendants(pid: int) -> list[int]:
