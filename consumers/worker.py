@@ -252,10 +252,14 @@ class Worker:
         self._take(jobs)
 
     def _take(self, jobs: list[tuple[Job, Claim | Dropped | None]]) -> None:
-        """Start what a claim or read brought (a begun attempt starts now: its run is running)."""
+        """Start what a claim or read brought (a begun attempt starts now: its run is running,
+        and while stopping it gets the grace period). Stopping without one, nothing starts: the
+        jobs stay pending and the drain hands them back."""
         for job, begun in jobs:
             if isinstance(begun, Dropped):
                 self._dropped(job, begun)
+            elif self._stop_now.is_set():
+                continue
             elif begun is not None or (self._busy < self.concurrency and not self._stopping.is_set()):
                 self._start(job, begun)
             else:

@@ -282,6 +282,37 @@ async def test_an_attempt_that_was_taken_over_is_fenced_out_and_writes_nothing_m
     assert (await wstore.run_state(run_id)).status is RunStatus.RUNNING  # type: ignore[union-attr]
 
 
+async def test_a_claim_in_flight_when_the_worker_stops_hands_its_jobs_back_for_another_worker(
+    redis_client: Any, worker_settings: Any
+) -> None:
+    from tests.conftest import delete_prefix
+
+    long_lease = worker_settings.with_overrides(LEASE_TTL_SECONDS=60.0)  # no reclaim by expiry here
+    store = EventStore(redis_client, long_lease, pipeline_scripts=True)
+    try:
+        run_id = await submit(store, "echo")
+        claimed = asyncio.Event()
+        original = store.claim_jobs
+
+        async def slow_reply(*args: Any, **kw: Any) -> Any:
+            jobs = await original(*args, **kw)
+            if jobs:
+                claimed.set()
+                await asyncio.sleep(0.3)  # the worker is told to stop while this reply is on its way
+            return jobs
+
+        store.claim_jobs = slow_reply  # type: ignore[method-assign]
+        async with running_worker(store, agent_keys=["echo"]):
+            await asyncio.wait_for(claimed.wait(), 10)
+        assert (await store.run_state(run_id)).status is RunStatus.RUNNING  # type: ignore[union-attr]
+        store.claim_jobs = original  # type: ignore[method-assign]
+        await burst(store, agent_keys=["echo"])  # takes it at once: handed back, not left to the lease
+        events = await store.read_run(run_id)
+        assert types(events).count("run.started") == 2 and events[-1].type == "run.succeeded"
+    finally:
+        await delete_prefix(redis_client, long_lease.KEY_PREFIX)
+
+
 async def test_stop_with_grace_lets_running_attempts_finish(wstore: EventStore) -> None:
     run_id = await submit(wstore, "sleeper", params={"sleep_s": 0.3})
     worker = Worker(wstore, agents.registry(), handle_signals=False, block_ms=100, grace_s=10)
