@@ -2,9 +2,11 @@
 
 One readable loop and a few timers::
 
-    claim loop    XREADGROUP over the queues of the served agent keys, in every partition,
-                  never more jobs than free slots (FIFO per queue); each job: begin_attempt,
-                  then an ``Attempt`` runs the agent and writes how it ended (that acks it)
+    claim loop    claim_jobs over the queues of the served agent keys, in every partition:
+                  never more jobs than free slots (FIFO per queue), each read and begun in
+                  the same script call (two claims in flight; a blocking XREADGROUP and
+                  begin_attempt when the queues are empty); an ``Attempt`` runs the agent
+                  and writes how it ended (that acks it)
     heartbeat     every LEASE_TTL_SECONDS/3: renews the leases (PEL idle) of current attempts;
                   'cancel' / 'fenced' / 'gone' answers cancel or stop the attempt
     reclaim       XAUTOCLAIM of jobs idle past the lease (their worker died or stalled);
