@@ -12,8 +12,7 @@ local f = read_for_begin(st)
 if not f[1] then
   redis.call('XADD', DEAD, '*', 'r', run_id, 'job', job, 'reason', 'no state for this run (expired or never submitted)', 'ts', now_text())
   redis.call('HINCRBY', STATS, 'dead_letters', 1)
-  redis.call('XACK', KEYS[3], GROUP, job)
-  redis.call('XDEL', KEYS[3], job)
+  remove_job(KEYS[3], job)
   return { 'dropped', 'no_run' }
 end
 return begin_job(run_id, job, KEYS[3], f, { unpack(ARGV, 4, 9) }, now)

@@ -140,13 +140,17 @@ local function release_conversation(conv_id, run_id, now)
   end
 end
 
--- Drop the run's job entry from its queue: acknowledged and deleted, so XLEN is the backlog.
+-- A job entry done with: acknowledged and deleted, so XLEN is the backlog.
+local function remove_job(queue, job)
+  redis.call('XACK', queue, GROUP, job)
+  redis.call('XDEL', queue, job)
+end
+
+-- Drop the run's job entry from its queue (and forget it in the state).
 local function drop_job(st)
   local f = redis.call('HMGET', st, 'job', 'agent')
   if f[1] and f[1] ~= '' then
-    local queue = TAG .. 'q:' .. f[2]
-    redis.call('XACK', queue, GROUP, f[1])
-    redis.call('XDEL', queue, f[1])
+    remove_job(TAG .. 'q:' .. f[2], f[1])
     redis.call('HSET', st, 'job', '')
   end
 end
@@ -172,11 +176,7 @@ local function terminate(run_id, etype, payload, vis, retention_s, now, f)
   write_event(run_id, s, etype, payload, f.attempt, vis, f.conv, true)
   redis.call('HSET', st, 'seq', s, 'status', status, 'finished', now_text(), 'job', '')
   redis.call('HINCRBY', STATS, 'finished:' .. status, '1')
-  if f.job ~= '' then
-    local queue = TAG .. 'q:' .. f.agent
-    redis.call('XACK', queue, GROUP, f.job)
-    redis.call('XDEL', queue, f.job)
-  end
+  if f.job ~= '' then remove_job(TAG .. 'q:' .. f.agent, f.job) end
   -- only a queued run can wait in the delayed zset (a retry, a scheduled run)
   if f.status ~= 'running' then redis.call('ZREM', DELAYED, run_id) end
   if f.conv ~= '' then release_conversation(f.conv, run_id, now) end
@@ -218,8 +218,7 @@ end
 -- Replies as begin_attempt's.
 local function begin_job(run_id, job, queue, f, b, now, input)
   local function drop(why)
-    redis.call('XACK', queue, GROUP, job)
-    redis.call('XDEL', queue, job)
+    remove_job(queue, job)
     return { 'dropped', why }
   end
   if TERMINAL[f[1]] then return drop(f[1]) end

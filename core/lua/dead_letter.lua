@@ -6,8 +6,7 @@ ARGV: 1 TAG, 2 job id, 3 reason, 4 deliveries, 5 run_id or '', 6 vis run.failed,
 Replies: {dead, seq or 0}
 ]]
 local now = now_ms()
-redis.call('XACK', KEYS[1], GROUP, ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
+remove_job(KEYS[1], ARGV[2])
 redis.call('XADD', KEYS[2], '*', 'r', ARGV[5], 'job', ARGV[2], 'queue', KEYS[1],
   'reason', ARGV[3], 'deliveries', ARGV[4], 'entry', ARGV[9], 'ts', now_text())
 redis.call('HINCRBY', STATS, 'dead_letters', 1)
