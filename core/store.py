@@ -289,9 +289,6 @@ class EventStore:
             self._retention,
         ]
 
-    def _tag(self, run_id: str) -> str:
-        return self.keys.tag(self.keys.run_partition(run_id)) + ":"
-
     async def _run_script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         if self._batcher is not None:
             return await self._batcher.call(name, keys, args)
@@ -355,7 +352,7 @@ class EventStore:
                 ),
             },
         )
-        state_key = self.keys.run_state(run_id)
+        tag, (state_key, stream_key) = self.keys.run_keys(run_id)
         idem_key = (
             self.keys.idempotency(self.keys.run_partition(run_id), request.owner, request.idempotency_key)
             if request.idempotency_key
@@ -367,9 +364,9 @@ class EventStore:
         )
         reply = await self._run_script(
             "submit",
-            [state_key, self.keys.run_stream(run_id), idem_key, conv_key],
+            [state_key, stream_key, idem_key, conv_key],
             [
-                self._tag(run_id),
+                tag,
                 run_id,
                 request.owner,
                 request.agent_key,
@@ -514,23 +511,20 @@ class EventStore:
         self, run_id: str, job_id: str, worker_id: str, agent_key: str
     ) -> Claim | Dropped:
         """Start the next attempt of a claimed job; its number fences every older attempt out."""
-        partition = self.keys.run_partition(run_id)
+        tag, keys = self.keys.run_keys(run_id)
         reply = await self._run_script(
             "begin_attempt",
-            [
-                self.keys.run_state(run_id),
-                self.keys.run_stream(run_id),
-                self.keys.queue(partition, agent_key),
-            ],
-            [self._tag(run_id), run_id, job_id, *self._begin_args(worker_id)],
+            [*keys, self.keys.queue(self.keys.run_partition(run_id), agent_key)],
+            [tag, run_id, job_id, *self._begin_args(worker_id)],
         )
         return _begun(run_id, reply)
 
     async def claim_jobs(
         self, queues: Sequence[tuple[int, str]], worker_id: str, count: int
     ) -> list[ClaimedJob]:
-        """Read up to ``count`` new jobs of each queue ``(partition, agent_key)`` and begin an
-        attempt of each, in one script call (on a cluster the queues must share a partition).
+        """Read up to ``count`` new jobs in all from the queues ``(partition, agent_key)``, asking
+        each in turn for what is still missing, and begin an attempt of each, in one script call
+        (on a cluster the queues must share a partition).
 
         A job the script could not vouch for comes back only read (``begun`` None): check it and
         ``begin_attempt`` it, or dead-letter it, as any job read with XREADGROUP."""
@@ -631,11 +625,12 @@ class EventStore:
         self, run_id: str, attempt: int, delay_s: float, error: Mapping[str, Any]
     ) -> RetryOutcome:
         """Back to queued after ``delay_s``; or run.failed + dead letter when attempts ran out."""
+        tag, keys = self.keys.run_keys(run_id)
         reply = await self._run_script(
             "schedule_retry",
-            [self.keys.run_state(run_id), self.keys.run_stream(run_id)],
+            keys,
             [
-                self._tag(run_id),
+                tag,
                 run_id,
                 attempt,
                 max(0, int(delay_s * 1000)),
@@ -656,11 +651,12 @@ class EventStore:
 
     async def cancel(self, run_id: str, *, owner: str | None = None, reason: str = "") -> CancelOutcome:
         """Cancel a run: at once if queued, through its worker if running (``RunTerminal`` if over)."""
+        tag, keys = self.keys.run_keys(run_id)
         reply = await self._run_script(
             "cancel",
-            [self.keys.run_state(run_id), self.keys.run_stream(run_id)],
+            keys,
             [
-                self._tag(run_id),
+                tag,
                 run_id,
                 owner or "",
                 self.visibility(EventType.RUN_CANCELLED),
