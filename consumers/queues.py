@@ -141,7 +141,7 @@ class QueueReader:
     async def read(self, free: int, *, block_ms: int | None = None) -> list[Job]:
         """Up to ``free`` jobs at once, or (``block_ms``) wait that long for the first."""
         plan = ReadPlan(self.queues, 1) if block_ms else self._next_plan(free)
-        groups = self._routing.group(plan.queues, lambda q: q.partition)
+        groups = self._routing.group(plan.queues, _partition)
         replies = await self._reads.read(groups, functools.partial(self._read_queues, plan.count), block_ms)
         jobs: list[Job] = []
         hot: list[Queue] = []

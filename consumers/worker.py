@@ -186,6 +186,11 @@ class Worker:
         """Slots taken: runs whose agent has not ended (a run's last write does not hold one)."""
         return len(self._jobs) - len(self._ending)
 
+    @property
+    def _free(self) -> int:
+        """Slots neither taken, nor promised to jobs read and waiting or to claims in flight."""
+        return self.concurrency - self._busy - len(self._backlog) - self._claiming
+
     # -- the claim loop --------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
@@ -200,7 +205,7 @@ class Worker:
                 raise self._claim_failure  # a bug, not an outage (those are retried in _claim)
             while self._backlog and self._busy < self.concurrency:
                 self._start(self._backlog.popleft())
-            free = self.concurrency - self._busy - len(self._backlog) - self._claiming
+            free = self._free
             if free > 0 and not self.reader.found_nothing:
                 if len(self._claims) < CLAIMS_IN_FLIGHT:
                     # at most half the slots per claim, one claim per wake-up: the runs come in
@@ -467,7 +472,7 @@ class Worker:
         if self._stopping.is_set():
             return
         for queue in self.queues:
-            free = self.concurrency - self._busy - len(self._backlog) - self._claiming
+            free = self._free
             if free <= 0:
                 return
             reply: Any = await self.store.redis.xautoclaim(
