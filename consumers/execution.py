@@ -81,6 +81,7 @@ class Attempt:
             on_cancel_requested=lambda: self.request_cancel("cancel requested"),
             on_fenced=lambda exc: self.stop(Outcome.FENCED),
             stores=stores,
+            timers=timers,  # its flush timer shares the worker's loop timer too
         )
         # the task the agent runs in: the attempt's own (``execute``'s caller), while the agent runs
         self.task: asyncio.Task[Any] | None = None
