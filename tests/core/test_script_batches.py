@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis.exceptions
 
+from agentstream.core.events import NewEvent
 from agentstream.core.script_channel import ScriptChannel
 from agentstream.core.settings import Settings
 from agentstream.core.store import Claim, EventStore, SubmitRequest, redis_from_url
@@ -68,6 +69,24 @@ async def test_more_calls_than_one_batch_holds_keep_their_order_and_replies(batc
     assert seqs == list(range(claim.seq + 1, claim.seq + 301))
     events = await batched.read_run(claim.run_id, after_seq=claim.seq)
     assert [e.payload["i"] for e in events] == list(range(300))
+
+
+async def test_a_call_with_more_arguments_than_lua_can_unpack_lands_whole_in_a_batch(
+    batched: EventStore,
+) -> None:
+    """batch.lua copies a call's arguments with unpack up to 4,000 values, beyond that one by one
+    (Lua's C stack holds ~8,000): 2,500 events are 10,004 arguments, sent beside another call."""
+    await batched.ensure_groups(["echo"])
+    big, small = await asyncio.gather(_running(batched), _running(batched))
+    events = [NewEvent("x.n", {"i": i}) for i in range(2500)]
+    landed, other = await asyncio.gather(
+        batched.append_many(big.run_id, big.attempt, events),
+        batched.append(small.run_id, small.attempt, "x.n", {"i": -1}),
+    )
+    assert (landed.first_seq, landed.last_seq) == (big.seq + 1, big.seq + 2500)
+    assert other == small.seq + 1
+    written = await batched.read_run(big.run_id, after_seq=big.seq)
+    assert [e.payload["i"] for e in written] == list(range(2500))
 
 
 # -- the channel, on a redis-server of the test's own ------------------------------------------
