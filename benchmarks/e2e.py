@@ -23,7 +23,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from agentstream.consumers import AgentRuntime, RunContext, RunResult
 from agentstream.core.settings import Settings
@@ -146,15 +148,28 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+async def redis_cpu_s(client: Redis) -> float:
+    """CPU seconds the Redis server has used (user + system): read before and after a drain."""
+    info = await client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+class Round(NamedTuple):
+    runs_per_s: float
+    worker_cpu_us: float  # per run: user + system of every worker process, start-up included
+    redis_cpu_us: float  # per run: the Redis server's, from the workers' start to their exit
+
+
 async def throughput_round(
     client: Redis, redis_url: str, n: int, processes: int, log: Path, concurrency: int = CONCURRENCY
-) -> tuple[float, float]:
-    """(runs/s, worker CPU µs per run: user + system of every worker process, start-up included)."""
+) -> Round:
+    """N queued no-op runs drained by ``processes`` burst workers."""
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     store = EventStore(client, Settings(KEY_PREFIX=prefix), pipeline_scripts=True)
     try:
         run_ids = await submit_all(store, n, NoOp.key)
         cpu_before = children_cpu_s()
+        redis_cpu_before = await redis_cpu_s(client)
         proc = start_workers(
             prefix,
             redis_url,
@@ -165,6 +180,7 @@ async def throughput_round(
             log=log,
         )
         await asyncio.to_thread(proc.wait, 600)
+        redis_cpu_us = (await redis_cpu_s(client) - redis_cpu_before) / n * 1e6
         cpu_us_per_run = (children_cpu_s() - cpu_before) / n * 1e6
         times = await run_times(client, store, run_ids)
         if not all(f for _, _, f in times):
@@ -173,7 +189,7 @@ async def throughput_round(
             )
         first_start = min(s for _, s, _ in times)
         last_finish = max(f for _, _, f in times)
-        return n / ((last_finish - first_start) / 1000), cpu_us_per_run
+        return Round(n / ((last_finish - first_start) / 1000), cpu_us_per_run, redis_cpu_us)
     finally:
         await delete_prefix(client, prefix)
 
@@ -215,11 +231,20 @@ def percentile(values: list[int], q: float) -> float:
     return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
 
 
-def peer_records(system: str, n: int, samples: list[float], failures: list[str]) -> list[Record]:
+def peer_records(
+    system: str, n: int, samples: list[float], failures: list[str], redis_cpu_us: Sequence[float] = ()
+) -> list[Record]:
     if samples:
-        return [summarize("e2e", system, "throughput", "runs/s", n, samples)]
+        throughput = summarize("e2e", system, "throughput", "runs/s", n, samples)
+        return [throughput, *redis_cpu_records(system, n, redis_cpu_us)]
     reason = failures[-1] if failures else "not run"
     return [Record("e2e", system, "throughput", 0.0, "runs/s", n, rounds=0, note=f"could not run: {reason}")]
+
+
+def redis_cpu_records(system: str, n: int, samples: Sequence[float]) -> list[Record]:
+    """The Redis server's CPU per job: on a shared 2-core machine it is what the workers of every
+    system compete with, so it bounds what more processes can add."""
+    return [summarize("e2e", system, "Redis CPU per run", "µs", n, samples)] if samples else []
 
 
 async def main(opts: Options) -> list[Record]:
@@ -229,6 +254,7 @@ async def main(opts: Options) -> list[Record]:
     log = Path(tempfile.gettempdir()) / "agentstream-bench-e2e.log"
     systems = ["agentstream", *(peer.name for peer in PEERS)]
     runs_per_s: dict[tuple[int, str], list[float]] = {}
+    redis_cpu: dict[tuple[int, str], list[float]] = {}
     cpu: dict[int, list[float]] = {}
     failures: dict[tuple[int, str], list[str]] = {}
     ratios: dict[int, list[float]] = {}
@@ -240,14 +266,14 @@ async def main(opts: Options) -> list[Record]:
                 this_round: dict[str, float] = {}
                 for system in order:
                     if system == "agentstream":
-                        value, cpu_us = await throughput_round(
+                        value, cpu_us, redis_us = await throughput_round(
                             client, opts.redis_url, n, processes, log, PEER_CONCURRENCY
                         )
                         cpu.setdefault(processes, []).append(cpu_us)
                     else:
                         peer = next(p for p in PEERS if p.name == system)
                         try:
-                            value = await asyncio.to_thread(
+                            value, redis_us = await asyncio.to_thread(
                                 peers.throughput_round,
                                 peer,
                                 opts.redis_url,
@@ -262,6 +288,7 @@ async def main(opts: Options) -> list[Record]:
                             continue
                     this_round[system] = value
                     runs_per_s.setdefault((processes, system), []).append(value)
+                    redis_cpu.setdefault((processes, system), []).append(redis_us)
                     print(
                         f"  e2e {system} {processes} proc x {PEER_CONCURRENCY}: {value:,.0f} runs/s",
                         flush=True,
@@ -278,6 +305,7 @@ async def main(opts: Options) -> list[Record]:
             summarize("e2e", ours, "throughput", "runs/s", n, runs_per_s[(processes, "agentstream")])
         )
         records.append(summarize("e2e", ours, "worker CPU per run", "µs", n, cpu[processes]))
+        records += redis_cpu_records(ours, n, redis_cpu[(processes, "agentstream")])
         for peer in PEERS:
             note = f", {peer.concurrency_note}" if peer.concurrency_note else ""
             records += peer_records(
@@ -285,6 +313,7 @@ async def main(opts: Options) -> list[Record]:
                 n,
                 runs_per_s.get((processes, peer.name), []),
                 failures.get((processes, peer.name), []),
+                redis_cpu.get((processes, peer.name), []),
             )
         if ratios.get(processes):
             records.append(

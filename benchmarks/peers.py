@@ -231,10 +231,17 @@ def done_stamps(path: Path) -> list[int]:
     return [int(data[i : i + DONE_LINE_BYTES - 1]) for i in range(0, len(data), DONE_LINE_BYTES)]
 
 
+def redis_cpu_s(client: redis.Redis) -> float:
+    """CPU seconds the Redis server has used (user + system): read before and after a drain."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def throughput_round(
     peer: Peer, redis_url: str, n: int, processes: int, concurrency: int, log: Path
-) -> float:
-    """Runs/s of one round; raises PeerUnavailable with the reason when the peer cannot run."""
+) -> tuple[float, float]:
+    """(runs/s, Redis CPU µs per job from the workers' start to the last job done) of one round;
+    raises PeerUnavailable with the reason when the peer cannot run."""
     available(peer)
     url = db_url(redis_url, peer.db)
     admin = redis.Redis.from_url(url)
@@ -261,6 +268,7 @@ def throughput_round(
         if queued.returncode:
             last = (queued.stderr.strip().splitlines() or ["no output"])[-1]
             raise PeerUnavailable(f"{peer.name}: queueing failed: {last}")
+        redis_cpu_before = redis_cpu_s(admin)
         with log.open("ab") as out:
             for command in peer.commands(url, processes, concurrency):
                 procs.append(
@@ -279,8 +287,9 @@ def throughput_round(
                 got = done.stat().st_size // DONE_LINE_BYTES
                 raise PeerUnavailable(f"{peer.name}: only {got}/{n} jobs done; see {log}")
             time.sleep(0.05)  # a poll of the done file, with a deadline as the backstop
+        redis_cpu_us = (redis_cpu_s(admin) - redis_cpu_before) / n * 1e6
         stamps = done_stamps(done)
-        return n / ((max(stamps) - min(stamps)) / 1e9)
+        return n / ((max(stamps) - min(stamps)) / 1e9), redis_cpu_us
     finally:
         stop(procs)
         admin.flushdb()
