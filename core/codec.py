@@ -8,6 +8,8 @@ An entry's fields (short names: they are stored once per event, millions of time
     vis visibility                                v   schema version
     c   conversation id ("" when none)
 
+A run's own stream leaves out ``r`` (its key names the run; readers pass the run id), which for
+a run streaming tokens is a third of its memory; the partition log, which mixes runs, keeps it.
 The Lua scripts write ``s``, ``ts`` and ``a`` themselves; Python encodes the payload. Old
 schema versions are upcast on read, one function per version step, never rewritten.
 """
