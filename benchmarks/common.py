@@ -88,6 +88,25 @@ def machine() -> dict[str, str | int]:
     }
 
 
+def cpu_times() -> tuple[int, int] | None:
+    """(steal, total) jiffies of all CPUs from /proc/stat (None off Linux): read around a run."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    steal = fields[7] if len(fields) > 7 else 0
+    return steal, sum(fields[:8])  # guest time is counted in user already
+
+
+def steal_percent(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of CPU time the hypervisor gave to other machines between two ``cpu_times``:
+    on a shared VM, the rounds it hit ran on less than the machine's cores."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return 100.0 * (after[0] - before[0]) / (after[1] - before[1])
+
+
 def versions() -> dict[str, str]:
     """Ours and the peers' installed versions (``bench`` extra): the settings include them."""
     from importlib import metadata

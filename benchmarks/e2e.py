@@ -31,7 +31,7 @@ from agentstream.consumers import AgentRuntime, RunContext, RunResult
 from agentstream.core.settings import Settings
 from agentstream.core.store import EventStore, Redis, SubmitRequest, redis_from_url
 from benchmarks import peers
-from benchmarks.common import Options, Record, summarize
+from benchmarks.common import Options, Record, cpu_times, steal_percent, summarize
 from benchmarks.peers import PEERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,6 +258,7 @@ async def main(opts: Options) -> list[Record]:
     cpu: dict[int, list[float]] = {}
     failures: dict[tuple[int, str], list[str]] = {}
     ratios: dict[int, list[float]] = {}
+    steal: dict[tuple[int, str], list[float]] = {}
     try:
         # --quick is CI's smoke run (the harness must not rot): one round of 1 process; numbers come from full runs
         for round_no in range(1 if opts.quick else opts.rounds):
@@ -265,6 +266,7 @@ async def main(opts: Options) -> list[Record]:
                 order = systems[round_no % len(systems) :] + systems[: round_no % len(systems)]
                 this_round: dict[str, float] = {}
                 for system in order:
+                    cpu_before = cpu_times()
                     if system == "agentstream":
                         value, cpu_us, redis_us = await throughput_round(
                             client, opts.redis_url, n, processes, log, PEER_CONCURRENCY
@@ -289,6 +291,9 @@ async def main(opts: Options) -> list[Record]:
                     this_round[system] = value
                     runs_per_s.setdefault((processes, system), []).append(value)
                     redis_cpu.setdefault((processes, system), []).append(redis_us)
+                    stolen = steal_percent(cpu_before, cpu_times())
+                    if stolen is not None:
+                        steal.setdefault((processes, system), []).append(stolen)
                     print(
                         f"  e2e {system} {processes} proc x {PEER_CONCURRENCY}: {value:,.0f} runs/s",
                         flush=True,
@@ -306,6 +311,13 @@ async def main(opts: Options) -> list[Record]:
         )
         records.append(summarize("e2e", ours, "worker CPU per run", "µs", n, cpu[processes]))
         records += redis_cpu_records(ours, n, redis_cpu[(processes, "agentstream")])
+        if steal.get((processes, "agentstream")):
+            # the hypervisor's share during our rounds (the peers' rounds alternate with ours)
+            records.append(
+                summarize(
+                    "e2e", ours, "CPU stolen by the hypervisor", "%", n, steal[(processes, "agentstream")]
+                )
+            )
         for peer in PEERS:
             note = f", {peer.concurrency_note}" if peer.concurrency_note else ""
             records += peer_records(
