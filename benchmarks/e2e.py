@@ -31,7 +31,7 @@ from agentstream.consumers import AgentRuntime, RunContext, RunResult
 from agentstream.core.settings import Settings
 from agentstream.core.store import EventStore, Redis, SubmitRequest, redis_from_url
 from benchmarks import peers
-from benchmarks.common import Options, Record, cpu_times, steal_percent, summarize
+from benchmarks.common import Options, Record, cpu_times, redis_cpu_s, steal_percent, summarize
 from benchmarks.peers import PEERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,12 +148,6 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def redis_cpu_s(client: Redis) -> float:
-    """CPU seconds the Redis server has used (user + system): read before and after a drain."""
-    info = await client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
 class Round(NamedTuple):
     runs_per_s: float
     worker_cpu_us: float  # per run: user + system of every worker process, start-up included
@@ -169,7 +163,7 @@ async def throughput_round(
     try:
         run_ids = await submit_all(store, n, NoOp.key)
         cpu_before = children_cpu_s()
-        redis_cpu_before = await redis_cpu_s(client)
+        redis_cpu_before = redis_cpu_s(await client.info("cpu"))
         proc = start_workers(
             prefix,
             redis_url,
@@ -180,7 +174,7 @@ async def throughput_round(
             log=log,
         )
         await asyncio.to_thread(proc.wait, 600)
-        redis_cpu_us = (await redis_cpu_s(client) - redis_cpu_before) / n * 1e6
+        redis_cpu_us = (redis_cpu_s(await client.info("cpu")) - redis_cpu_before) / n * 1e6
         cpu_us_per_run = (children_cpu_s() - cpu_before) / n * 1e6
         times = await run_times(client, store, run_ids)
         if not all(f for _, _, f in times):
@@ -258,7 +252,7 @@ async def main(opts: Options) -> list[Record]:
     cpu: dict[int, list[float]] = {}
     failures: dict[tuple[int, str], list[str]] = {}
     ratios: dict[int, list[float]] = {}
-    steal: dict[tuple[int, str], list[float]] = {}
+    steal: dict[int, list[float]] = {}  # the hypervisor's share during our rounds
     try:
         # --quick is CI's smoke run (the harness must not rot): one round of 1 process; numbers come from full runs
         for round_no in range(1 if opts.quick else opts.rounds):
@@ -266,12 +260,15 @@ async def main(opts: Options) -> list[Record]:
                 order = systems[round_no % len(systems) :] + systems[: round_no % len(systems)]
                 this_round: dict[str, float] = {}
                 for system in order:
-                    cpu_before = cpu_times()
                     if system == "agentstream":
+                        times_before = cpu_times()
                         value, cpu_us, redis_us = await throughput_round(
                             client, opts.redis_url, n, processes, log, PEER_CONCURRENCY
                         )
                         cpu.setdefault(processes, []).append(cpu_us)
+                        stolen = steal_percent(times_before, cpu_times())
+                        if stolen is not None:
+                            steal.setdefault(processes, []).append(stolen)
                     else:
                         peer = next(p for p in PEERS if p.name == system)
                         try:
@@ -291,9 +288,6 @@ async def main(opts: Options) -> list[Record]:
                     this_round[system] = value
                     runs_per_s.setdefault((processes, system), []).append(value)
                     redis_cpu.setdefault((processes, system), []).append(redis_us)
-                    stolen = steal_percent(cpu_before, cpu_times())
-                    if stolen is not None:
-                        steal.setdefault((processes, system), []).append(stolen)
                     print(
                         f"  e2e {system} {processes} proc x {PEER_CONCURRENCY}: {value:,.0f} runs/s",
                         flush=True,
@@ -311,13 +305,8 @@ async def main(opts: Options) -> list[Record]:
         )
         records.append(summarize("e2e", ours, "worker CPU per run", "µs", n, cpu[processes]))
         records += redis_cpu_records(ours, n, redis_cpu[(processes, "agentstream")])
-        if steal.get((processes, "agentstream")):
-            # the hypervisor's share during our rounds (the peers' rounds alternate with ours)
-            records.append(
-                summarize(
-                    "e2e", ours, "CPU stolen by the hypervisor", "%", n, steal[(processes, "agentstream")]
-                )
-            )
+        if steal.get(processes):
+            records.append(summarize("e2e", ours, "CPU stolen by the hypervisor", "%", n, steal[processes]))
         for peer in PEERS:
             note = f", {peer.concurrency_note}" if peer.concurrency_note else ""
             records += peer_records(

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
+from benchmarks.common import redis_cpu_s
 from benchmarks.peer_tasks import DONE_LINE_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,12 +232,6 @@ def done_stamps(path: Path) -> list[int]:
     return [int(data[i : i + DONE_LINE_BYTES - 1]) for i in range(0, len(data), DONE_LINE_BYTES)]
 
 
-def redis_cpu_s(client: redis.Redis) -> float:
-    """CPU seconds the Redis server has used (user + system): read before and after a drain."""
-    info = client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
 def throughput_round(
     peer: Peer, redis_url: str, n: int, processes: int, concurrency: int, log: Path
 ) -> tuple[float, float]:
@@ -268,7 +263,7 @@ def throughput_round(
         if queued.returncode:
             last = (queued.stderr.strip().splitlines() or ["no output"])[-1]
             raise PeerUnavailable(f"{peer.name}: queueing failed: {last}")
-        redis_cpu_before = redis_cpu_s(admin)
+        redis_cpu_before = redis_cpu_s(admin.info("cpu"))
         with log.open("ab") as out:
             for command in peer.commands(url, processes, concurrency):
                 procs.append(
@@ -287,7 +282,7 @@ def throughput_round(
                 got = done.stat().st_size // DONE_LINE_BYTES
                 raise PeerUnavailable(f"{peer.name}: only {got}/{n} jobs done; see {log}")
             time.sleep(0.05)  # a poll of the done file, with a deadline as the backstop
-        redis_cpu_us = (redis_cpu_s(admin) - redis_cpu_before) / n * 1e6
+        redis_cpu_us = (redis_cpu_s(admin.info("cpu")) - redis_cpu_before) / n * 1e6
         stamps = done_stamps(done)
         return n / ((max(stamps) - min(stamps)) / 1e9), redis_cpu_us
     finally:

@@ -11,7 +11,8 @@ import pytest
 
 from agentstream.core.events import NewEvent
 from agentstream.core.settings import Settings
-from agentstream.core.store import Claim, EventStore, SubmitRequest, redis_from_url
+from agentstream.core.store import EventStore, SubmitRequest, redis_from_url
+from tests.core.storetools import claim
 from tests.faults.topology import running_redis
 
 
@@ -19,15 +20,10 @@ async def _finished_run_stream_bytes(url: str) -> int:
     client = redis_from_url(url)
     store = EventStore(client, Settings(KEY_PREFIX="mem", PARTITIONS=4))
     try:
-        await store.ensure_groups(["echo"])
-        run = await store.submit(
-            SubmitRequest("echo", "user:1", messages=[{"role": "user", "content": "hi"}])
-        )
-        job = (await client.hget(store.keys.run_state(run.run_id), "job")).decode()
-        claim = await store.begin_attempt(run.run_id, job, "w", "echo")
-        assert isinstance(claim, Claim)
+        run = await store.submit(SubmitRequest("a", "user:1", messages=[{"role": "user", "content": "hi"}]))
+        begun = await claim(store, run.run_id)
         message = NewEvent("assistant.message", {"role": "assistant", "content": "ok"})
-        await store.finish(run.run_id, claim.attempt, "run.succeeded", {"output": {}}, events=[message])
+        await store.finish(run.run_id, begun.attempt, "run.succeeded", {"output": {}}, events=[message])
         assert len(await store.read_run(run.run_id)) == 4
         return int(await client.memory_usage(store.keys.run_stream(run.run_id)))
     finally:
