@@ -10,8 +10,8 @@ local st, run_id, job = KEYS[1], ARGV[2], ARGV[3]
 local now = now_ms()
 local f = read_for_begin(st)
 if not f[1] then
-  redis.call('XADD', DEAD, '*', 'r', run_id, 'job', job, 'reason', 'no state for this run (expired or never submitted)', 'ts', now_text())
-  redis.call('HINCRBY', STATS, 'dead_letters', 1)
+  redis.call('XADD', dead_key(), '*', 'r', run_id, 'job', job, 'reason', 'no state for this run (expired or never submitted)', 'ts', now_text())
+  redis.call('HINCRBY', stats_key(), 'dead_letters', 1)
   remove_job(KEYS[3], job)
   return { 'dropped', 'no_run' }
 end

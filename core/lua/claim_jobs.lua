@@ -2,7 +2,7 @@
 attempt of each, in one call (what one XREADGROUP and then a begin_attempt per job did in two round
 trips and a script call per job). Asking each queue for what is still missing never reads more jobs
 than the worker can start, and one call covers every queue (nothing found means all are empty).
-A job this script cannot vouch for (no run id, not a run id, no state in this partition) is only
+A job this script cannot vouch for (no run id, no state under that id in this partition) is only
 read, as XREADGROUP would: the worker checks it and dead-letters it, or begins it, as it does any
 job it read itself.
 KEYS: the queues (one slot on a cluster)
@@ -13,7 +13,6 @@ Replies: one table per job read, in order: {queue index (1-based), job id, run i
 reply...}, or {queue index, job id, run id or '', 'read'} for a job only read
 ]]
 local b = { unpack(ARGV, 3, 8) }
-local UUID = '^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$'
 local now = now_ms()
 local out = {}
 local left = tonumber(ARGV[2])
@@ -32,13 +31,13 @@ for qi = 1, #KEYS do
       if fields[i] == 'r' then run_id = fields[i + 1] elseif fields[i] == 'p' then input = fields[i + 1] end
     end
     local reply
-    if string.find(run_id, UUID) and not string.find(run_id, '%u') then
+    -- Begun only if this partition holds a state for exactly this id: only a run's own id names
+    -- an existing `run:<id>:s` key (no pattern match: ~2.4 µs a job in Redis's Lua).
+    if #run_id == 36 then
       local f = read_for_begin(state_key(run_id))
       if f[1] then reply = begin_job(run_id, job, queue, f, b, now, input) end
     end
-    local row = { qi, job, run_id }
-    for _, value in ipairs(reply or { 'read' }) do row[#row + 1] = value end
-    out[#out + 1] = row
+    out[#out + 1] = { qi, job, run_id, unpack(reply or { 'read' }) }
   end
 end
 return out

@@ -22,11 +22,24 @@ element is a status word; scripts never raise for an expected refusal.
 local GROUP = 'workers'
 
 -- The partition's key names. Every script starts with use_tag(ARGV[1]); a batch (batch.lua) runs
--- calls of several partitions in turn, so these are set per call, not once per EVALSHA.
-local TAG, LOG, DELAYED, DEAD, STATS
+-- calls of several partitions in turn, so the tag is set per call, not once per EVALSHA. Keys are
+-- built when first used and kept while the tag stays: a concatenation costs ~0.35 µs in Redis's
+-- Lua, and a finish needs two of the four (a claim, one per queue for all its jobs).
+local TAG, LOG, STATS
+local KEYS_OF, STREAM_KEY, STATE_KEY -- the run keys last built (stream_key below)
 local function use_tag(tag)
-  TAG, LOG, DELAYED, DEAD, STATS = tag, tag .. 'log', tag .. 'delayed', tag .. 'dead', tag .. 'stats'
+  if tag ~= TAG then TAG, LOG, STATS, STREAM_KEY = tag, nil, nil, nil end
 end
+local function log_key()
+  LOG = LOG or TAG .. 'log'
+  return LOG
+end
+local function stats_key()
+  STATS = STATS or TAG .. 'stats'
+  return STATS
+end
+local function delayed_key() return TAG .. 'delayed' end
+local function dead_key() return TAG .. 'dead' end
 
 local TERMINAL = { succeeded = true, failed = true, cancelled = true, timed_out = true }
 local STATUS_OF = {
@@ -60,8 +73,18 @@ local function now_text()
   return NOW_TEXT
 end
 
-local function state_key(run_id) return TAG .. 'run:' .. run_id .. ':s' end
-local function stream_key(run_id) return TAG .. 'run:' .. run_id end
+-- The run keys, kept for the run last named: a transition names its run's keys up to four times.
+local function stream_key(run_id)
+  if run_id ~= KEYS_OF or not STREAM_KEY then
+    KEYS_OF, STREAM_KEY = run_id, TAG .. 'run:' .. run_id
+    STATE_KEY = STREAM_KEY .. ':s'
+  end
+  return STREAM_KEY
+end
+local function state_key(run_id)
+  stream_key(run_id)
+  return STATE_KEY
+end
 local function conv_key(conv_id) return TAG .. 'conv:' .. conv_id end
 
 -- One event at this script's time: the run stream always; the partition log unless the event
@@ -72,7 +95,7 @@ local function write_event(run_id, seq, etype, payload, attempt, vis, conv, to_l
   redis.call('XADD', stream_key(run_id), '0-' .. s,
     's', s, 't', etype, 'p', payload, 'ts', ts, 'a', a, 'vis', vis, 'c', conv)
   if to_log then
-    redis.call('XADD', LOG, '*',
+    redis.call('XADD', log_key(), '*',
       'r', run_id, 's', s, 't', etype, 'p', payload, 'ts', ts, 'a', a, 'vis', vis, 'c', conv)
   end
 end
@@ -99,27 +122,30 @@ end
 local INLINE_INPUT_BYTES = 4096
 
 -- Put a queued run where a worker finds it: the job queue, or the delayed zset if not yet due.
--- `input`: the run's input if the caller has it (else read here).
-local function dispatch(run_id, now, input)
-  local st = state_key(run_id)
-  local f = redis.call('HMGET', st, 'agent', 'due')
-  local due = tonumber(f[2]) or 0
+-- `input`: the run's input if the caller has it (else read here). Returns the job entry's id
+-- (nil: delayed), which the caller records as the state's `job`.
+local function enqueue(run_id, agent, due, now, input)
   if due > now then
-    redis.call('ZADD', DELAYED, due, run_id)
-    return
+    redis.call('ZADD', delayed_key(), due, run_id)
+    return nil
   end
-  local queue = TAG .. 'q:' .. f[1]
-  if redis.call('SADD', TAG .. 'agents', f[1]) == 1 then
+  local queue = TAG .. 'q:' .. agent
+  if redis.call('SADD', TAG .. 'agents', agent) == 1 then
     redis.pcall('XGROUP', 'CREATE', queue, GROUP, '0', 'MKSTREAM')
   end
   input = input or run_input(run_id)
-  local job
   if #input <= INLINE_INPUT_BYTES then
-    job = redis.call('XADD', queue, '*', 'r', run_id, 'p', input)
-  else
-    job = redis.call('XADD', queue, '*', 'r', run_id)
+    return redis.call('XADD', queue, '*', 'r', run_id, 'p', input)
   end
-  redis.call('HSET', st, 'job', job)
+  return redis.call('XADD', queue, '*', 'r', run_id)
+end
+
+-- enqueue a run whose state holds its agent and due time (a retry, a scheduled or waiting run).
+local function dispatch(run_id, now)
+  local st = state_key(run_id)
+  local f = redis.call('HMGET', st, 'agent', 'due')
+  local job = enqueue(run_id, f[1], tonumber(f[2]) or 0, now)
+  if job then redis.call('HSET', st, 'job', job) end
 end
 
 -- The conversation's active run ended: hand the conversation to the next waiting run.
@@ -176,10 +202,10 @@ local function terminate(run_id, etype, payload, vis, retention_s, now, f)
   local s = text(seq)
   write_event(run_id, s, etype, payload, f.attempt, vis, f.conv, true)
   redis.call('HSET', st, 'seq', s, 'status', status, 'finished', now_text(), 'job', '')
-  redis.call('HINCRBY', STATS, 'finished:' .. status, '1')
+  redis.call('HINCRBY', stats_key(), 'finished:' .. status, '1')
   if f.job ~= '' then remove_job(TAG .. 'q:' .. f.agent, f.job) end
   -- only a queued run can wait in the delayed zset (a retry, a scheduled run)
-  if f.status ~= 'running' then redis.call('ZREM', DELAYED, run_id) end
+  if f.status ~= 'running' then redis.call('ZREM', delayed_key(), run_id) end
   if f.conv ~= '' then release_conversation(f.conv, run_id, now) end
   if tonumber(retention_s) > 0 then
     redis.call('EXPIRE', st, retention_s)
@@ -218,22 +244,20 @@ end
 -- read it from the run stream).
 -- Replies as begin_attempt's.
 local function begin_job(run_id, job, queue, f, b, now, input)
-  local function drop(why)
+  if TERMINAL[f[1]] or f[4] ~= job then
     remove_job(queue, job)
-    return { 'dropped', why }
+    return { 'dropped', TERMINAL[f[1]] and f[1] or 'stale job entry' }
   end
-  if TERMINAL[f[1]] then return drop(f[1]) end
-  if f[4] ~= job then return drop('stale job entry') end
   local attempt = tonumber(f[2])
   -- still 'running': its worker's lease expired (crash, stall, or handed back at shutdown)
-  if f[1] == 'running' then redis.call('HINCRBY', STATS, 'reclaims', 1) end
+  if f[1] == 'running' then redis.call('HINCRBY', stats_key(), 'reclaims', 1) end
   if attempt >= tonumber(f[3]) then
     -- every allowed attempt started and none finished: the job keeps killing its workers
     local seq = terminate(run_id, 'run.failed', b[5], b[4], b[6], now, {
       status = f[1], attempt = f[2], seq = tonumber(f[8]) or 0, conv = f[6] or '', job = job, agent = f[9] or '',
     })
-    redis.call('XADD', DEAD, '*', 'r', run_id, 'job', job, 'reason', 'max attempts exceeded', 'attempts', attempt, 'ts', now_text())
-    redis.call('HINCRBY', STATS, 'dead_letters', 1)
+    redis.call('XADD', dead_key(), '*', 'r', run_id, 'job', job, 'reason', 'max attempts exceeded', 'attempts', attempt, 'ts', now_text())
+    redis.call('HINCRBY', stats_key(), 'dead_letters', 1)
     return { 'dead', seq }
   end
   attempt = attempt + 1

@@ -9,7 +9,7 @@ local now = now_ms()
 remove_job(KEYS[1], ARGV[2])
 redis.call('XADD', KEYS[2], '*', 'r', ARGV[5], 'job', ARGV[2], 'queue', KEYS[1],
   'reason', ARGV[3], 'deliveries', ARGV[4], 'entry', ARGV[9], 'ts', now_text())
-redis.call('HINCRBY', STATS, 'dead_letters', 1)
+redis.call('HINCRBY', stats_key(), 'dead_letters', 1)
 local seq = 0
 if ARGV[5] ~= '' then
   local st = state_key(ARGV[5])

@@ -12,8 +12,8 @@ local now = now_ms()
 local f = redis.call('HMGET', st, 'attempt', 'max_attempts', 'conv', 'job')
 if tonumber(f[1]) >= tonumber(f[2]) then
   local seq = terminate(run_id, 'run.failed', ARGV[8], ARGV[7], ARGV[9], now)
-  redis.call('XADD', DEAD, '*', 'r', run_id, 'job', f[4] or '', 'reason', 'retries exhausted', 'attempts', f[1], 'ts', now_text())
-  redis.call('HINCRBY', STATS, 'dead_letters', 1)
+  redis.call('XADD', dead_key(), '*', 'r', run_id, 'job', f[4] or '', 'reason', 'retries exhausted', 'attempts', f[1], 'ts', now_text())
+  redis.call('HINCRBY', stats_key(), 'dead_letters', 1)
   return { 'failed', seq }
 end
 local seq = next_seq(st)
@@ -21,6 +21,6 @@ write_event(run_id, seq, 'run.retrying', ARGV[6], f[1], ARGV[5], f[3] or '', tru
 drop_job(st)
 local due = now + tonumber(ARGV[4])
 redis.call('HSET', st, 'status', 'queued', 'due', due)
-redis.call('ZADD', DELAYED, due, run_id)
-redis.call('HINCRBY', STATS, 'retries', 1)
+redis.call('ZADD', delayed_key(), due, run_id)
+redis.call('HINCRBY', stats_key(), 'retries', 1)
 return { 'retrying', seq, due }

@@ -33,19 +33,20 @@ if conv ~= '' then
   if active and policy == 'reject' then return { 'busy', active } end
 end
 
+-- a run that does not wait for another is queued (or delayed) at once: its job entry first, so
+-- the state is written once, job included (not a read-back of agent and due, then a second HSET)
+local job = ''
+if not active then job = enqueue(run_id, agent, tonumber(ARGV[8]) or 0, now, ARGV[10]) or '' end
 redis.call('HSET', st, 'status', 'queued', 'seq', '1', 'attempt', '0', 'agent', agent, 'owner', owner,
   'conv', conv, 'max_attempts', ARGV[7], 'due', ARGV[8], 'timeout_ms', ARGV[9], 'cancel', '0',
-  'created', now_text(), 'job', '')
+  'created', now_text(), 'job', job)
 write_event(run_id, '1', 'run.queued', ARGV[10], '0', ARGV[14], conv, true)
 if ARGV[13] == '1' then
   redis.call('SET', KEYS[3], run_id .. '|' .. ARGV[11], 'EX', ARGV[12])
 end
 
-if conv == '' then
-  dispatch(run_id, now, ARGV[10])
-elseif not active then
-  redis.call('HSET', KEYS[4], 'active', run_id)
-  dispatch(run_id, now, ARGV[10])
+if not active then
+  if conv ~= '' then redis.call('HSET', KEYS[4], 'active', run_id) end
 elseif policy == 'interrupt' then
   -- the new run goes first; the active one is cancelled (at once if it has not started)
   redis.call('LPUSH', KEYS[4] .. ':w', run_id)

@@ -89,14 +89,27 @@ async def test_a_job_whose_run_already_ended_is_dropped_like_begin_attempt_drops
 async def test_entries_it_cannot_vouch_for_are_only_read_for_the_worker_to_judge(store: EventStore) -> None:
     queue = store.keys.queue(0, "echo")
     foreign = new_run_id(PARTITIONS, 1)  # a run id of another partition
-    entries = [{"x": "no run id"}, {"r": "not-a-run-id"}, {"r": foreign}, {"r": b"\xff\xfe"}]
-    for fields in entries:
-        await store.redis.xadd(queue, fields)  # type: ignore[arg-type]
+    real = await _submit(store, 0)
+    [_] = await store.claim_jobs(_queues(store, 0), "w1", 10)  # the real run's own job, begun
+    # only a run's own id names its state: near misses of a real one are only read
+    lookalikes = [real.upper(), real[:-1] + "x", real + ":s", f"{real[:-2]}:s"]
+    raw: list[bytes] = [
+        b"",
+        b"not-a-run-id",
+        foreign.encode(),
+        b"\xff\xfe",
+        *(r.encode() for r in lookalikes),
+    ]
+    await store.redis.xadd(queue, {"x": "no run id"})
+    for run_id in raw[1:]:
+        await store.redis.xadd(queue, {"r": run_id})
     jobs = await store.claim_jobs(_queues(store, 0), "w1", 10)
-    assert [j.begun for j in jobs] == [None] * 4
-    assert [j.raw_run_id for j in jobs] == [b"", b"not-a-run-id", foreign.encode(), b"\xff\xfe"]
+    assert [j.begun for j in jobs] == [None] * len(raw)
+    assert [j.raw_run_id for j in jobs] == raw
     assert all(j.run_id == "" for j in jobs)
-    assert (await store.redis.xpending(queue, WORKERS_GROUP))["pending"] == 4  # read, like XREADGROUP
+    # read, like XREADGROUP (the real run's job too: it runs)
+    assert (await store.redis.xpending(queue, WORKERS_GROUP))["pending"] == len(raw) + 1
+    assert (await store.run_state(real)).attempt == 1  # type: ignore[union-attr]
 
 
 async def test_a_job_begun_twice_is_dropped_as_stale_the_second_time(store: EventStore) -> None:
