@@ -3,10 +3,12 @@ end (records, latest.json, charts, RESULTS.md) into a temp dir. No timing thresh
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -148,3 +150,34 @@ def test_a_remeasured_scenario_keeps_its_place_in_the_results(tmp_path: Path) ->
         ("replay", 3),
         ("new", 4),
     ]
+
+
+def test_redis_cost_without_valgrind_is_a_record_that_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from benchmarks import redis_cost
+    from benchmarks.common import Options
+
+    monkeypatch.setattr(redis_cost.shutil, "which", lambda name: None)
+
+    (record,) = asyncio.run(redis_cost.main(Options(quick=True)))
+
+    assert record.rounds == 0 and "apt-get install valgrind" in record.note
+
+
+@pytest.mark.skipif(
+    shutil.which("valgrind") is None, reason="valgrind is not installed (.ci/run installs it)"
+)
+def test_redis_cost_counts_each_phase_of_a_run_exactly_next_to_the_plain_writes() -> None:
+    from benchmarks import redis_cost
+    from benchmarks.common import Options
+
+    records = asyncio.run(redis_cost.main(Options(quick=True, n=32, rounds=1)))
+
+    by = {(r.system.split(" ")[0], r.metric): r.value for r in records}
+    for system in ("agentstream", "plain"):
+        phases = [by[(system, f"{phase} per run")] for phase in redis_cost.PHASES]
+        assert all(p > 10_000 for p in phases)  # a run's writes cost Redis thousands of instructions
+        assert by[(system, "whole run")] == pytest.approx(sum(phases))
+    # the scripts do more than the bare writes (reads, checks, Lua), never less
+    assert by[("agentstream", "whole run / plain writes (same round)")] > 1
