@@ -44,9 +44,7 @@ class CountedRedis:
 
     def __init__(self, valgrind: str, redis_server: str) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="agentstream-redis-cost-"))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.proc = subprocess.Popen(
             [
                 valgrind,
@@ -72,9 +70,9 @@ class CountedRedis:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             for path in set(glob.glob(f"{self.dir}/out.*")) - before:
-                for line in Path(path).read_text().splitlines():
-                    if line.startswith(("totals:", "summary:")):
-                        return int(line.split()[1])
+                total = callgrind_total(Path(path))
+                if total is not None:
+                    return total
             time.sleep(0.05)
         raise RuntimeError(f"callgrind wrote no dump in {self.dir} within 30s")
 
@@ -83,6 +81,35 @@ class CountedRedis:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(30)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def callgrind_total(path: Path) -> int | None:
+    """The instructions a callgrind output file counts (None: not written out yet)."""
+    for line in path.read_text().splitlines():
+        if line.startswith("totals:"):
+            return int(line.split()[1])
+    return None
+
+
+def callgrind_tools() -> tuple[str, str] | None:
+    """(valgrind, redis-server) when both are installed, with callgrind_control."""
+    valgrind, redis_server = shutil.which("valgrind"), shutil.which("redis-server")
+    if not valgrind or not redis_server or not shutil.which("callgrind_control"):
+        return None
+    return valgrind, redis_server
+
+
+def not_run(scenario: str, metric: str, n: int) -> list[Record]:
+    """What a cost scenario records where valgrind is missing: why, and what to install."""
+    note = "could not run: needs valgrind (apt-get install valgrind) and redis-server on PATH"
+    return [Record(scenario, "agentstream", metric, 0.0, "instructions", n, rounds=0, note=note)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 async def connect(url: str, timeout_s: float = 60) -> Redis:
@@ -229,22 +256,10 @@ async def plain_writes(client: Redis, server: CountedRedis, n: int) -> list[floa
 
 async def main(opts: Options) -> list[Record]:
     n = opts.size(960, 160)
-    valgrind, redis_server = shutil.which("valgrind"), shutil.which("redis-server")
-    if not valgrind or not shutil.which("callgrind_control") or not redis_server:
-        note = "could not run: needs valgrind (apt-get install valgrind) and redis-server on PATH"
-        return [
-            Record(
-                "redis-cost",
-                "agentstream",
-                "Redis instructions per run",
-                0.0,
-                "instructions",
-                n,
-                rounds=0,
-                note=note,
-            )
-        ]
-    server = CountedRedis(valgrind, redis_server)
+    tools = callgrind_tools()
+    if tools is None:
+        return not_run("redis-cost", "Redis instructions per run", n)
+    server = CountedRedis(*tools)
     samples: dict[str, list[list[float]]] = {"agentstream": [], "plain writes": []}
     try:
         client = await connect(server.url)
