@@ -54,15 +54,7 @@ def register() -> list[AgentRuntime]:
 
 
 def start_workers(
-    prefix: str,
-    redis_url: str,
-    processes: int,
-    *,
-    burst: bool,
-    registry: str,
-    concurrency: int,
-    log: Path,
-    wrapper: Sequence[str] = (),  # a command the worker runs under (worker-cost: valgrind)
+    prefix: str, redis_url: str, processes: int, *, burst: bool, registry: str, concurrency: int, log: Path
 ) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTREAM_")}
     env.update(
@@ -73,7 +65,6 @@ def start_workers(
         PYTHONPATH=str(ROOT),
     )
     command = [
-        *wrapper,
         sys.executable,
         "-m",
         "agentstream.consumers.worker_main",
