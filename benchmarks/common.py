@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import platform
+import socket
 import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -111,6 +112,14 @@ def steal_percent(before: tuple[int, int] | None, after: tuple[int, int] | None)
     if before is None or after is None or after[1] <= before[1]:
         return None
     return 100.0 * (after[0] - before[0]) / (after[1] - before[1])
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on now (for a server a scenario starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def versions() -> dict[str, str]:

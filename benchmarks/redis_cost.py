@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import glob
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -30,7 +29,7 @@ from typing import Any
 from agentstream.core.events import EventType
 from agentstream.core.settings import Settings
 from agentstream.core.store import ClaimedJob, EventStore, NewEvent, Redis, redis_from_url
-from benchmarks.common import Options, Record, summarize
+from benchmarks.common import Options, Record, free_port, summarize
 from benchmarks.e2e import NoOp, submit_all
 
 BATCH = 16  # runs per claim and per finish batch, as a worker with --concurrency 32 makes them
@@ -99,19 +98,6 @@ def callgrind_tools() -> tuple[str, str] | None:
     return valgrind, redis_server
 
 
-def not_run(scenario: str, metric: str, n: int) -> list[Record]:
-    """What a cost scenario records where valgrind is missing: why, and what to install."""
-    note = "could not run: needs valgrind (apt-get install valgrind) and redis-server on PATH"
-    return [Record(scenario, "agentstream", metric, 0.0, "instructions", n, rounds=0, note=note)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 async def connect(url: str, timeout_s: float = 60) -> Redis:
     client = redis_from_url(url)
     deadline = time.monotonic() + timeout_s
@@ -126,7 +112,8 @@ async def connect(url: str, timeout_s: float = 60) -> Redis:
 
 
 async def phases(server: CountedRedis, steps: list[Callable[[], Awaitable[Any]]], n: int) -> list[float]:
-    """Instructions per run of each step, counted on its own (a ping first: nothing in flight)."""
+    """Instructions per run of each step, counted on its own (each step awaits all its replies,
+    so nothing of one step is counted in the next)."""
     per_run: list[float] = []
     server.count()
     for step in steps:
@@ -183,7 +170,9 @@ async def plain_writes(client: Redis, server: CountedRedis, n: int) -> list[floa
     await client.flushall()
     store = EventStore(client, Settings(KEY_PREFIX="cost"))
     run_ids = [str(uuid.uuid4()) for _ in range(n)]
-    payload = store._encode(EventType.RUN_QUEUED, {"input": {}})  # the bytes our submit writes
+    # one small payload for every event and the job's input (ours carry 20-160 bytes): the
+    # floor errs low by a few bytes copied per entry, against ~20k instructions per command
+    payload = store._encode(EventType.RUN_QUEUED, {"input": {}})
     groups = {store.keys.queue(p, NoOp.key) for p in range(store.settings.PARTITIONS)}
     for queue in groups:
         await client.xgroup_create(queue, "workers", id="0", mkstream=True)
@@ -258,7 +247,19 @@ async def main(opts: Options) -> list[Record]:
     n = opts.size(960, 160)
     tools = callgrind_tools()
     if tools is None:
-        return not_run("redis-cost", "Redis instructions per run", n)
+        note = "could not run: needs valgrind (apt-get install valgrind) and redis-server on PATH"
+        return [
+            Record(
+                "redis-cost",
+                "agentstream",
+                "Redis instructions per run",
+                0.0,
+                "instructions",
+                n,
+                rounds=0,
+                note=note,
+            )
+        ]
     server = CountedRedis(*tools)
     samples: dict[str, list[list[float]]] = {"agentstream": [], "plain writes": []}
     try:

@@ -34,7 +34,7 @@ from agentstream.core.gctune import freeze_startup_heap
 from agentstream.core.keys import WORKERS_GROUP
 from agentstream.core.settings import Settings
 from agentstream.core.store import Claim, EventStore, SubmitRequest, redis_from_url
-from benchmarks.common import Options, Record, summarize
+from benchmarks.common import Options, Record, free_port, summarize
 
 CLIENTS_PER_RUN = 10
 EVENTS_PER_S = 200  # appended, each fanned out to its run's 10 clients: 2,000 frames/s
@@ -117,11 +117,7 @@ class Server:
 
 
 async def start_server(redis_url: str, prefix: str) -> Server:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     process = subprocess.Popen(  # noqa: ASYNC220 (started once per round, before timing)
         [sys.executable, "-m", "benchmarks.sse", "serve", str(port), redis_url, prefix],
         env={**os.environ, "PYTHONPATH": os.getcwd()},
