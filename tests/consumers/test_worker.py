@@ -63,9 +63,18 @@ async def test_jobs_waiting_when_the_worker_reads_are_begun_in_the_script_call_t
     assert calls["claim_jobs"] >= 1 and calls["begin_attempt"] == 0, calls
 
 
-async def test_agents_never_run_more_than_concurrency_at_once_and_the_next_claim_rides_behind_the_last_write(
-    wstore: EventStore,
-) -> None:
+async def test_agents_never_run_more_than_concurrency_at_once(wstore: EventStore) -> None:
+    agents.COUNTED.update(now=0, most=0)
+    run_ids = [await submit(wstore, "counted") for _ in range(12)]
+    await burst(wstore, concurrency=3, agent_keys=["counted"])
+    for run_id in run_ids:
+        assert types(await wstore.read_run(run_id))[-1] == "run.succeeded"
+    assert agents.COUNTED["most"] == 3
+
+
+async def test_the_next_claim_rides_behind_a_runs_last_write(wstore: EventStore) -> None:
+    """One slot: a claim made while a run's finish is on the wire can only come from that
+    slot, freed as the write left (not when its reply came back)."""
     calls: list[str] = []
     original_finish, original_claim = wstore.finish, wstore.claim_jobs
 
@@ -83,14 +92,13 @@ async def test_agents_never_run_more_than_concurrency_at_once_and_the_next_claim
     wstore.finish = finish  # type: ignore[method-assign]
     wstore.claim_jobs = claim_jobs  # type: ignore[method-assign]
     agents.COUNTED.update(now=0, most=0)
-    run_ids = [await submit(wstore, "counted") for _ in range(12)]
-    await burst(wstore, concurrency=3, agent_keys=["counted"])
+    run_ids = [await submit(wstore, "counted") for _ in range(6)]
+    await burst(wstore, concurrency=1, agent_keys=["counted"])
+    assert agents.COUNTED["most"] == 1
     for run_id in run_ids:
         assert types(await wstore.read_run(run_id))[-1] == "run.succeeded"
-    assert agents.COUNTED["most"] == 3
-    # a run's slot is claimed again while its finish is on the wire, not after the reply
-    first = calls.index(f"finish {run_ids[0]}")
-    assert "claim" in calls[first : calls.index(f"finished {run_ids[0]}")], calls
+        on_the_wire = calls[calls.index(f"finish {run_id}") : calls.index(f"finished {run_id}")]
+        assert "claim" in on_the_wire, calls
 
 
 async def test_many_deltas_are_coalesced_into_a_few_writes_and_the_last_ones_ride_with_finish(
