@@ -61,7 +61,7 @@ class RunContext:
         self._on_cancel_requested = on_cancel_requested
         self._on_fenced = on_fenced
         self._buffer: list[NewEvent] = []
-        self._flush_lock = asyncio.Lock()
+        self._flush_lock: asyncio.Lock | None = None  # made by the first flush: most runs never flush
         self._timers = timers  # the flush timer's (None: the event loop's)
         self._timer: Cancellable | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -177,7 +177,7 @@ class RunContext:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        async with self._flush_lock:
+        async with self._lock():
             if self._fenced is not None:
                 raise self._fenced
             self._buffer.append(NewEvent(event_type, packed))
@@ -224,7 +224,7 @@ class RunContext:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        async with self._flush_lock:
+        async with self._lock():
             if self._fenced is not None:
                 raise self._fenced
             if not self._buffer:
@@ -274,11 +274,22 @@ class RunContext:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._flush_lock is None:  # nothing ever flushed, so nothing in flight to wait for
+            return self._take_buffer_now()
         async with self._flush_lock:
-            if self._fenced is not None:
-                raise self._fenced
-            batch, self._buffer = self._buffer, []
-            return batch
+            return self._take_buffer_now()
+
+    def _take_buffer_now(self) -> list[NewEvent]:
+        if self._fenced is not None:
+            raise self._fenced
+        batch, self._buffer = self._buffer, []
+        return batch
+
+    def _lock(self) -> asyncio.Lock:
+        """The flush lock (one flush at a time keeps the order), made when first needed."""
+        if self._flush_lock is None:
+            self._flush_lock = asyncio.Lock()
+        return self._flush_lock
 
     def _after_cancelled_send(self, sending: asyncio.Future[AppendResult], batch: list[NewEvent]) -> None:
         exc = sending.exception()
