@@ -7,7 +7,6 @@ import asyncio
 import itertools
 import json
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -16,6 +15,8 @@ from typing import Any
 
 import httpx
 import websockets
+
+from tests.services import free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
@@ -77,17 +78,11 @@ class Tab:
             await asyncio.sleep(0.02)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @asynccontextmanager
 async def chromium() -> AsyncIterator[Tab]:
     """A fresh headless Chromium with its own profile; killed on exit."""
     assert CHROMIUM is not None, "chromium is not installed (apt-get install chromium)"
-    port = _free_port()
+    port = free_port()
     profile = tempfile.mkdtemp(prefix="agentstream-chromium-")
     process = await asyncio.create_subprocess_exec(
         CHROMIUM,

@@ -27,6 +27,13 @@ def reachable(url: str, default_port: int) -> bool:
         return False
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now (for a server a test starts, or a URL that must fail)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 REDIS_UP = reachable(REDIS_URL, 6379)
 POSTGRES_UP = reachable(DATABASE_URL, 5432)
 

@@ -149,7 +149,7 @@ def test_a_command_starting_before_redis_warns_and_leaves_the_check_to_what_it_s
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from agentstream.core.eviction import ensure_noeviction_at_start
-    from tests.demo.live import free_port
+    from tests.services import free_port
 
     url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     with caplog.at_level(logging.WARNING, logger="agentstream"):

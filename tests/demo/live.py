@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.services import free_port
 
 TOKEN = "demo-test-token-0123456789"
 
@@ -27,12 +28,6 @@ class Demo:
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Token {self.token}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

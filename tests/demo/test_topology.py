@@ -17,8 +17,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.demo.live import free_port
-from tests.services import DATABASE_URL, POSTGRES_UP, REDIS_UP, REDIS_URL, require
+from tests.services import DATABASE_URL, POSTGRES_UP, REDIS_UP, REDIS_URL, free_port, require
 
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "agentstream.django_app.cli"]

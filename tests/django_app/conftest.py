@@ -5,7 +5,6 @@ make events, the projector to fill the read-models, and uvicorn serving the ASGI
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -19,6 +18,7 @@ from agentstream.core.store import EventStore, redis_from_url
 from agentstream.django_app.api import agent_keys, backend
 from agentstream.django_app.api.authentication import issue_token
 from tests.conftest import delete_prefix
+from tests.services import free_port
 
 T = TypeVar("T")
 
@@ -95,12 +95,6 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 10, what: str =
             return
         time.sleep(0.01)
     raise AssertionError(f"{what} not met within {timeout_s}s")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class LiveServer:

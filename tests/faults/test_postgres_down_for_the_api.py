@@ -13,7 +13,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.demo.live import free_port
 from tests.faults.topology import (
     RedisServer,
     Topology,
@@ -22,6 +21,7 @@ from tests.faults.topology import (
     fresh_database,
     wait_until,
 )
+from tests.services import free_port
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

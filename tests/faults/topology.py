@@ -21,8 +21,7 @@ import httpx
 import psycopg
 import redis
 
-from tests.demo.live import free_port
-from tests.services import DATABASE_URL, POSTGRES_UP, require, wait_until
+from tests.services import DATABASE_URL, POSTGRES_UP, free_port, require, wait_until
 
 CLI = [sys.executable, "-m", "agentstream.django_app.cli"]
 TERMINAL = {"run.succeeded", "run.failed", "run.cancelled", "run.timed_out"}
