@@ -11,7 +11,18 @@ from pathlib import Path
 from benchmarks import report
 from benchmarks.common import RESULTS_DIR, Options, Record, save, table
 
-SCENARIOS = ["limit", "append", "projector", "replay", "sse", "e2e", "latency", "worker-memory", "redis-cost"]
+SCENARIOS = [
+    "limit",
+    "append",
+    "projector",
+    "replay",
+    "sse",
+    "e2e",
+    "latency",
+    "worker-memory",
+    "redis-cost",
+    "worker-cost",
+]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,6 +72,7 @@ class Worker:
         worker_id: str | None = None,
         grace_s: float | None = None,
         promote_interval_s: float = 0.1,
+        reclaim_interval_s: float | None = None,
         flush_interval_s: float = 0.02,
         stores: StoreBackend | None = None,
     ) -> None:
@@ -94,6 +95,9 @@ class Worker:
         self.grace_s = settings.SHUTDOWN_GRACE_SECONDS if grace_s is None else grace_s
         self.lease_ms = settings.lease_ttl_ms
         self.promote_interval_s = promote_interval_s
+        # every second, or half a lease if shorter: a dead worker's job is taken over within a
+        # lease and a half (a benchmark that counts instructions sets it longer)
+        self.reclaim_interval_s = reclaim_interval_s or min(1.0, self.lease_ms / 2000)
         self.queues = [
             Queue(p, key, store.keys.queue(p, key))
             for key in self.agent_keys
@@ -136,7 +140,7 @@ class Worker:
         timers = [
             asyncio.create_task(self.cancel_listener.run(), name="cancel-listener"),
             asyncio.create_task(self._every(self.lease_ms / 3000, self._heartbeat), name="heartbeat"),
-            asyncio.create_task(self._every(min(1.0, self.lease_ms / 2000), self._reclaim), name="reclaim"),
+            asyncio.create_task(self._every(self.reclaim_interval_s, self._reclaim), name="reclaim"),
             asyncio.create_task(self._every(self.promote_interval_s, self._promote), name="promote"),
         ]
         with contextlib.suppress(asyncio.TimeoutError):

@@ -181,3 +181,41 @@ def test_redis_cost_counts_each_phase_of_a_run_exactly_next_to_the_plain_writes(
         assert by[(system, "whole run")] == pytest.approx(sum(phases))
     # the scripts do more than the bare writes (reads, checks, Lua), never less
     assert by[("agentstream", "whole run / plain writes (same round)")] > 1
+
+
+def test_worker_cost_without_valgrind_is_a_record_that_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from benchmarks import worker_cost
+    from benchmarks.common import Options
+
+    monkeypatch.setattr(worker_cost.shutil, "which", lambda name: None)
+
+    (record,) = asyncio.run(worker_cost.main(Options(quick=True)))
+
+    assert record.rounds == 0 and "apt-get install valgrind" in record.note
+
+
+@pytest.mark.skipif(
+    shutil.which("valgrind") is None, reason="valgrind is not installed (.ci/run installs it)"
+)
+def test_worker_cost_counts_a_runs_instructions_in_a_real_worker_and_in_a_redis_py_client() -> None:
+    require("Redis", REDIS_UP)
+    from agentstream.core.store import redis_from_url
+    from benchmarks import worker_cost
+
+    async def both() -> list[float]:
+        client = redis_from_url(REDIS_URL)
+        try:
+            return [
+                await worker_cost.per_run(client, REDIS_URL, system, 40)
+                for system in ("agentstream", worker_cost.CLIENT)
+            ]
+        finally:
+            await client.aclose()
+
+    ours, plain = asyncio.run(both())
+    assert ours > 50_000  # a run is hundreds of Python calls: the difference of two drains saw them
+    # the same writes through redis-py pipelines (a command packed and parsed in Python each) cost
+    # more than the worker's scripts and its own channel: a worker slower than that is a regression
+    assert plain > ours
