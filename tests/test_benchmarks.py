@@ -21,6 +21,10 @@ from benchmarks.__main__ import SCENARIOS
 from benchmarks.__main__ import main as bench_main
 from tests.services import DATABASE_URL, POSTGRES_UP, REDIS_UP, REDIS_URL, require
 
+needs_valgrind = pytest.mark.skipif(
+    shutil.which("valgrind") is None, reason="valgrind is not installed (.ci/run installs it)"
+)
+
 
 def test_every_registered_scenario_is_a_module_with_an_async_main() -> None:
     for name in SCENARIOS:
@@ -152,22 +156,21 @@ def test_a_remeasured_scenario_keeps_its_place_in_the_results(tmp_path: Path) ->
     ]
 
 
-def test_redis_cost_without_valgrind_is_a_record_that_says_what_to_install(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("scenario", ["redis_cost", "worker_cost"])
+def test_a_cost_scenario_without_valgrind_is_a_record_that_says_what_to_install(
+    scenario: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from benchmarks import redis_cost
     from benchmarks.common import Options
 
-    monkeypatch.setattr(redis_cost.shutil, "which", lambda name: None)
+    module = importlib.import_module(f"benchmarks.{scenario}")
+    monkeypatch.setattr(module.shutil, "which", lambda name: None)
 
-    (record,) = asyncio.run(redis_cost.main(Options(quick=True)))
+    (record,) = asyncio.run(module.main(Options(quick=True)))
 
     assert record.rounds == 0 and "apt-get install valgrind" in record.note
 
 
-@pytest.mark.skipif(
-    shutil.which("valgrind") is None, reason="valgrind is not installed (.ci/run installs it)"
-)
+@needs_valgrind
 def test_redis_cost_counts_each_phase_of_a_run_exactly_next_to_the_plain_writes() -> None:
     from benchmarks import redis_cost
     from benchmarks.common import Options
@@ -183,22 +186,7 @@ def test_redis_cost_counts_each_phase_of_a_run_exactly_next_to_the_plain_writes(
     assert by[("agentstream", "whole run / plain writes (same round)")] > 1
 
 
-def test_worker_cost_without_valgrind_is_a_record_that_says_what_to_install(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from benchmarks import worker_cost
-    from benchmarks.common import Options
-
-    monkeypatch.setattr(worker_cost.shutil, "which", lambda name: None)
-
-    (record,) = asyncio.run(worker_cost.main(Options(quick=True)))
-
-    assert record.rounds == 0 and "apt-get install valgrind" in record.note
-
-
-@pytest.mark.skipif(
-    shutil.which("valgrind") is None, reason="valgrind is not installed (.ci/run installs it)"
-)
+@needs_valgrind
 def test_worker_cost_counts_a_runs_instructions_in_a_real_worker_and_in_a_redis_py_client() -> None:
     require("Redis", REDIS_UP)
     from agentstream.core.store import redis_from_url
