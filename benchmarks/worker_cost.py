@@ -64,14 +64,20 @@ def counted(argv: list[str], processes: int = 1) -> int:
             )
             for i in range(processes)
         ]
-        total = 0
-        for i, proc in enumerate(procs):
-            _, err = proc.communicate(timeout=900)
-            found = callgrind_total(Path(tmp) / f"out.{i}") if proc.returncode == 0 else None
-            if found is None:
-                raise RuntimeError(f"counted {argv[0]} exited {proc.returncode}: {err.decode()[-500:]}")
-            total += found
-        return total
+        try:
+            total = 0
+            for i, proc in enumerate(procs):
+                _, err = proc.communicate(timeout=900)
+                found = callgrind_total(Path(tmp) / f"out.{i}") if proc.returncode == 0 else None
+                if found is None:
+                    raise RuntimeError(f"counted {argv[0]} exited {proc.returncode}: {err.decode()[-500:]}")
+                total += found
+            return total
+        finally:
+            for proc in procs:  # one failed or hung: leave no valgrind behind
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
 
 
 async def per_run(client: Redis, url: str, system: str, n: int) -> float:
