@@ -51,6 +51,11 @@ class Record:
     note: str = ""  # e.g. why a peer could not run
 
 
+def not_run(scenario: str, system: str, metric: str, unit: str, n: int, reason: str) -> Record:
+    """The record of a measurement that could not be made, and why (no rounds, no value)."""
+    return Record(scenario, system, metric, 0.0, unit, n, rounds=0, note=f"could not run: {reason}")
+
+
 def summarize(scenario: str, system: str, metric: str, unit: str, n: int, samples: Iterable[float]) -> Record:
     """Median of the rounds, with their min and max."""
     values = list(samples)

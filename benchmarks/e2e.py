@@ -31,7 +31,7 @@ from agentstream.consumers import AgentRuntime, RunContext, RunResult
 from agentstream.core.settings import Settings
 from agentstream.core.store import EventStore, Redis, SubmitRequest, redis_from_url
 from benchmarks import peers
-from benchmarks.common import Options, Record, cpu_times, redis_cpu_s, steal_percent, summarize
+from benchmarks.common import Options, Record, cpu_times, not_run, redis_cpu_s, steal_percent, summarize
 from benchmarks.peers import PEERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,7 +232,7 @@ def peer_records(
         throughput = summarize("e2e", system, "throughput", "runs/s", n, samples)
         return [throughput, *redis_cpu_records(system, n, redis_cpu_us)]
     reason = failures[-1] if failures else "not run"
-    return [Record("e2e", system, "throughput", 0.0, "runs/s", n, rounds=0, note=f"could not run: {reason}")]
+    return [not_run("e2e", system, "throughput", "runs/s", n, reason)]
 
 
 def redis_cpu_records(system: str, n: int, samples: Sequence[float]) -> list[Record]:

@@ -29,7 +29,7 @@ from typing import Any
 from agentstream.core.events import EventType
 from agentstream.core.settings import Settings
 from agentstream.core.store import ClaimedJob, EventStore, NewEvent, Redis, redis_from_url
-from benchmarks.common import Options, Record, free_port, summarize
+from benchmarks.common import Options, Record, free_port, not_run, summarize
 from benchmarks.e2e import NoOp, submit_all
 
 BATCH = 16  # runs per claim and per finish batch, as a worker with --concurrency 32 makes them
@@ -247,19 +247,8 @@ async def main(opts: Options) -> list[Record]:
     n = opts.size(960, 160)
     tools = callgrind_tools()
     if tools is None:
-        note = "could not run: needs valgrind (apt-get install valgrind) and redis-server on PATH"
-        return [
-            Record(
-                "redis-cost",
-                "agentstream",
-                "Redis instructions per run",
-                0.0,
-                "instructions",
-                n,
-                rounds=0,
-                note=note,
-            )
-        ]
+        reason = "needs valgrind (apt-get install valgrind) and redis-server on PATH"
+        return [not_run("redis-cost", "agentstream", "Redis instructions per run", "instructions", n, reason)]
     server = CountedRedis(*tools)
     samples: dict[str, list[list[float]]] = {"agentstream": [], "plain writes": []}
     try:

@@ -5,7 +5,8 @@ user-space instruction of the Python process: interpreter, event loop, hiredis, 
 with ``SMALL`` queued no-op runs and once with ``SMALL + N``; the difference over N is the cost of
 a run, start-up and exit cancelled out. The worker's timers tick by wall-clock time, which
 valgrind stretches ~50x, so the counted worker sets them far apart (promote and reclaim every
-hour, a lease of an hour: a heartbeat every twenty minutes); what is left is the runs. Counted three ways, each round in turn:
+hour, a lease of an hour: a heartbeat every twenty minutes); what is left is the runs. Counted
+three ways, each round in turn:
 
 * ``agentstream``: one ``Worker`` (``--concurrency 32``) draining the runs;
 * ``agentstream, 2 processes``: two workers draining the same queues at once, summed: the same
@@ -15,7 +16,8 @@ hour, a lease of an hour: a heartbeat every twenty minutes); what is left is the
   pipelined 16 runs at a time, no script, no runtime: what a worker written the usual way (the
   peers' clients are redis-py) spends on the same writes.
 
-``--quick`` (CI's smoke run) counts one worker only. Needs valgrind (``apt-get install valgrind``); without it the scenario records why it could not run.
+``--quick`` (CI's smoke run) counts one worker only. Needs valgrind (``apt-get install
+valgrind``); without it the scenario records why it could not run.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 
 from agentstream.core.settings import Settings
 from agentstream.core.store import EventStore, Redis, redis_from_url
-from benchmarks.common import Options, Record, summarize
+from benchmarks.common import Options, Record, not_run, summarize
 from benchmarks.e2e import NoOp, delete_prefix, submit_all
 from benchmarks.redis_cost import callgrind_total
 
@@ -106,18 +108,9 @@ async def per_run(client: Redis, url: str, system: str, n: int) -> float:
 async def main(opts: Options) -> list[Record]:
     n = opts.size(2000, 100)
     if shutil.which("valgrind") is None:
-        note = "could not run: needs valgrind (apt-get install valgrind)"
+        reason = "needs valgrind (apt-get install valgrind)"
         return [
-            Record(
-                "worker-cost",
-                "agentstream",
-                "worker instructions per run",
-                0.0,
-                "instructions",
-                n,
-                rounds=0,
-                note=note,
-            )
+            not_run("worker-cost", "agentstream", "worker instructions per run", "instructions", n, reason)
         ]
     client = redis_from_url(opts.redis_url)
     systems = SYSTEMS[:1] if opts.quick else SYSTEMS
