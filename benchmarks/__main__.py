@@ -11,6 +11,9 @@ from pathlib import Path
 from benchmarks import report
 from benchmarks.common import RESULTS_DIR, Options, Record, save, table
 
+# A smoke run's numbers are no results: by default they go here, not over the measured ones
+QUICK_RESULTS_DIR = Path(__file__).resolve().parents[1] / "build" / "bench-quick"
+
 SCENARIOS = [
     "limit",
     "append",
@@ -32,9 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=None, help="override the scenario's size")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per system (>= 3)")
     parser.add_argument(
-        "--results-dir", type=Path, default=RESULTS_DIR, help="where latest.json and the charts go"
+        "--results-dir",
+        type=Path,
+        default=None,
+        help="where latest.json, the charts and RESULTS.md go (default: benchmarks/results and "
+        "benchmarks/RESULTS.md; with --quick, build/bench-quick)",
     )
     args = parser.parse_args(argv)
+    results_dir: Path = args.results_dir or (QUICK_RESULTS_DIR if args.quick else RESULTS_DIR)
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
@@ -45,10 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         got: list[Record] = asyncio.run(module.main(opts))
         print(table(got), flush=True)
         records += got
-    save(records, opts, args.results_dir)
+    save(records, opts, results_dir)
     # RESULTS.md is the repository's report: regenerated only from the repository's results
-    md = report.RESULTS_MD if args.results_dir == RESULTS_DIR else args.results_dir / "RESULTS.md"
-    report.write(args.results_dir, md)
+    md = report.RESULTS_MD if results_dir == RESULTS_DIR else results_dir / "RESULTS.md"
+    report.write(results_dir, md)
+    if results_dir != RESULTS_DIR:
+        print(f"results: {md}", flush=True)
     return 0
 
 

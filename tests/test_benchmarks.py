@@ -52,6 +52,25 @@ def test_a_tiny_scenario_runs_through_the_harness_into_its_own_results_dir(tmp_p
     assert report.RESULTS_MD.read_text() == repo_report  # the repository's report is left alone
 
 
+@pytest.mark.redis
+def test_a_quick_run_leaves_the_measured_results_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--quick`` is a smoke run: without --results-dir it writes beside the repository's results."""
+    require("Redis", REDIS_UP)
+    import benchmarks.__main__ as entry
+
+    monkeypatch.setattr(entry, "QUICK_RESULTS_DIR", tmp_path / "quick")
+    repo_report, repo_latest = report.RESULTS_MD.read_text(), (report.RESULTS_DIR / "latest.json").read_text()
+
+    assert bench_main(["limit", "--quick", "--n", "100"]) == 0
+
+    assert json.loads((tmp_path / "quick" / "latest.json").read_text())["settings"]["limit"]["quick"] is True
+    assert (tmp_path / "quick" / "RESULTS.md").exists()
+    assert report.RESULTS_MD.read_text() == repo_report
+    assert (report.RESULTS_DIR / "latest.json").read_text() == repo_latest
+
+
 def test_a_peer_that_cannot_run_is_a_record_with_the_reason_not_dropped() -> None:
     missing = peers.Peer("ghost", "no_such_library_for_bench", 9, lambda n: None, lambda u, p, c: [])
     with pytest.raises(peers.PeerUnavailable, match="not installed"):
