@@ -13,9 +13,11 @@ import os
 import platform
 import socket
 import statistics
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 RESULTS_DIR = Path(__file__).parent / "results"
 LATEST = RESULTS_DIR / "latest.json"
@@ -98,6 +100,36 @@ def redis_cpu_s(info_cpu: Mapping[str, object]) -> float:
     """CPU seconds a Redis server has used (user + system), from its ``INFO cpu``: read around a
     drain, by ours (async client) and the peers' (sync) alike."""
     return float(str(info_cpu["used_cpu_user"])) + float(str(info_cpu["used_cpu_sys"]))
+
+
+class RedisClock(NamedTuple):
+    """Read before and after a drain: the server's CPU, and (a server on this machine) how long
+    it sat runnable but waiting for a core, which the workers of a 2-core box take from it."""
+
+    cpu_s: float
+    waiting_s: float | None  # None: not a local process (or no /proc)
+    at: float  # time.monotonic()
+
+    @classmethod
+    def read(cls, info: Mapping[str, object]) -> RedisClock:
+        """From ``INFO`` (its default sections: ``server`` names the pid, ``cpu`` the times)."""
+        return cls(redis_cpu_s(info), _waiting_s(int(str(info.get("process_id", 0)))), time.monotonic())
+
+    def waiting_percent(self, before: RedisClock) -> float | None:
+        """The share of the time since ``before`` that Redis waited for a core."""
+        if self.waiting_s is None or before.waiting_s is None or self.at <= before.at:
+            return None
+        return 100.0 * (self.waiting_s - before.waiting_s) / (self.at - before.at)
+
+
+def _waiting_s(pid: int) -> float | None:
+    """Run-queue wait of a local redis-server (the second field of /proc/<pid>/schedstat, ns)."""
+    try:
+        if not Path(f"/proc/{pid}/comm").read_text().startswith("redis-server"):
+            return None
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def cpu_times() -> tuple[int, int] | None:

@@ -9,7 +9,10 @@ ratio ours / fastest peer is taken within each round. The pickup latency lives i
 (``latency_round`` below is its machinery). Full: N 3,000, 3 rounds, 32 jobs in flight per process
 (ours ``--concurrency 32``, arq ``max_jobs``, Dramatiq ``--threads``, Celery ``--pool threads -c``,
 taskiq ``--max-async-tasks``; RQ's ``SimpleWorker`` runs one at a time), each peer in its own Redis
-db (11-15), flushed before and after; everyone logs at WARNING.
+db (11-15), flushed before and after; everyone logs at WARNING. Beside each throughput: the Redis
+server's CPU per job, and (a Redis on this machine) the share of the round it was runnable but
+waiting for a core (``/proc/<pid>/schedstat``): every worker waits on Redis, so on two cores
+shared with the workers that wait is throughput lost by all of them.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from agentstream.consumers import AgentRuntime, RunContext, RunResult
 from agentstream.core.settings import Settings
 from agentstream.core.store import EventStore, Redis, SubmitRequest, redis_from_url
 from benchmarks import peers
-from benchmarks.common import Options, Record, cpu_times, not_run, redis_cpu_s, steal_percent, summarize
+from benchmarks.common import Options, Record, RedisClock, cpu_times, not_run, steal_percent, summarize
 from benchmarks.peers import PEERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,6 +155,7 @@ class Round(NamedTuple):
     runs_per_s: float
     worker_cpu_us: float  # per run: user + system of every worker process, start-up included
     redis_cpu_us: float  # per run: the Redis server's, from the workers' start to their exit
+    redis_waiting: float | None  # % of that time Redis was runnable but waiting for a core
 
 
 async def throughput_round(
@@ -163,7 +167,7 @@ async def throughput_round(
     try:
         run_ids = await submit_all(store, n, NoOp.key)
         cpu_before = children_cpu_s()
-        redis_cpu_before = redis_cpu_s(await client.info("cpu"))
+        redis_before = RedisClock.read(await client.info())
         proc = start_workers(
             prefix,
             redis_url,
@@ -174,7 +178,8 @@ async def throughput_round(
             log=log,
         )
         await asyncio.to_thread(proc.wait, 600)
-        redis_cpu_us = (redis_cpu_s(await client.info("cpu")) - redis_cpu_before) / n * 1e6
+        redis_after = RedisClock.read(await client.info())
+        redis_cpu_us = (redis_after.cpu_s - redis_before.cpu_s) / n * 1e6
         cpu_us_per_run = (children_cpu_s() - cpu_before) / n * 1e6
         times = await run_times(client, store, run_ids)
         if not all(f for _, _, f in times):
@@ -183,7 +188,12 @@ async def throughput_round(
             )
         first_start = min(s for _, s, _ in times)
         last_finish = max(f for _, _, f in times)
-        return Round(n / ((last_finish - first_start) / 1000), cpu_us_per_run, redis_cpu_us)
+        return Round(
+            n / ((last_finish - first_start) / 1000),
+            cpu_us_per_run,
+            redis_cpu_us,
+            redis_after.waiting_percent(redis_before),
+        )
     finally:
         await delete_prefix(client, prefix)
 
@@ -226,19 +236,30 @@ def percentile(values: list[int], q: float) -> float:
 
 
 def peer_records(
-    system: str, n: int, samples: list[float], failures: list[str], redis_cpu_us: Sequence[float] = ()
+    system: str,
+    n: int,
+    samples: list[float],
+    failures: list[str],
+    redis_cpu_us: Sequence[float] = (),
+    redis_waiting: Sequence[float] = (),
 ) -> list[Record]:
     if samples:
         throughput = summarize("e2e", system, "throughput", "runs/s", n, samples)
-        return [throughput, *redis_cpu_records(system, n, redis_cpu_us)]
+        return [throughput, *redis_cpu_records(system, n, redis_cpu_us, redis_waiting)]
     reason = failures[-1] if failures else "not run"
     return [not_run("e2e", system, "throughput", "runs/s", n, reason)]
 
 
-def redis_cpu_records(system: str, n: int, samples: Sequence[float]) -> list[Record]:
+def redis_cpu_records(
+    system: str, n: int, samples: Sequence[float], waiting: Sequence[float] = ()
+) -> list[Record]:
     """The Redis server's CPU per job: on a shared 2-core machine it is what the workers of every
-    system compete with, so it bounds what more processes can add."""
-    return [summarize("e2e", system, "Redis CPU per run", "µs", n, samples)] if samples else []
+    system compete with, so it bounds what more processes can add. And how long Redis, which
+    every worker waits on, itself waited for a core (a local server only)."""
+    records = [summarize("e2e", system, "Redis CPU per run", "µs", n, samples)] if samples else []
+    if waiting:
+        records.append(summarize("e2e", system, "Redis waiting for a core", "% of the round", n, waiting))
+    return records
 
 
 async def main(opts: Options) -> list[Record]:
@@ -249,6 +270,7 @@ async def main(opts: Options) -> list[Record]:
     systems = ["agentstream", *(peer.name for peer in PEERS)]
     runs_per_s: dict[tuple[int, str], list[float]] = {}
     redis_cpu: dict[tuple[int, str], list[float]] = {}
+    redis_waiting: dict[tuple[int, str], list[float]] = {}
     cpu: dict[int, list[float]] = {}
     failures: dict[tuple[int, str], list[str]] = {}
     ratios: dict[int, list[float]] = {}
@@ -262,7 +284,7 @@ async def main(opts: Options) -> list[Record]:
                 for system in order:
                     if system == "agentstream":
                         times_before = cpu_times()
-                        value, cpu_us, redis_us = await throughput_round(
+                        value, cpu_us, redis_us, waiting = await throughput_round(
                             client, opts.redis_url, n, processes, log, PEER_CONCURRENCY
                         )
                         cpu.setdefault(processes, []).append(cpu_us)
@@ -272,7 +294,7 @@ async def main(opts: Options) -> list[Record]:
                     else:
                         peer = next(p for p in PEERS if p.name == system)
                         try:
-                            value, redis_us = await asyncio.to_thread(
+                            value, redis_us, waiting = await asyncio.to_thread(
                                 peers.throughput_round,
                                 peer,
                                 opts.redis_url,
@@ -288,6 +310,8 @@ async def main(opts: Options) -> list[Record]:
                     this_round[system] = value
                     runs_per_s.setdefault((processes, system), []).append(value)
                     redis_cpu.setdefault((processes, system), []).append(redis_us)
+                    if waiting is not None:
+                        redis_waiting.setdefault((processes, system), []).append(waiting)
                     print(
                         f"  e2e {system} {processes} proc x {PEER_CONCURRENCY}: {value:,.0f} runs/s",
                         flush=True,
@@ -304,7 +328,9 @@ async def main(opts: Options) -> list[Record]:
             summarize("e2e", ours, "throughput", "runs/s", n, runs_per_s[(processes, "agentstream")])
         )
         records.append(summarize("e2e", ours, "worker CPU per run", "µs", n, cpu[processes]))
-        records += redis_cpu_records(ours, n, redis_cpu[(processes, "agentstream")])
+        records += redis_cpu_records(
+            ours, n, redis_cpu[(processes, "agentstream")], redis_waiting.get((processes, "agentstream"), [])
+        )
         if steal.get(processes):
             records.append(summarize("e2e", ours, "CPU stolen by the hypervisor", "%", n, steal[processes]))
         for peer in PEERS:
@@ -315,6 +341,7 @@ async def main(opts: Options) -> list[Record]:
                 runs_per_s.get((processes, peer.name), []),
                 failures.get((processes, peer.name), []),
                 redis_cpu.get((processes, peer.name), []),
+                redis_waiting.get((processes, peer.name), []),
             )
         if ratios.get(processes):
             records.append(

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from benchmarks.common import redis_cpu_s
+from benchmarks.common import RedisClock
 from benchmarks.peer_tasks import DONE_LINE_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,9 +234,10 @@ def done_stamps(path: Path) -> list[int]:
 
 def throughput_round(
     peer: Peer, redis_url: str, n: int, processes: int, concurrency: int, log: Path
-) -> tuple[float, float]:
-    """(runs/s, Redis CPU µs per job from the workers' start to the last job done) of one round;
-    raises PeerUnavailable with the reason when the peer cannot run."""
+) -> tuple[float, float, float | None]:
+    """(runs/s, Redis CPU µs per job and % of the time Redis waited for a core, from the workers'
+    start to the last job done) of one round; raises PeerUnavailable with the reason when the peer
+    cannot run."""
     available(peer)
     url = db_url(redis_url, peer.db)
     admin = redis.Redis.from_url(url)
@@ -263,7 +264,7 @@ def throughput_round(
         if queued.returncode:
             last = (queued.stderr.strip().splitlines() or ["no output"])[-1]
             raise PeerUnavailable(f"{peer.name}: queueing failed: {last}")
-        redis_cpu_before = redis_cpu_s(admin.info("cpu"))
+        redis_before = RedisClock.read(admin.info())
         with log.open("ab") as out:
             for command in peer.commands(url, processes, concurrency):
                 procs.append(
@@ -282,9 +283,13 @@ def throughput_round(
                 got = done.stat().st_size // DONE_LINE_BYTES
                 raise PeerUnavailable(f"{peer.name}: only {got}/{n} jobs done; see {log}")
             time.sleep(0.05)  # a poll of the done file, with a deadline as the backstop
-        redis_cpu_us = (redis_cpu_s(admin.info("cpu")) - redis_cpu_before) / n * 1e6
+        redis_after = RedisClock.read(admin.info())
         stamps = done_stamps(done)
-        return n / ((max(stamps) - min(stamps)) / 1e9), redis_cpu_us
+        return (
+            n / ((max(stamps) - min(stamps)) / 1e9),
+            (redis_after.cpu_s - redis_before.cpu_s) / n * 1e6,
+            redis_after.waiting_percent(redis_before),
+        )
     finally:
         stop(procs)
         admin.flushdb()

@@ -19,6 +19,7 @@ import redis
 from benchmarks import e2e, peers, report
 from benchmarks.__main__ import SCENARIOS
 from benchmarks.__main__ import main as bench_main
+from benchmarks.common import RedisClock
 from tests.services import DATABASE_URL, POSTGRES_UP, REDIS_UP, REDIS_URL, require
 
 needs_valgrind = pytest.mark.skipif(
@@ -87,10 +88,42 @@ def test_a_peer_round_runs_real_worker_processes_and_leaves_its_db_empty(tmp_pat
     pytest.importorskip("rq")
     rq = next(p for p in peers.PEERS if p.name == "rq")
 
-    runs_per_s, redis_cpu_us = peers.throughput_round(rq, REDIS_URL, 30, 2, 1, tmp_path / "workers.log")
+    runs_per_s, redis_cpu_us, waiting = peers.throughput_round(
+        rq, REDIS_URL, 30, 2, 1, tmp_path / "workers.log"
+    )
 
     assert runs_per_s > 0 and redis_cpu_us > 0
+    assert waiting is None or 0 <= waiting <= 100
     assert redis.Redis.from_url(peers.db_url(REDIS_URL, rq.db)).dbsize() == 0
+
+
+@pytest.mark.redis
+def test_redis_clock_reads_a_local_servers_cpu_and_its_wait_for_a_core() -> None:
+    require("Redis", REDIS_UP)
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        before = RedisClock.read(client.info())
+        pipe = client.pipeline(transaction=False)
+        for i in range(20_000):
+            pipe.set(f"bench-clock:{i % 10}", i)
+        pipe.execute()
+        after = RedisClock.read(client.info())
+    finally:
+        client.delete(*(f"bench-clock:{i}" for i in range(10)))
+        client.close()
+    assert after.cpu_s > before.cpu_s
+    # the test's Redis runs on this machine (tests/services.py starts or finds it on loopback)
+    assert before.waiting_s is not None and after.waiting_s is not None
+    waiting = after.waiting_percent(before)
+    assert waiting is not None and 0 <= waiting <= 100
+
+
+def test_redis_clock_has_no_wait_for_a_server_that_is_not_a_local_redis() -> None:
+    info = {"used_cpu_user": 1.5, "used_cpu_sys": 0.5, "process_id": os.getpid()}  # this is python
+    clock = RedisClock.read(info)
+    assert clock.cpu_s == 2.0 and clock.waiting_s is None
+    assert clock.waiting_percent(clock) is None
+    assert RedisClock.read({"used_cpu_user": 0, "used_cpu_sys": 0}).waiting_s is None  # no pid at all
 
 
 def test_a_goal_short_of_its_target_reads_short_and_one_without_a_record_reads_not_measured() -> None:
