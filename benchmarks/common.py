@@ -13,7 +13,6 @@ import os
 import platform
 import socket
 import statistics
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -108,18 +107,18 @@ class RedisClock(NamedTuple):
 
     cpu_s: float
     waiting_s: float | None  # None: not a local process (or no /proc)
-    at: float  # time.monotonic()
 
     @classmethod
     def read(cls, info: Mapping[str, object]) -> RedisClock:
         """From ``INFO`` (its default sections: ``server`` names the pid, ``cpu`` the times)."""
-        return cls(redis_cpu_s(info), _waiting_s(int(str(info.get("process_id", 0)))), time.monotonic())
+        return cls(redis_cpu_s(info), _waiting_s(int(str(info.get("process_id", 0)))))
 
-    def waiting_percent(self, before: RedisClock) -> float | None:
-        """The share of the time since ``before`` that Redis waited for a core."""
-        if self.waiting_s is None or before.waiting_s is None or self.at <= before.at:
+    def waiting_us_per_run(self, before: RedisClock, runs: int) -> float | None:
+        """µs per run that Redis waited for a core since ``before`` (it waits only while it has
+        work, so a round's start-up and exit do not dilute it as they would a share of the time)."""
+        if self.waiting_s is None or before.waiting_s is None or runs <= 0:
             return None
-        return 100.0 * (self.waiting_s - before.waiting_s) / (self.at - before.at)
+        return (self.waiting_s - before.waiting_s) / runs * 1e6
 
 
 def _waiting_s(pid: int) -> float | None:

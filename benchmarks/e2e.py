@@ -10,9 +10,9 @@ ratio ours / fastest peer is taken within each round. The pickup latency lives i
 (ours ``--concurrency 32``, arq ``max_jobs``, Dramatiq ``--threads``, Celery ``--pool threads -c``,
 taskiq ``--max-async-tasks``; RQ's ``SimpleWorker`` runs one at a time), each peer in its own Redis
 db (11-15), flushed before and after; everyone logs at WARNING. Beside each throughput: the Redis
-server's CPU per job, and (a Redis on this machine) the share of the round it was runnable but
-waiting for a core (``/proc/<pid>/schedstat``): every worker waits on Redis, so on two cores
-shared with the workers that wait is throughput lost by all of them.
+server's CPU per job, and (a Redis on this machine) how long per job it was runnable but waiting
+for a core (``/proc/<pid>/schedstat``): every worker waits on Redis, so on two cores shared with
+the workers that wait is throughput lost by all of them.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ class Round(NamedTuple):
     runs_per_s: float
     worker_cpu_us: float  # per run: user + system of every worker process, start-up included
     redis_cpu_us: float  # per run: the Redis server's, from the workers' start to their exit
-    redis_waiting: float | None  # % of that time Redis was runnable but waiting for a core
+    redis_waiting_us: float | None  # per run: how long Redis was runnable but waiting for a core
 
 
 async def throughput_round(
@@ -192,7 +192,7 @@ async def throughput_round(
             n / ((last_finish - first_start) / 1000),
             cpu_us_per_run,
             redis_cpu_us,
-            redis_after.waiting_percent(redis_before),
+            redis_after.waiting_us_per_run(redis_before, n),
         )
     finally:
         await delete_prefix(client, prefix)
@@ -258,7 +258,7 @@ def redis_cpu_records(
     every worker waits on, itself waited for a core (a local server only)."""
     records = [summarize("e2e", system, "Redis CPU per run", "µs", n, samples)] if samples else []
     if waiting:
-        records.append(summarize("e2e", system, "Redis waiting for a core", "% of the round", n, waiting))
+        records.append(summarize("e2e", system, "Redis waiting for a core per run", "µs", n, waiting))
     return records
 
 

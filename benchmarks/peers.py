@@ -235,8 +235,8 @@ def done_stamps(path: Path) -> list[int]:
 def throughput_round(
     peer: Peer, redis_url: str, n: int, processes: int, concurrency: int, log: Path
 ) -> tuple[float, float, float | None]:
-    """(runs/s, Redis CPU µs per job and % of the time Redis waited for a core, from the workers'
-    start to the last job done) of one round; raises PeerUnavailable with the reason when the peer
+    """(runs/s, Redis CPU µs per job and µs per job it waited for a core, from the workers' start
+    to the last job done) of one round; raises PeerUnavailable with the reason when the peer
     cannot run."""
     available(peer)
     url = db_url(redis_url, peer.db)
@@ -288,7 +288,7 @@ def throughput_round(
         return (
             n / ((max(stamps) - min(stamps)) / 1e9),
             (redis_after.cpu_s - redis_before.cpu_s) / n * 1e6,
-            redis_after.waiting_percent(redis_before),
+            redis_after.waiting_us_per_run(redis_before, n),
         )
     finally:
         stop(procs)
