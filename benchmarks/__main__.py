@@ -46,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
-    opts = Options(quick=args.quick, n=args.n, rounds=max(1, args.rounds))
+    if args.rounds < 3:  # a median of fewer says nothing on a noisy machine (--quick runs one: a smoke run)
+        parser.error(
+            f"--rounds {args.rounds}: at least 3 alternating rounds make a result; --quick for a smoke run"
+        )
+    opts = Options(quick=args.quick, n=args.n, rounds=args.rounds)
     records: list[Record] = []
     for name in args.scenarios or SCENARIOS:
         module = importlib.import_module(f"benchmarks.{name.replace('-', '_')}")

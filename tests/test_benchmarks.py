@@ -53,6 +53,13 @@ def test_a_tiny_scenario_runs_through_the_harness_into_its_own_results_dir(tmp_p
     assert report.RESULTS_MD.read_text() == repo_report  # the repository's report is left alone
 
 
+def test_fewer_than_three_rounds_is_refused_with_the_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        bench_main(["limit", "--rounds", "2"])
+    assert exit_.value.code == 2
+    assert "at least 3 alternating rounds" in capsys.readouterr().err
+
+
 @pytest.mark.redis
 def test_a_quick_run_leaves_the_measured_results_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
