@@ -95,23 +95,23 @@ def machine() -> dict[str, str | int]:
     }
 
 
-def redis_cpu_s(info_cpu: Mapping[str, object]) -> float:
-    """CPU seconds a Redis server has used (user + system), from its ``INFO cpu``: read around a
-    drain, by ours (async client) and the peers' (sync) alike."""
-    return float(str(info_cpu["used_cpu_user"])) + float(str(info_cpu["used_cpu_sys"]))
-
-
 class RedisClock(NamedTuple):
-    """Read before and after a drain: the server's CPU, and (a server on this machine) how long
-    it sat runnable but waiting for a core, which the workers of a 2-core box take from it."""
+    """Read before and after a drain, by ours (async client) and the peers' (sync) alike: the
+    server's CPU, and (a server on this machine) how long it sat runnable but waiting for a
+    core, which the workers of a 2-core box take from it."""
 
-    cpu_s: float
+    cpu_s: float  # user + system
     waiting_s: float | None  # None: not a local process (or no /proc)
 
     @classmethod
     def read(cls, info: Mapping[str, object]) -> RedisClock:
         """From ``INFO`` (its default sections: ``server`` names the pid, ``cpu`` the times)."""
-        return cls(redis_cpu_s(info), _waiting_s(int(str(info.get("process_id", 0)))))
+        cpu_s = float(str(info["used_cpu_user"])) + float(str(info["used_cpu_sys"]))
+        return cls(cpu_s, _waiting_s(int(str(info.get("process_id", 0)))))
+
+    def cpu_us_per_run(self, before: RedisClock, runs: int) -> float:
+        """µs of Redis CPU per run since ``before``."""
+        return (self.cpu_s - before.cpu_s) / runs * 1e6
 
     def waiting_us_per_run(self, before: RedisClock, runs: int) -> float | None:
         """µs per run that Redis waited for a core since ``before`` (it waits only while it has

@@ -179,7 +179,6 @@ async def throughput_round(
         )
         await asyncio.to_thread(proc.wait, 600)
         redis_after = RedisClock.read(await client.info())
-        redis_cpu_us = (redis_after.cpu_s - redis_before.cpu_s) / n * 1e6
         cpu_us_per_run = (children_cpu_s() - cpu_before) / n * 1e6
         times = await run_times(client, store, run_ids)
         if not all(f for _, _, f in times):
@@ -191,7 +190,7 @@ async def throughput_round(
         return Round(
             n / ((last_finish - first_start) / 1000),
             cpu_us_per_run,
-            redis_cpu_us,
+            redis_after.cpu_us_per_run(redis_before, n),
             redis_after.waiting_us_per_run(redis_before, n),
         )
     finally:

@@ -287,7 +287,7 @@ def throughput_round(
         stamps = done_stamps(done)
         return (
             n / ((max(stamps) - min(stamps)) / 1e9),
-            (redis_after.cpu_s - redis_before.cpu_s) / n * 1e6,
+            redis_after.cpu_us_per_run(redis_before, n),
             redis_after.waiting_us_per_run(redis_before, n),
         )
     finally:
