@@ -24,7 +24,8 @@ from agentstream.core.events import Event
 from agentstream.core.ids import anonymous_owner, user_owner
 from agentstream.core.records import StoreKind, StoreRecord, Version
 from agentstream.django_app.models import KnowledgeItem, MemoryItem, Preference, Task
-from agentstream.projections.stores import StoreWriter, search_backend, search_knowledge
+from agentstream.projections.similarity import search_backend, search_knowledge
+from agentstream.projections.stores import StoreWriter
 
 T = TypeVar("T")
 log = logging.getLogger("agentstream.worker")

@@ -7,9 +7,8 @@ UPDATE .. WHERE <newer version>`` per table (executemany, on PostgreSQL and SQLi
 tables take few writes next to the event archive). Re-applying, reordering or duplicating events
 changes nothing; deletes are tombstones, so a late ``set`` cannot resurrect a deleted key.
 
-Similarity search never loads the rows into Python: PostgreSQL computes the cosine over a
-``double precision[]`` column in SQL (or, with pgvector installed, see ``VectorSearch``); SQLite
-calls a registered function over float64 bytes.
+Knowledge items keep their embedding as ``double precision[]`` on PostgreSQL (float64 bytes on
+SQLite); ``projections.similarity`` ranks them.
 """
 
 from __future__ import annotations
@@ -68,13 +67,6 @@ def vector_from_db(value: Any) -> list[float] | None:
     if isinstance(value, bytes | bytearray | memoryview):
         return array.array("d", bytes(value)).tolist()
     return [float(x) for x in value]
-
-
-def _sqlite_dot(a: bytes | None, b: bytes | None) -> float | None:
-    if a is None or b is None or len(a) != len(b):
-        return None
-    x, y = array.array("d", a), array.array("d", b)
-    return sum(p * q for p, q in zip(x, y, strict=True))
 
 
 def _columns(table: Table) -> tuple[str, ...]:
@@ -163,51 +155,3 @@ class StoresProjection(Projection):
 
     def reset(self, connection: BaseDatabaseWrapper) -> None:
         StoreWriter(connection).reset()
-
-
-# -- similarity search ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Hit:
-    item_id: str
-    score: float
-
-
-def search_knowledge(
-    connection: BaseDatabaseWrapper, owner: str, vector: Sequence[float], *, k: int, kind: str | None = None
-) -> list[Hit]:
-    """The ``k`` live items of ``owner`` most similar to ``vector`` (cosine), best first.
-
-    The database ranks and returns ``k`` ids; no embedding crosses into Python.
-    """
-    table = TABLES[StoreKind.KNOWLEDGE].name
-    query_norm = norm(vector)
-    where = "owner = %s AND deleted = %s AND dimensions = %s AND embedding_norm > 0"
-    params: list[Any] = [owner, False, len(vector)]
-    if kind is not None:
-        where += " AND kind = %s"
-        params.append(kind)
-    if connection.vendor == "postgresql":
-        dot = "(SELECT SUM(a * b) FROM unnest(embedding, %s::double precision[]) AS v(a, b))"
-        vector_param: Any = [float(x) for x in vector]
-    else:
-        connection.ensure_connection()
-        # registered per connection; cheap and idempotent
-        connection.connection.create_function("agentstream_dot", 2, _sqlite_dot, deterministic=True)
-        dot = "agentstream_dot(embedding, %s)"
-        vector_param = vector_to_db(vector, False)
-    sql = (
-        f"SELECT item_id, {dot} / (embedding_norm * %s) AS score FROM {table} "
-        f"WHERE {where} ORDER BY score DESC, item_id LIMIT %s"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [vector_param, query_norm, *params, k])
-        return [Hit(str(item_id), float(score)) for item_id, score in cursor.fetchall() if score is not None]
-
-
-def search_backend(connection: BaseDatabaseWrapper) -> str:
-    """Which similarity search this database uses (``agentstatus`` shows it; workers log it)."""
-    if connection.vendor == "postgresql":
-        return "postgresql: exact cosine in SQL over double precision[] (pgvector is not used yet)"
-    return f"{connection.vendor}: exact cosine by a registered SQL function"

@@ -7,6 +7,8 @@ import pytest
 
 from agentstream.core.settings import Settings
 from agentstream.core.store import EventStore, Redis, redis_from_url
+from benchmarks.pgvector_server import PgvectorServer
+from benchmarks.pgvector_server import binaries as pgvector_binaries
 from tests.cluster import RedisClusterServers, binaries
 from tests.services import REDIS_UP, REDIS_URL, require
 
@@ -85,3 +87,15 @@ async def delete_prefix(client: Redis, prefix: str) -> None:
             batch.clear()
     if batch:
         await client.delete(*batch)
+
+
+@pytest.fixture(scope="session")
+def pgvector_server() -> Iterator[PgvectorServer]:
+    """A PostgreSQL with pgvector of the session's own (skipped locally without the pgserver wheel)."""
+    require("pgserver (PostgreSQL with pgvector)", pgvector_binaries() is not None)
+    server = PgvectorServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

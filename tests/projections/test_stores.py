@@ -19,7 +19,8 @@ from agentstream.django_app.stores import DjangoStoreBackend, get_record, search
 from agentstream.projections.projection import ReadModelProjection
 from agentstream.projections.projector import Projector, ProjectorOptions
 from agentstream.projections.replay import replay_archive
-from agentstream.projections.stores import TABLES, StoresProjection, StoreWriter, search_knowledge
+from agentstream.projections.similarity import search_knowledge
+from agentstream.projections.stores import TABLES, StoresProjection, StoreWriter
 from tests.projections.conftest import AGENT, claim, in_thread, projector_for
 
 pytestmark = pytest.mark.django_db(databases=["default", "embedded"], transaction=True)

@@ -14,7 +14,7 @@ from agentstream.core.inspect import DeploymentStatus, deployment_status
 from agentstream.core.store import EventStore, redis_from_url
 from agentstream.django_app.conf import runtime_settings
 from agentstream.django_app.models import Run
-from agentstream.projections.stores import search_backend
+from agentstream.projections.similarity import search_backend
 
 
 def render(status: DeploymentStatus, runs_by_status: dict[str, int], search: str = "") -> str:

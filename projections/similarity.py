@@ -1,0 +1,293 @@
+"""Knowledge similarity search, ranked inside the database: only ``k`` ids come back to Python.
+
+The path is picked per database:
+
+- **PostgreSQL with pgvector installed in the database** (``CREATE EXTENSION vector``): pgvector's
+  cosine distance ``<=>`` over the ``double precision[]`` column cast to ``vector(n)`` row by
+  row, in C. Exact, unless an HNSW index exists for the query's dimension
+  (``manage.py knowledge_index N``); the planner then uses it where it pays (an owner with many
+  items) and the search is approximate, like every HNSW search. A filtered HNSW scan can come
+  back with fewer than ``k`` rows (pgvector drops the other owners' items after the index picked
+  its candidates): the search then runs again exactly, so ``k`` hits are never silently cut.
+- **PostgreSQL without pgvector**: an exact cosine in SQL over the array (``unnest``). Correct,
+  about a hundred times slower; ``agentstatus`` says which path is in use.
+- **SQLite**: an exact cosine by a registered SQL function over float64 bytes.
+
+pgvector is looked up once per database and again after ``RECHECK_S``, so installing the
+extension or building an index needs no restart.
+"""
+
+from __future__ import annotations
+
+import array
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import DatabaseError, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+from agentstream.core.errors import ConfigurationError
+from agentstream.core.records import StoreKind, norm
+from agentstream.projections.stores import TABLES, vector_to_db
+
+RECHECK_S = 60.0
+INDEX_PREFIX = "as_knowledge_hnsw_"  # + the dimension: the indexes `knowledge_index` builds
+HNSW_MAX_DIMENSIONS = 2000  # pgvector's limit for an index on `vector`
+HNSW_MAX_EF_SEARCH = 1000  # pgvector's limit
+
+TABLE = TABLES[StoreKind.KNOWLEDGE].name
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    item_id: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Pgvector:
+    """pgvector as installed in one database: its version, its schema, the HNSW indexes we built."""
+
+    version: str
+    schema: str  # quoted, for qualified names: extensions may live outside the search_path
+    indexed_dimensions: frozenset[int]
+
+    def vector(self, dimensions: int | None = None) -> str:
+        return f"{self.schema}.vector" + (f"({dimensions})" if dimensions else "")
+
+    @property
+    def cosine_distance(self) -> str:
+        return f"OPERATOR({self.schema}.<=>)"
+
+
+_found: dict[tuple[str, ...], tuple[float, Pgvector | None]] = {}  # database -> (when looked up, what)
+
+
+def _database(connection: BaseDatabaseWrapper) -> tuple[str, ...]:
+    d = connection.settings_dict
+    return (str(d.get("HOST")), str(d.get("PORT")), str(d.get("NAME")))
+
+
+def pgvector(connection: BaseDatabaseWrapper) -> Pgvector | None:
+    """pgvector in this connection's database, or None (SQLite, or the extension is not created).
+
+    Kept per database, not per connection: a worker or an ASGI request that opens a connection
+    per call would otherwise ask the catalog on every search."""
+    if connection.vendor != "postgresql":
+        return None
+    now = time.monotonic()
+    cached = _found.get(_database(connection))
+    if cached is not None and now - cached[0] < RECHECK_S:
+        return cached[1]
+    found = _look_up_pgvector(connection)
+    _found[_database(connection)] = (now, found)
+    return found
+
+
+def _look_up_pgvector(connection: BaseDatabaseWrapper) -> Pgvector | None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT e.extversion, n.nspname FROM pg_extension e "
+            "JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
+        )
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        cursor.execute(
+            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE i.indrelid = %s::regclass AND i.indisvalid AND c.relname LIKE %s",
+            [TABLE, INDEX_PREFIX + "%"],
+        )
+        names = [str(name) for (name,) in cursor.fetchall()]
+    dims = frozenset(int(n[len(INDEX_PREFIX) :]) for n in names if n[len(INDEX_PREFIX) :].isdigit())
+    return Pgvector(str(row[0]), connection.ops.quote_name(str(row[1])), dims)
+
+
+def forget_pgvector(connection: BaseDatabaseWrapper) -> None:
+    """Look pgvector up again on the next search (after creating the extension or an index)."""
+    _found.pop(_database(connection), None)
+
+
+def search_knowledge(
+    connection: BaseDatabaseWrapper, owner: str, vector: Sequence[float], *, k: int, kind: str | None = None
+) -> list[Hit]:
+    """The ``k`` live items of ``owner`` most similar to ``vector`` (cosine), best first.
+
+    Only items of the query's dimension match; the database ranks and returns ``k`` ids.
+    """
+    query = [float(x) for x in vector]
+    where = "owner = %s AND NOT deleted AND embedding_norm > 0"
+    params: list[Any] = [owner]
+    if kind is not None:
+        where += " AND kind = %s"
+        params.append(kind)
+    found = pgvector(connection)
+    if found is not None:
+        return _pgvector_search(connection, found, query, where, params, k)
+    if connection.vendor == "postgresql":
+        dot = "(SELECT SUM(a * b) FROM unnest(embedding, %s::double precision[]) AS v(a, b))"
+        vector_param: Any = query
+    else:
+        connection.ensure_connection()
+        # registered per connection; cheap and idempotent
+        connection.connection.create_function("agentstream_dot", 2, _sqlite_dot, deterministic=True)
+        dot = "agentstream_dot(embedding, %s)"
+        vector_param = vector_to_db(query, False)
+    sql = (
+        f"SELECT item_id, {dot} / (embedding_norm * %s) AS score FROM {TABLE} "
+        f"WHERE {where} AND dimensions = %s ORDER BY score DESC, item_id LIMIT %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [vector_param, norm(query), *params, len(query), k])
+        return [Hit(str(item_id), float(score)) for item_id, score in cursor.fetchall() if score is not None]
+
+
+def _pgvector_search(
+    connection: BaseDatabaseWrapper, pg: Pgvector, query: list[float], where: str, params: list[Any], k: int
+) -> list[Hit]:
+    n = len(query)  # an int we computed: inlined, so a partial index's `dimensions = n` can match
+    if n not in pg.indexed_dimensions:
+        return _pgvector_rows(connection, pg, query, where, params, k, n, cast=pg.vector())
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+        # the index yields at most ef_search candidates: at least k of them, and never fewer than
+        # the operator set (ALTER DATABASE .. SET hnsw.ef_search = 200 buys recall for latency)
+        cursor.execute(
+            "SELECT set_config('hnsw.ef_search', "
+            "GREATEST(current_setting('hnsw.ef_search')::int, %s)::text, true)",
+            [min(HNSW_MAX_EF_SEARCH, k)],
+        )
+        # the index's own expression, `embedding::vector(n)`, lets the planner choose the index
+        hits = _pgvector_rows(connection, pg, query, where, params, k, n, cast=pg.vector(n))
+    if len(hits) < k:
+        # the index may have filtered the owner's items away: rank exactly (an expression no
+        # index has, so the planner cannot use one)
+        hits = _pgvector_rows(connection, pg, query, where, params, k, n, cast=pg.vector())
+    return hits
+
+
+def _pgvector_rows(
+    connection: BaseDatabaseWrapper,
+    pg: Pgvector,
+    query: list[float],
+    where: str,
+    params: list[Any],
+    k: int,
+    n: int,
+    *,
+    cast: str,
+) -> list[Hit]:
+    sql = (
+        f"SELECT item_id, embedding::{cast} {pg.cosine_distance} %s::double precision[]::{cast} AS distance "
+        f"FROM {TABLE} WHERE {where} AND dimensions = {n} ORDER BY distance LIMIT %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [query, *params, k])
+        rows = cursor.fetchall()
+    # the index orders by distance alone; ties are broken here, by id, as on the other paths
+    hits = [Hit(str(item_id), 1.0 - float(distance)) for item_id, distance in rows if distance is not None]
+    return sorted(hits, key=lambda h: (-h.score, h.item_id))
+
+
+def _sqlite_dot(a: bytes | None, b: bytes | None) -> float | None:
+    if a is None or b is None or len(a) != len(b):
+        return None
+    x, y = array.array("d", a), array.array("d", b)
+    return sum(p * q for p, q in zip(x, y, strict=True))
+
+
+def search_backend(connection: BaseDatabaseWrapper) -> str:
+    """Which similarity search this database uses (``agentstatus`` shows it; workers log it)."""
+    if connection.vendor != "postgresql":
+        return f"{connection.vendor}: exact cosine by a registered SQL function"
+    pg = pgvector(connection)
+    if pg is None:
+        return (
+            "postgresql: exact cosine in SQL over double precision[] "
+            "(slow; CREATE EXTENSION vector to rank with pgvector)"
+        )
+    indexed = ", ".join(str(n) for n in sorted(pg.indexed_dimensions)) or "none"
+    return f"postgresql + pgvector {pg.version}: cosine distance <=> (HNSW indexes for dimensions: {indexed})"
+
+
+# -- HNSW indexes, one per dimension (`manage.py knowledge_index`) ------------------------------
+
+
+def index_name(dimensions: int) -> str:
+    return f"{INDEX_PREFIX}{dimensions}"
+
+
+def ensure_pgvector(connection: BaseDatabaseWrapper) -> Pgvector:
+    """pgvector in this database, created if the server has it and this role may; else why not."""
+    if connection.vendor != "postgresql":
+        raise ConfigurationError(
+            f"knowledge indexes need PostgreSQL with pgvector; {connection.vendor} always searches exactly"
+        )
+    found = pgvector(connection)
+    if found is not None:
+        return found
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")
+        if cursor.fetchone() is None:
+            raise ConfigurationError(
+                "pgvector is not installed on this PostgreSQL server: install it (Debian: "
+                "postgresql-<major>-pgvector) and run this again; searches stay exact meanwhile"
+            )
+        try:
+            with transaction.atomic(using=connection.alias):
+                cursor.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        except DatabaseError as exc:
+            raise ConfigurationError(
+                f"this role cannot create pgvector in the database ({str(exc).strip()}): "
+                "as a superuser run CREATE EXTENSION vector; then run this again"
+            ) from None
+    forget_pgvector(connection)
+    created = pgvector(connection)
+    assert created is not None
+    return created
+
+
+def build_index(
+    connection: BaseDatabaseWrapper, dimensions: int, *, m: int = 16, ef_construction: int = 64
+) -> str:
+    """Build (CONCURRENTLY: writes go on) the HNSW index for items of ``dimensions``; its name."""
+    if not 1 <= dimensions <= HNSW_MAX_DIMENSIONS:
+        raise ConfigurationError(
+            f"pgvector indexes 1..{HNSW_MAX_DIMENSIONS} dimensions, not {dimensions}; "
+            "items of other dimensions are still searched exactly"
+        )
+    pg = ensure_pgvector(connection)
+    name = index_name(dimensions)
+    with connection.cursor() as cursor:
+        # a CONCURRENTLY build that failed half-way leaves an invalid index: drop it, build anew
+        cursor.execute(
+            "SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE c.relname = %s AND NOT i.indisvalid",
+            [name],
+        )
+        if cursor.fetchone() is not None:
+            cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+        cursor.execute(
+            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {TABLE} "
+            f"USING hnsw ((embedding::{pg.vector(dimensions)}) {pg.schema}.vector_cosine_ops) "
+            f"WITH (m = {int(m)}, ef_construction = {int(ef_construction)}) "
+            f"WHERE dimensions = {dimensions} AND NOT deleted"
+        )
+    forget_pgvector(connection)
+    return name
+
+
+def drop_index(connection: BaseDatabaseWrapper, dimensions: int) -> bool:
+    """Drop the HNSW index for ``dimensions``; whether there was one."""
+    if connection.vendor != "postgresql":
+        raise ConfigurationError(
+            f"knowledge indexes need PostgreSQL with pgvector; {connection.vendor} has none"
+        )
+    name = index_name(dimensions)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_class WHERE relname = %s AND relkind = 'i'", [name])
+        existed = cursor.fetchone() is not None
+        cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+    forget_pgvector(connection)
+    return existed
