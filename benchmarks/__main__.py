@@ -25,6 +25,7 @@ SCENARIOS = [
     "worker-memory",
     "redis-cost",
     "worker-cost",
+    "knowledge",
 ]
 
 

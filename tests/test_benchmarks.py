@@ -229,6 +229,21 @@ def test_a_cost_scenario_without_valgrind_is_a_record_that_says_what_to_install(
     assert record.rounds == 0 and "apt-get install valgrind" in record.note
 
 
+def test_the_knowledge_scenario_without_any_pgvector_is_records_that_say_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from benchmarks import knowledge
+    from benchmarks.common import Options
+
+    monkeypatch.setattr(knowledge, "_has_pgvector", lambda url: False)
+    monkeypatch.setattr(knowledge, "binaries", lambda: None)
+
+    records = asyncio.run(knowledge.main(Options(quick=True)))
+
+    assert [r.system for r in records] == list(knowledge.SYSTEMS)
+    assert all(r.rounds == 0 and "pgserver wheel" in r.note for r in records)
+
+
 @needs_valgrind
 def test_redis_cost_counts_each_phase_of_a_run_exactly_next_to_the_plain_writes() -> None:
     from benchmarks import redis_cost
