@@ -46,10 +46,23 @@ def _as_postgres() -> list[str]:
     return ["runuser", "-u", "postgres", "--"]
 
 
+def _reachable_by_postgres(path: Path) -> bool:
+    test = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(path)], check=False)
+    return test.returncode == 0
+
+
+def _run(args: list[str], log: Path | None = None) -> None:
+    done = subprocess.run(args, check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = log.read_text()[-2000:] if log is not None and log.exists() else ""
+        raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}): {done.stderr.strip()} {tail}")
+
+
 @dataclass
 class PgvectorServer:
     port: int = 0
     directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="agentstream-pgvector-")))
+    bin_dir: Path | None = None
 
     @property
     def url(self) -> str:
@@ -58,42 +71,33 @@ class PgvectorServer:
     def start(self) -> None:
         bin_dir = binaries()
         assert bin_dir is not None, missing_message()
-        if os.geteuid() == 0:
-            shutil.chown(self.directory, "postgres")
-        self.port = free_port()
         as_user, run = _as_postgres(), self.directory
-        subprocess.run(
-            [
-                *as_user,
-                str(bin_dir / "initdb"),
-                "-D",
-                str(run / "data"),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-            ],
-            check=True,
-            capture_output=True,
-        )
-        options = (
-            f"-p {self.port} -k {run} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off"
-        )
-        subprocess.run(
-            [*as_user, str(bin_dir / "pg_ctl"), "-D", str(run / "data"), "-o", options, "-l", str(run / "log"), "-w",
-             "start"],
-            check=True,
-            capture_output=True,
-        )  # fmt: skip
+        if as_user:
+            shutil.chown(run, "postgres")
+            if not _reachable_by_postgres(bin_dir / "postgres"):
+                # a checkout under a private directory (a CI clone in `mktemp -d`) is out of the
+                # postgres user's reach: it runs a copy of the server's files from its own directory
+                # (the binaries find the wheel's shared libraries at $ORIGIN/../../../pgserver.libs)
+                site, copy = bin_dir.parents[2], run / "site"
+                shutil.copytree(site / "pgserver" / "pginstall", copy / "pgserver" / "pginstall",
+                                ignore=shutil.ignore_patterns("include"))  # fmt: skip
+                if (site / "pgserver.libs").is_dir():
+                    shutil.copytree(site / "pgserver.libs", copy / "pgserver.libs")
+                bin_dir = copy / "pgserver" / "pginstall" / "bin"
+        self.bin_dir, self.port = bin_dir, free_port()
+        data, log = run / "data", run / "log"
+        initdb = ["-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
+        _run([*as_user, str(bin_dir / "initdb"), *initdb])
+        settings = f"-p {self.port} -k {run} -c listen_addresses=127.0.0.1 -c fsync=off"
+        pg_ctl = ["-D", str(data), "-o", settings, "-l", str(log), "-w", "start"]
+        _run([*as_user, str(bin_dir / "pg_ctl"), *pg_ctl], log)
 
     def stop(self) -> None:
-        bin_dir = binaries()
-        if bin_dir is not None and (self.directory / "data" / "postmaster.pid").exists():
+        data = self.directory / "data"
+        if self.bin_dir is not None and (data / "postmaster.pid").exists():
             subprocess.run(
-                [*_as_postgres(), str(bin_dir / "pg_ctl"), "-D", str(self.directory / "data"), "-m", "immediate",
-                 "stop"],
+                [*_as_postgres(), str(self.bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                 check=False,
                 capture_output=True,
-            )  # fmt: skip
+            )
         shutil.rmtree(self.directory, ignore_errors=True)
