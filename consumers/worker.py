@@ -459,17 +459,7 @@ class Worker:
 
     async def _renew(self, jobs: Iterable[Job]) -> None:
         """Reset the idle time of jobs read but not started yet, so nobody reclaims them."""
-        async with self.store.redis.pipeline(transaction=False) as pipe:
-            for job in jobs:
-                pipe.xclaim(
-                    self.store.keys.queue(job.partition, job.agent_key),
-                    WORKERS_GROUP,
-                    self.worker_id,
-                    0,
-                    [job.job_id],
-                    justid=True,
-                )
-            await pipe.execute(raise_on_error=False)
+        await self._claim_again(jobs, idle_ms=0)
 
     async def _reclaim(self) -> None:
         """XAUTOCLAIM jobs idle past the lease, up to the free slots; they start new attempts."""
@@ -551,21 +541,17 @@ class Worker:
         """Leave the jobs pending but idle past the lease: the next XAUTOCLAIM takes them."""
         if not jobs:
             return
-        idle_ms = self.lease_ms * 10
-        async with self.store.redis.pipeline(transaction=False) as pipe:
-            for job in jobs:
-                pipe.xclaim(
-                    self.store.keys.queue(job.partition, job.agent_key),
-                    WORKERS_GROUP,
-                    self.worker_id,
-                    0,
-                    [job.job_id],
-                    idle=idle_ms,
-                    justid=True,
-                )
-            await pipe.execute(raise_on_error=False)
+        await self._claim_again(jobs, idle_ms=self.lease_ms * 10)
         for job in jobs:
             log.info("run %s handed back (job %s)", job.run_id or "?", job.job_id, extra=self._fields(job))
+
+    async def _claim_again(self, jobs: Iterable[Job], *, idle_ms: int) -> None:
+        """XCLAIM our own pending jobs, setting their idle time (0 renews, past the lease hands back)."""
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                queue = self.store.keys.queue(job.partition, job.agent_key)
+                pipe.xclaim(queue, WORKERS_GROUP, self.worker_id, 0, [job.job_id], idle=idle_ms, justid=True)
+            await pipe.execute(raise_on_error=False)
 
     def _install_signals(self) -> None:
         if not self.handle_signals:
