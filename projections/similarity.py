@@ -35,6 +35,7 @@ from agentstream.projections.stores import TABLES, vector_to_db
 RECHECK_S = 60.0
 INDEX_PREFIX = "as_knowledge_hnsw_"  # + the dimension: the indexes `knowledge_index` builds
 HNSW_MAX_DIMENSIONS = 2000  # pgvector's limit for an index on `vector`
+PGVECTOR_MAX_DIMENSIONS = 16000  # pgvector's limit for a `vector`: longer ones take the SQL path
 HNSW_MAX_EF_SEARCH = 1000  # pgvector's limit
 
 TABLE = TABLES[StoreKind.KNOWLEDGE].name
@@ -124,7 +125,7 @@ def search_knowledge(
         where += " AND kind = %s"
         params.append(kind)
     found = pgvector(connection)
-    if found is not None:
+    if found is not None and len(query) <= PGVECTOR_MAX_DIMENSIONS:
         return _pgvector_search(connection, found, query, where, params, k)
     if connection.vendor == "postgresql":
         dot = "(SELECT SUM(a * b) FROM unnest(embedding, %s::double precision[]) AS v(a, b))"

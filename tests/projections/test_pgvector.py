@@ -144,6 +144,10 @@ def test_pgvector_ranks_as_the_exact_cosine_over_the_owners_live_items_of_that_d
         assert [h.item_id for h in summaries] == exact(events, ALICE, query, 4, kind="summary")
     query3 = unit(rng, 3)
     assert [h.item_id for h in search_knowledge(vdb, ALICE, query3, k=20)] == exact(events, ALICE, query3, 20)
+    huge = [item(BOB, f"h{i}", unit(rng, 16_001)) for i in range(3)]  # beyond pgvector's 16,000
+    write(vdb, huge)
+    query_huge = unit(rng, 16_001)
+    assert [h.item_id for h in search_knowledge(vdb, BOB, query_huge, k=2)] == exact(huge, BOB, query_huge, 2)
     assert search_knowledge(vdb, user_owner(99), unit(rng, 8), k=5) == []
     assert search_knowledge(vdb, BOB, unit(rng, 5), k=5) == []  # no item of that dimension
 
