@@ -25,8 +25,11 @@ from agentstream.core.errors import InvalidRecord
 from agentstream.core.events import Event, EventType
 
 MAX_KEY_CHARS = 255
-MIN_NORM = 1e-100
-MAX_NORM = 1e100
+# pgvector computes in float4 (largest ~3.4e38, smallest normal ~1.2e-38): a norm up to 1e18 keeps
+# every sum of squares below 1e36, and one of at least 1e-12 keeps some square a normal float4
+# even at 16,000 dimensions, so no database's cosine overflows or divides by a norm of 0
+MIN_NORM = 1e-12
+MAX_NORM = 1e18
 
 
 class TaskStatus(StrEnum):
@@ -94,7 +97,6 @@ def check_embedding(embedding: Sequence[float] | None) -> list[float] | None:
     if not vector or not all(math.isfinite(x) for x in vector) or not any(vector):
         raise InvalidRecord("embedding must be a non-empty vector of finite numbers, not all zero")
     if not MIN_NORM <= norm(vector) <= MAX_NORM:
-        # beyond these, products in the database's cosine overflow or its norms underflow to 0
         raise InvalidRecord(f"embedding's length must be within {MIN_NORM:g}..{MAX_NORM:g}; normalise it")
     return vector
 

@@ -143,10 +143,13 @@ class DjangoStoreBackend:
     async def search(
         self, owner: str, embedding: Sequence[float], *, k: int, kind: str | None = None
     ) -> builtins.list[Match]:
-        if not self._search_logged:
-            self._search_logged = True
-            log.info("knowledge search: %s", search_backend(connections[self.database]))
-        return await self._call(lambda: search(owner, embedding, k=k, kind=kind, database=self.database))
+        def logged_search() -> builtins.list[Match]:
+            if not self._search_logged:  # on the database thread: the path is read from the catalog
+                self._search_logged = True
+                log.info("knowledge search: %s", search_backend(connections[self.database]))
+            return search(owner, embedding, k=k, kind=kind, database=self.database)
+
+        return await self._call(logged_search)
 
     def close(self) -> None:
         self._pool.submit(lambda: connections[self.database].close()).result()

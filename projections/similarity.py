@@ -37,6 +37,7 @@ RECHECK_S = 60.0
 INDEX_PREFIX = "as_knowledge_hnsw_"  # + the dimension: the indexes `knowledge_index` builds
 HNSW_MAX_DIMENSIONS = 2000  # pgvector's limit for an index on `vector`
 PGVECTOR_MAX_DIMENSIONS = 16000  # pgvector's limit for a `vector`: longer ones take the SQL path
+HNSW_DEFAULT_EF_SEARCH = 40  # pgvector's default candidate list
 HNSW_MAX_EF_SEARCH = 1000  # pgvector's limit
 
 TABLE = TABLES[StoreKind.KNOWLEDGE].name
@@ -105,12 +106,17 @@ def _look_up_pgvector(connection: BaseDatabaseWrapper) -> Pgvector | None:
             return None
         cursor.execute(
             "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-            "WHERE i.indrelid = %s::regclass AND i.indisvalid AND c.relname LIKE %s",
+            "WHERE i.indrelid = to_regclass(%s) AND i.indisvalid AND c.relname LIKE %s",
             [TABLE, INDEX_PREFIX + "%"],
         )
         names = [str(name) for (name,) in cursor.fetchall()]
     dims = frozenset(int(n[len(INDEX_PREFIX) :]) for n in names if n[len(INDEX_PREFIX) :].isdigit())
-    return Pgvector(str(row[0]), connection.ops.quote_name(str(row[1])), dims)
+    return Pgvector(str(row[0]), quote_identifier(str(row[1])), dims)
+
+
+def quote_identifier(name: str) -> str:
+    """A quoted SQL identifier (Django's quote_name does not double an embedded quote)."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def forget_pgvector(connection: BaseDatabaseWrapper) -> None:
@@ -157,26 +163,48 @@ def _pgvector_search(
 ) -> list[Hit]:
     n = len(query)  # an int we computed: inlined, so a partial index's `dimensions = n` can match
     if n not in pg.indexed_dimensions:
-        return _pgvector_rows(connection, pg, query, where, params, k, n, cast=pg.vector())
+        return _pgvector_rows(connection, pg, query, where, params, k, n, exact=True)
+    nested = connection.in_atomic_block  # then our savepoint's SET LOCAL would outlive the search
     with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
-        # the index yields at most ef_search candidates: at least k of them, and never fewer than
-        # the operator set (ALTER DATABASE .. SET hnsw.ef_search = 200 buys recall for latency)
+        settings = HNSW_SETTINGS if pg.iterative_scans else HNSW_SETTINGS[:1]  # 0.8 added the second
+        before = _hnsw_settings(cursor, settings) if nested else None
+        # The index yields at most ef_search candidates: at least k of them, and never fewer than
+        # the operator set (ALTER DATABASE .. SET hnsw.ef_search = 200 buys recall for latency).
+        # Until this session has loaded pgvector's library the setting is unknown (NULL here);
+        # what is set now is a placeholder that the library adopts when the query loads it.
         cursor.execute(
-            "SELECT set_config('hnsw.ef_search', "
-            "GREATEST(current_setting('hnsw.ef_search')::int, %s)::text, true)",
-            [min(HNSW_MAX_EF_SEARCH, k)],
+            "SELECT set_config('hnsw.ef_search', GREATEST(COALESCE("
+            "NULLIF(current_setting('hnsw.ef_search', true), '')::int, %s), %s)::text, true)",
+            [HNSW_DEFAULT_EF_SEARCH, min(HNSW_MAX_EF_SEARCH, k)],
         )
         if pg.iterative_scans:
             # relaxed order: the hits are sorted below anyway; the scan stops at
             # hnsw.max_scan_tuples, after which the exact pass below still completes the answer
             cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
         # the index's own expression, `embedding::vector(n)`, lets the planner choose the index
-        hits = _pgvector_rows(connection, pg, query, where, params, k, n, cast=pg.vector(n))
+        hits = _pgvector_rows(connection, pg, query, where, params, k, n, exact=False)
+        if before is not None:  # (an error rolls the savepoint back, and the settings with it)
+            _restore_hnsw_settings(cursor, settings, before)
     if len(hits) < k:
-        # the index may have filtered the owner's items away: rank exactly (an expression no
-        # index has, so the planner cannot use one)
-        hits = _pgvector_rows(connection, pg, query, where, params, k, n, cast=pg.vector())
+        # the index may have filtered the owner's items away: rank exactly
+        hits = _pgvector_rows(connection, pg, query, where, params, k, n, exact=True)
     return hits
+
+
+HNSW_SETTINGS = ("hnsw.ef_search", "hnsw.iterative_scan")
+
+
+def _hnsw_settings(cursor: Any, names: tuple[str, ...]) -> tuple[str | None, ...]:
+    cursor.execute("SELECT " + ", ".join(f"current_setting('{name}', true)" for name in names))
+    return tuple(cursor.fetchone())
+
+
+def _restore_hnsw_settings(cursor: Any, names: tuple[str, ...], before: tuple[str | None, ...]) -> None:
+    for name, value in zip(names, before, strict=True):
+        if value:
+            cursor.execute("SELECT set_config(%s, %s, true)", [name, value])
+        else:  # unknown before: pgvector's library was not loaded yet
+            cursor.execute(f"SET LOCAL {name} TO DEFAULT")
 
 
 def _pgvector_rows(
@@ -188,16 +216,21 @@ def _pgvector_rows(
     k: int,
     n: int,
     *,
-    cast: str,
+    exact: bool,
 ) -> list[Hit]:
+    # Exact: `vector` without a dimension is an expression no index has, so the planner cannot
+    # take one, and ties at the k-th place go to the lower id, as on the other paths. Otherwise
+    # the index's own expression, ordered by distance alone (the index cannot order by id).
+    cast = pg.vector() if exact else pg.vector(n)
+    order = "distance, item_id" if exact else "distance"
     sql = (
         f"SELECT item_id, embedding::{cast} {pg.cosine_distance} %s::double precision[]::{cast} AS distance "
-        f"FROM {TABLE} WHERE {where} AND dimensions = {n} ORDER BY distance LIMIT %s"
+        f"FROM {TABLE} WHERE {where} AND dimensions = {n} ORDER BY {order} LIMIT %s"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, [query, *params, k])
         rows = cursor.fetchall()
-    # the index orders by distance alone; ties are broken here, by id, as on the other paths
+    # pgvector computes in float4: distances that differ only in float64 tie, and sort by id here
     hits = [Hit(str(item_id), 1.0 - float(distance)) for item_id, distance in rows if distance is not None]
     return sorted(hits, key=lambda h: (-h.score, h.item_id))
 
@@ -260,30 +293,61 @@ def ensure_pgvector(connection: BaseDatabaseWrapper) -> Pgvector:
     return created
 
 
-def build_index(
-    connection: BaseDatabaseWrapper, dimensions: int, *, m: int = 16, ef_construction: int = 64
-) -> str:
-    """Build (CONCURRENTLY: writes go on) the HNSW index for items of ``dimensions``; its name."""
+def _check_index_call(connection: BaseDatabaseWrapper, dimensions: int) -> None:
+    if connection.vendor != "postgresql":
+        raise ConfigurationError(
+            f"knowledge indexes need PostgreSQL with pgvector; {connection.vendor} always searches exactly"
+        )
     if not 1 <= dimensions <= HNSW_MAX_DIMENSIONS:
         raise ConfigurationError(
             f"pgvector indexes 1..{HNSW_MAX_DIMENSIONS} dimensions, not {dimensions}; "
             "items of other dimensions are still searched exactly"
         )
+    if connection.in_atomic_block:
+        raise ConfigurationError(
+            "knowledge indexes are built and dropped CONCURRENTLY, which cannot run in a transaction: "
+            "call this outside transaction.atomic (and outside a migration)"
+        )
+
+
+def build_index(
+    connection: BaseDatabaseWrapper, dimensions: int, *, m: int = 16, ef_construction: int = 64
+) -> str:
+    """Build (CONCURRENTLY: writes go on) the HNSW index for items of ``dimensions``; its name."""
+    _check_index_call(connection, dimensions)
+    if not 2 <= m <= 100 or not max(4, 2 * m) <= ef_construction <= 1000:
+        raise ConfigurationError(
+            f"m={m}, ef_construction={ef_construction}: pgvector takes m 2..100 and "
+            "ef_construction from 2*m (at least 4) to 1000"
+        )
     pg = ensure_pgvector(connection)
     name = index_name(dimensions)
+    options = [f"m={m}", f"ef_construction={ef_construction}"]
     with connection.cursor() as cursor:
-        # a CONCURRENTLY build that failed half-way leaves an invalid index: drop it, build anew
         cursor.execute(
-            "SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-            "WHERE c.relname = %s AND NOT i.indisvalid",
+            "SELECT i.indisvalid, c.reloptions, EXISTS (SELECT 1 FROM pg_stat_progress_create_index p "
+            "WHERE p.index_relid = i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE i.indexrelid = to_regclass(%s)",
             [name],
         )
-        if cursor.fetchone() is not None:
-            cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+        found = cursor.fetchone()
+        if found is not None:
+            valid, reloptions, building = found
+            if building:
+                raise ConfigurationError(
+                    f"{name} is being built by another session; wait for it, then run this again"
+                )
+            if valid and sorted(reloptions or []) != sorted(options):
+                raise ConfigurationError(
+                    f"{name} exists with {', '.join(reloptions or ['defaults'])}; "
+                    f"drop it first (--drop) to build it with {', '.join(options)}"
+                )
+            if not valid:  # a CONCURRENTLY build that failed half-way: drop it, build anew
+                cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
         cursor.execute(
             f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {TABLE} "
             f"USING hnsw ((embedding::{pg.vector(dimensions)}) {pg.schema}.vector_cosine_ops) "
-            f"WITH (m = {int(m)}, ef_construction = {int(ef_construction)}) "
+            f"WITH (m = {m}, ef_construction = {ef_construction}) "
             f"WHERE dimensions = {dimensions} AND NOT deleted"
         )
     forget_pgvector(connection)
@@ -292,14 +356,11 @@ def build_index(
 
 def drop_index(connection: BaseDatabaseWrapper, dimensions: int) -> bool:
     """Drop the HNSW index for ``dimensions``; whether there was one."""
-    if connection.vendor != "postgresql":
-        raise ConfigurationError(
-            f"knowledge indexes need PostgreSQL with pgvector; {connection.vendor} has none"
-        )
+    _check_index_call(connection, dimensions)
     name = index_name(dimensions)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT 1 FROM pg_class WHERE relname = %s AND relkind = 'i'", [name])
-        existed = cursor.fetchone() is not None
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [name])
+        (existed,) = cursor.fetchone()
         cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
     forget_pgvector(connection)
-    return existed
+    return bool(existed)

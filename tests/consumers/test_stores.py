@@ -154,6 +154,9 @@ async def test_knowledge_search_ranks_by_cosine_and_filters_by_kind(store: Event
         await k.search([0.0, 0.0])
     with pytest.raises(InvalidRecord):
         await k.add("bad", embedding=[float("nan")])
+    for out_of_float4 in ([1e19, 0.0], [1e-13, 0.0]):  # pgvector ranks in float4
+        with pytest.raises(InvalidRecord, match=r"length must be within 1e-12\.\.1e\+18; normalise it"):
+            await k.add("bad", embedding=out_of_float4)
 
 
 async def test_replaying_the_runs_events_in_any_order_reproduces_the_records(store: EventStore) -> None:

@@ -4,7 +4,9 @@ HNSW indexes of ``manage.py knowledge_index`` (used for a big owner, never cutti
 
 from __future__ import annotations
 
+import asyncio
 import io
+import logging
 import random
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,9 +17,12 @@ from django.core.management.base import CommandError
 from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
+from agentstream.consumers.stores import Match
+from agentstream.core.errors import ConfigurationError
 from agentstream.core.events import Event, EventType
 from agentstream.core.ids import user_owner
-from agentstream.core.records import StoreKind, cosine, store_payload
+from agentstream.core.records import StoreKind, check_embedding, cosine, store_payload
+from agentstream.django_app.stores import DjangoStoreBackend
 from agentstream.projections import similarity
 from agentstream.projections.similarity import Hit, index_name, search_backend, search_knowledge
 from agentstream.projections.stores import StoreWriter
@@ -109,17 +114,30 @@ def exact(events: list[Event], owner: str, query: list[float], k: int, kind: str
     return [key for _, key in sorted(scored, key=lambda s: (-s[0], s[1]))[:k]]
 
 
+Statement = tuple[str, Any]
+
+
 def statements(
     connection: BaseDatabaseWrapper, action: Callable[[], list[Hit]]
-) -> tuple[list[Hit], list[str]]:
-    ran: list[str] = []
+) -> tuple[list[Hit], list[Statement]]:
+    """What ``action`` returned, and the ranking statements it sent (with their parameters)."""
+    ran: list[Statement] = []
 
     def spy(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        ran.append(sql)
+        if "ORDER BY distance" in sql:
+            ran.append((sql, params))
         return execute(sql, params, many, context)
 
     with connection.execute_wrapper(spy):
         return action(), ran
+
+
+def plan(connection: BaseDatabaseWrapper, statement: Statement) -> str:
+    """EXPLAIN of a statement the search sent."""
+    sql, params = statement
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN " + sql, params)
+        return "\n".join(row[0] for row in cursor.fetchall())
 
 
 def test_pgvector_ranks_as_the_exact_cosine_over_the_owners_live_items_of_that_dimension(
@@ -146,6 +164,15 @@ def test_pgvector_ranks_as_the_exact_cosine_over_the_owners_live_items_of_that_d
         assert [h.item_id for h in summaries] == exact(events, ALICE, query, 4, kind="summary")
     query3 = unit(rng, 3)
     assert [h.item_id for h in search_knowledge(vdb, ALICE, query3, k=20)] == exact(events, ALICE, query3, 20)
+    # the norms check_embedding allows at its bounds stay finite and non-zero in pgvector's float4
+    extremes = [
+        item(BOB, f"x{i}", [x * scale for x in unit(rng, 8)]) for i, scale in enumerate([3e17, 1e-11] * 3)
+    ]
+    assert all(check_embedding(e.payload["embedding"]) for e in extremes)
+    write(vdb, extremes)
+    for query_x in ([x * 1e-11 for x in unit(rng, 8)], [x * 3e17 for x in unit(rng, 8)]):
+        found = [h.item_id for h in search_knowledge(vdb, BOB, query_x, k=10)]
+        assert found == exact(events + extremes, BOB, query_x, 10)
     huge = [item(BOB, f"h{i}", unit(rng, 16_001)) for i in range(3)]  # beyond pgvector's 16,000
     write(vdb, huge)
     query_huge = unit(rng, 16_001)
@@ -171,9 +198,38 @@ def test_without_the_extension_the_exact_sql_path_answers_the_same_and_pgvector_
         [h.item_id for h in without] == [h.item_id for h in with_pgvector] == exact(events, ALICE, query, 7)
     )
     assert [h.score for h in without] == pytest.approx([h.score for h in with_pgvector], abs=1e-5)
-    with vdb.cursor() as cursor:
-        cursor.execute("CREATE EXTENSION vector")
+    with vdb.cursor() as cursor:  # off the search_path, as managed services install extensions
+        cursor.execute("CREATE SCHEMA IF NOT EXISTS extensions")
+        cursor.execute("CREATE EXTENSION vector SCHEMA extensions")
     assert "pgvector" in search_backend(vdb)  # the same connection, no restart
+    again = search_knowledge(vdb, ALICE, query, k=7)
+    assert [h.item_id for h in again] == [h.item_id for h in with_pgvector]
+    with vdb.cursor() as cursor:
+        cursor.execute("DROP EXTENSION vector")
+        cursor.execute("CREATE EXTENSION vector")
+
+
+def test_the_workers_store_backend_ranks_with_pgvector_and_logs_the_path_once(
+    vdb: BaseDatabaseWrapper, caplog: pytest.LogCaptureFixture
+) -> None:
+    rng = random.Random(5)
+    events = [item(ALICE, f"a{i}", unit(rng, 8)) for i in range(20)] + [item(BOB, "b", unit(rng, 8))]
+    write(vdb, events)
+    query = unit(rng, 8)
+    backend = DjangoStoreBackend(database=ALIAS)  # as `runagent` injects it: a thread of its own
+
+    async def twice() -> list[Match]:
+        await backend.search(ALICE, query, k=3)
+        return await backend.search(ALICE, query, k=3)
+
+    try:
+        with caplog.at_level(logging.INFO, logger="agentstream.worker"):
+            matches = asyncio.run(twice())
+    finally:
+        backend.close()
+    assert [m.record.key for m in matches] == exact(events, ALICE, query, 3)
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("knowledge search:")]
+    assert len(logged) == 1 and "pgvector" in logged[0]
 
 
 def test_an_hnsw_index_serves_a_big_owner_and_a_filtered_scan_that_comes_back_short_is_run_exactly(
@@ -186,25 +242,26 @@ def test_an_hnsw_index_serves_a_big_owner_and_a_filtered_scan_that_comes_back_sh
     call_command("knowledge_index", "16", database=ALIAS, verbosity=0, stdout=io.StringIO())
     assert "HNSW indexes for dimensions: 16" in search_backend(vdb)
     query = unit(rng, 16)
-
-    plan = explain(vdb, ALICE, query, k=10)
-    assert index_name(16) in plan, plan
-    hits, ran = statements(vdb, lambda: search_knowledge(vdb, ALICE, query, k=10))
-    truth = exact(big, ALICE, query, 10)
-    assert len(hits) == 10 and len({h.item_id for h in hits} & set(truth)) >= 8  # approximate, high recall
-    assert sum("ORDER BY distance" in sql for sql in ran) == 1  # full answer: no second pass
-
-    # 1 item in 20 is "rare": the planner still walks the index, whose 40 candidates hold ~2 of them
-    assert index_name(16) in explain(vdb, ALICE, query, k=10, kind="rare")
-    rare, ran = statements(vdb, lambda: search_knowledge(vdb, ALICE, query, k=10, kind="rare"))
-    truth_rare = exact(big, ALICE, query, 10, kind="rare")
     pg = similarity.pgvector(vdb)
     assert pg is not None
+
+    vdb.close()  # a fresh connection has not loaded pgvector's library: its settings are unknown
+    hits, ran = statements(vdb, lambda: search_knowledge(vdb, ALICE, query, k=10))
+    assert len(ran) == 1 and index_name(16) in plan(vdb, ran[0])  # one pass, through the index
+    truth = exact(big, ALICE, query, 10)
+    assert len(hits) == 10 and all(h.item_id.startswith("a") for h in hits)
+    assert len({h.item_id for h in hits} & set(truth)) >= 8  # approximate, high recall
+
+    # 1 item in 20 is "rare": the planner still walks the index, whose 40 candidates hold ~2 of them
+    vdb.close()
+    rare, ran = statements(vdb, lambda: search_knowledge(vdb, ALICE, query, k=10, kind="rare"))
+    assert index_name(16) in plan(vdb, ran[0])
+    truth_rare = exact(big, ALICE, query, 10, kind="rare")
     if pg.iterative_scans:  # 0.8+: the index is walked on until 10 rare items passed the filter
-        assert sum("ORDER BY distance" in sql for sql in ran) == 1
+        assert len(ran) == 1
         assert len(rare) == 10 and len({h.item_id for h in rare} & set(truth_rare)) >= 8
     else:  # came back short, then ranked exactly
-        assert sum("ORDER BY distance" in sql for sql in ran) == 2
+        assert len(ran) == 2 and index_name(16) not in plan(vdb, ran[1])
         assert [h.item_id for h in rare] == truth_rare
 
     assert [h.item_id for h in search_knowledge(vdb, BOB, query, k=10)] == exact(small, BOB, query, 10)
@@ -215,28 +272,21 @@ def test_an_hnsw_index_serves_a_big_owner_and_a_filtered_scan_that_comes_back_sh
         cursor.execute("SET hnsw.ef_search = 1000")
     try:  # 1,000 candidates hold ~50 rare items: k of them in one pass
         rare, ran = statements(vdb, lambda: search_knowledge(vdb, ALICE, query, k=10, kind="rare"))
-        assert len(rare) == 10 and sum("ORDER BY distance" in sql for sql in ran) == 1
+        assert len(rare) == 10 and len(ran) == 1
     finally:
         with vdb.cursor() as cursor:
             cursor.execute("RESET hnsw.ef_search")
 
+    def settings() -> tuple[str, ...]:
+        names = ["hnsw.ef_search", *(["hnsw.iterative_scan"] if pg.iterative_scans else [])]
+        with vdb.cursor() as cursor:
+            cursor.execute("SELECT " + ", ".join(f"current_setting('{n}')" for n in names))
+            return tuple(cursor.fetchone())
 
-def explain(
-    vdb: BaseDatabaseWrapper, owner: str, query: list[float], *, k: int, kind: str | None = None
-) -> str:
-    """The plan of the index-friendly query that the search sends first."""
-    pg = similarity.pgvector(vdb)
-    assert pg is not None
-    cast = pg.vector(len(query))
-    extra, params = ("AND kind = %s", [kind]) if kind else ("", [])
-    with transaction.atomic(using=vdb.alias), vdb.cursor() as cursor:
-        cursor.execute(
-            f"EXPLAIN SELECT item_id, embedding::{cast} {pg.cosine_distance} %s::double precision[]::{cast} AS "
-            f"distance FROM {similarity.TABLE} WHERE owner = %s AND NOT deleted AND embedding_norm > 0 {extra} "
-            f"AND dimensions = {len(query)} ORDER BY distance LIMIT %s",
-            [query, owner, *params, k],
-        )
-        return "\n".join(row[0] for row in cursor.fetchall())
+    with transaction.atomic(using=vdb.alias):  # a caller's transaction keeps its own settings
+        before = settings()
+        assert len(search_knowledge(vdb, ALICE, query, k=300)) == 300
+        assert settings() == before
 
 
 def test_knowledge_index_builds_lists_and_drops_and_refuses_what_it_cannot_do_in_one_line(
@@ -263,16 +313,37 @@ def test_knowledge_index_builds_lists_and_drops_and_refuses_what_it_cannot_do_in
     for bad in ("0", "2001"):
         with pytest.raises(CommandError, match=r"pgvector indexes 1\.\.2000 dimensions, not"):
             _command(bad)
+        with pytest.raises(CommandError, match=r"pgvector indexes 1\.\.2000 dimensions, not"):
+            _command(bad, "--drop")
+    with pytest.raises(CommandError, match=r"m=1, ef_construction=64: pgvector takes m 2\.\.100"):
+        _command("8", "--m", "1")
+    with pytest.raises(CommandError, match=r"ef_construction from 2\*m"):
+        _command("8", "--m", "40")
+    with pytest.raises(CommandError, match=r"exists with m=16, ef_construction=64; drop it first \(--drop\)"):
+        _command("8", "--m", "24")  # a different index under the same name is not kept silently
+    with (
+        transaction.atomic(using=ALIAS),
+        pytest.raises(ConfigurationError, match="cannot run in a transaction"),
+    ):
+        similarity.build_index(vdb, 8)
+    assert "dropped index for 8 dimensions" in _command("8", "--drop")
+    _command("8", "--m", "24", "--ef-construction", "100")
+    with vdb.cursor() as cursor:
+        cursor.execute("SELECT reloptions FROM pg_class WHERE oid = to_regclass(%s)", [index_name(8)])
+        assert sorted(cursor.fetchone()[0]) == ["ef_construction=100", "m=24"]
 
 
-@pytest.mark.django_db(databases=["default", "embedded"])
+@pytest.mark.django_db(databases=["default", "embedded"], transaction=True)  # CONCURRENTLY: no transaction
 def test_knowledge_index_without_pgvector_on_the_server_or_on_sqlite_says_what_to_do() -> None:
     with pytest.raises(CommandError, match="always searches exactly"):
         call_command("knowledge_index", "8", database="embedded", stdout=io.StringIO())
     require("PostgreSQL", POSTGRES_UP)
-    if similarity.pgvector(connections["default"]) is None:  # Debian's PostgreSQL 15 has no pgvector
-        with pytest.raises(CommandError, match="pgvector is not installed on this PostgreSQL server"):
-            call_command("knowledge_index", "8", stdout=io.StringIO())
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")
+        if cursor.fetchone() is not None:
+            pytest.skip("the default PostgreSQL has pgvector (CI's PostgreSQL 15 from Debian has none)")
+    with pytest.raises(CommandError, match="pgvector is not installed on this PostgreSQL server"):
+        call_command("knowledge_index", "8", stdout=io.StringIO())
 
 
 def _command(*args: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import connections
+from django.db import DatabaseError, connections
 
 from agentstream.core.errors import ConfigurationError
 from agentstream.projections.similarity import build_index, drop_index, forget_pgvector, search_backend
@@ -43,4 +43,7 @@ class Command(BaseCommand):
                     self.stdout.write(f"{name}: HNSW cosine index for {dimensions} dimensions")
             except ConfigurationError as exc:
                 raise CommandError(str(exc)) from None
+            except DatabaseError as exc:  # e.g. out of maintenance_work_mem, a lock timeout
+                message = " ".join(str(exc).split())
+                raise CommandError(f"the index for {dimensions} dimensions failed: {message}") from None
         self.stdout.write(f"knowledge search: {search_backend(connection)}")
