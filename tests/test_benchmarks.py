@@ -236,7 +236,7 @@ def test_the_knowledge_scenario_without_any_pgvector_is_records_that_say_what_to
     from benchmarks.common import Options
 
     monkeypatch.setattr(knowledge, "_has_pgvector", lambda url: False)
-    monkeypatch.setattr(knowledge, "binaries", lambda: None)
+    monkeypatch.setattr(knowledge, "binaries", lambda pgvector="0.6": None)
 
     records = asyncio.run(knowledge.main(Options(quick=True)))
 

@@ -65,7 +65,8 @@ async def test_jobs_waiting_when_the_worker_reads_are_begun_in_the_script_call_t
 
 async def test_agents_never_run_more_than_concurrency_at_once(wstore: EventStore) -> None:
     agents.COUNTED.update(now=0, most=0)
-    run_ids = [await submit(wstore, "counted") for _ in range(12)]
+    # each run lasts long enough that a loaded machine still fills all three slots
+    run_ids = [await submit(wstore, "counted", params={"sleep_s": 0.1}) for _ in range(12)]
     await burst(wstore, concurrency=3, agent_keys=["counted"])
     for run_id in run_ids:
         assert types(await wstore.read_run(run_id))[-1] == "run.succeeded"
