@@ -7,6 +7,12 @@ from rest_framework.routers import DefaultRouter
 
 from agentstream.django_app.api import BaseAgentConversationViewSet, BaseAgentRunViewSet
 from agentstream.django_app.api.authentication import AnonymousSessionAuthentication
+from agentstream.django_app.api.stores import (
+    BaseAgentKnowledgeViewSet,
+    BaseAgentMemoryViewSet,
+    BaseAgentPreferenceViewSet,
+    BaseAgentTaskViewSet,
+)
 from agentstream.django_app.dashboard import views as dashboard
 from agentstream.django_app.metrics import metrics_view
 
@@ -26,6 +32,15 @@ router = DefaultRouter()
 router.include_root_view = False
 router.register("runs", RunViewSet, basename="demo-run")
 router.register("conversations", ConversationViewSet, basename="demo-conversation")
+# the owner's stores answer the same token (the printed token's user is their owner)
+for prefix, base in {
+    "memory": BaseAgentMemoryViewSet,
+    "preferences": BaseAgentPreferenceViewSet,
+    "tasks": BaseAgentTaskViewSet,
+    "knowledge": BaseAgentKnowledgeViewSet,
+}.items():
+    viewset = type(base.__name__.replace("Base", "Demo"), (base,), {"authentication_classes": AUTHENTICATION})
+    router.register(prefix, viewset, basename=f"demo-{prefix}")
 
 urlpatterns: list[URLPattern | URLResolver] = [
     path("api/agents/", include(router.urls)),

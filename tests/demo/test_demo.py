@@ -82,3 +82,16 @@ def test_the_demo_serves_prometheus_metrics_with_the_runs_it_did(demo: Demo) -> 
     assert 'agentstream_queue_waiting{agent_key="chat-agent"}' in text
     assert "agentstream_projector_lag_seconds{" in text
     assert "agentstream_sse_clients " in text
+
+
+def test_the_printed_token_reaches_the_owners_stores_too(demo: Demo) -> None:
+    for store in ("memory", "preferences", "tasks", "knowledge"):
+        response = httpx.get(f"{demo.url}/api/agents/{store}/", headers=demo.headers, timeout=10)
+        assert response.status_code == 200, (store, response.text)
+    found = httpx.post(
+        f"{demo.url}/api/agents/knowledge/search/",
+        headers=demo.headers,
+        json={"embedding": [0.1, 1.0]},
+        timeout=10,
+    )
+    assert found.status_code == 200 and found.json() == [], found.text
