@@ -21,14 +21,14 @@ import random
 import statistics
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from urllib.parse import parse_qs, urlparse
 
 import psycopg
 from psycopg.conninfo import make_conninfo
 
 from benchmarks.common import Options, Record, not_run, summarize
-from benchmarks.pgvector_server import PgvectorServer, binaries
+from benchmarks.pgvector_server import PgvectorServer, binaries, django_alias
 
 DIMENSIONS = 256
 K = 10
@@ -94,7 +94,8 @@ def pgvector_url(opts: Options) -> Iterator[str | None]:
 
 
 def fill(url: str, items_per_owner: int, centers: list[list[float]]) -> None:
-    """Fresh databases holding the same items (generated in SQL: loading is not measured)."""
+    """Fresh databases (their aliases registered) holding the same items, generated in SQL:
+    loading is not measured."""
     from django.db import connections
 
     from agentstream.django_app.models import KnowledgeItem
@@ -104,10 +105,6 @@ def fill(url: str, items_per_owner: int, centers: list[list[float]]) -> None:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
             admin.execute(f"CREATE DATABASE {name}")
     for name in DATABASES:
-        p = _params(url, name)
-        dsn = {"ENGINE": "django.db.backends.postgresql", "NAME": name, "USER": p["user"],
-               "PASSWORD": p["password"], "HOST": p["host"], "PORT": p["port"]}  # fmt: skip
-        connections.settings[name] = connections.configure_settings({"default": {}, name: dsn})[name]
         connection = connections[name]
         with connection.schema_editor() as editor:
             editor.create_model(KnowledgeItem)
@@ -196,12 +193,17 @@ async def main(opts: Options) -> list[Record]:
 
 
 def _measure(url: str, n: int, opts: Options) -> list[Record]:
-    from django.db import connections
-
     rng = random.Random(1)
     centers = [[rng.random() - 0.5 for _ in range(DIMENSIONS)] for _ in range(CLUSTERS)]
-    fill(url, n, centers)
-    try:
+    with ExitStack() as aliases:
+        for name in DATABASES:
+            p = _params(url, name)
+            aliases.enter_context(
+                django_alias(
+                    name, host=p["host"], port=p["port"], name=name, user=p["user"], password=p["password"]
+                )
+            )
+        fill(url, n, centers)
         build_s = build_index()
         samples: dict[str, list[float]] = {s: [] for s in SYSTEMS}
         recalls: dict[str, list[float]] = {HNSW: [], HNSW_200: []}
@@ -219,9 +221,3 @@ def _measure(url: str, n: int, opts: Options) -> list[Record]:
             summarize("knowledge", HNSW, "index build", "s", n, [build_s]),
         ]
         return [dataclasses.replace(r, note=server_of(SYSTEMS[HNSW][0])) for r in records]
-    finally:
-        for alias in DATABASES:
-            if alias in connections.settings:
-                connections[alias].close()
-                del connections[alias]
-                del connections.settings[alias]

@@ -21,6 +21,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,7 +71,7 @@ def _run(args: list[str], log: Path | None = None) -> None:
 @dataclass
 class PgvectorServer:
     pgvector: str = "0.6"  # which install: "0.6" or "0.8" (see binaries)
-    port: int = 0
+    port: int = 5432  # only names the socket file (.s.PGSQL.5432) in our directory: no TCP
     directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="agentstream-pgvector-")))
     bin_dir: Path | None = None
 
@@ -98,7 +100,7 @@ class PgvectorServer:
                 for libs in site.glob("pgserver*.libs"):
                     shutil.copytree(libs, copy / libs.name)
                 bin_dir = copy / "pgserver" / "pginstall" / "bin"
-        self.bin_dir, self.port = bin_dir, 5432  # a socket file's name (.s.PGSQL.5432) in our directory
+        self.bin_dir = bin_dir
         data, log = run / "data", run / "log"
         initdb = ["-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
         _run([*as_user, str(bin_dir / "initdb"), *initdb])
@@ -115,3 +117,23 @@ class PgvectorServer:
                 capture_output=True,
             )
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@contextmanager
+def django_alias(
+    alias: str, *, host: str, port: str, name: str, user: str, password: str = ""
+) -> Iterator[str]:
+    """A Django database alias for a server of our own, for as long as the block runs (the
+    project's settings name only the databases it was configured with)."""
+    from django.db import connections
+
+    dsn = {"ENGINE": "django.db.backends.postgresql", "NAME": name, "USER": user, "PASSWORD": password,
+           "HOST": host, "PORT": port}  # fmt: skip
+    # Django fills in every other key; it wants a `default` beside it
+    connections.settings[alias] = connections.configure_settings({"default": {}, alias: dsn})[alias]
+    try:
+        yield alias
+    finally:
+        connections[alias].close()
+        del connections[alias]  # this thread's wrapper, or a later alias of that name would reuse it
+        del connections.settings[alias]

@@ -263,12 +263,9 @@ def index_name(dimensions: int) -> str:
     return f"{INDEX_PREFIX}{dimensions}"
 
 
-def ensure_pgvector(connection: BaseDatabaseWrapper) -> Pgvector:
-    """pgvector in this database, created if the server has it and this role may; else why not."""
-    if connection.vendor != "postgresql":
-        raise ConfigurationError(
-            f"knowledge indexes need PostgreSQL with pgvector; {connection.vendor} always searches exactly"
-        )
+def _ensure_pgvector(connection: BaseDatabaseWrapper) -> Pgvector:
+    """pgvector in this PostgreSQL database (``_check_index_call`` saw to the vendor), created if
+    the server has it and this role may; else why not."""
     found = pgvector(connection)
     if found is not None:
         return found
@@ -320,7 +317,7 @@ def build_index(
             f"m={m}, ef_construction={ef_construction}: pgvector takes m 2..100 and "
             "ef_construction from 2*m (at least 4) to 1000"
         )
-    pg = ensure_pgvector(connection)
+    pg = _ensure_pgvector(connection)
     name = index_name(dimensions)
     options = [f"m={m}", f"ef_construction={ef_construction}"]
     with connection.cursor() as cursor:

@@ -26,7 +26,7 @@ from agentstream.django_app.stores import DjangoStoreBackend
 from agentstream.projections import similarity
 from agentstream.projections.similarity import Hit, index_name, search_backend, search_knowledge
 from agentstream.projections.stores import StoreWriter
-from benchmarks.pgvector_server import PgvectorServer
+from benchmarks.pgvector_server import PgvectorServer, django_alias
 from tests.services import POSTGRES_UP, require
 
 # Not django_db tests: the alias is the module's own (migrated once, emptied after each test), and
@@ -40,18 +40,13 @@ ALICE, BOB = user_owner(1), user_owner(2)
 @pytest.fixture(scope="module")
 def pgvector_db(pgvector_server: PgvectorServer, django_db_blocker: Any) -> Iterator[str]:
     """A Django database alias on the pgvector server, migrated like a user's database."""
-    dsn = {"ENGINE": "django.db.backends.postgresql", "NAME": "postgres", "USER": "postgres",
-           "HOST": pgvector_server.host, "PORT": str(pgvector_server.port)}  # fmt: skip
-    # Django fills in every other key; it wants a `default` beside it
-    connections.settings[ALIAS] = connections.configure_settings({"default": {}, ALIAS: dsn})[ALIAS]
-    with django_db_blocker.unblock():
-        call_command("migrate", database=ALIAS, verbosity=0)
-        with connections[ALIAS].cursor() as cursor:
-            cursor.execute("CREATE EXTENSION IF NOT EXISTS vector")
-    yield ALIAS
-    connections[ALIAS].close()
-    del connections[ALIAS]  # the thread's wrapper, or the next server's alias would reuse it
-    del connections.settings[ALIAS]
+    server = {"host": pgvector_server.host, "port": str(pgvector_server.port), "user": "postgres"}
+    with django_alias(ALIAS, name="postgres", **server):
+        with django_db_blocker.unblock():
+            call_command("migrate", database=ALIAS, verbosity=0)
+            with connections[ALIAS].cursor() as cursor:
+                cursor.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        yield ALIAS
 
 
 @pytest.fixture
