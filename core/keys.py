@@ -8,7 +8,7 @@ key                        type     what
 ========================== ======== ==========================================================
 P:{p}:run:<id>             stream   the run's events; entry id ``0-<seq>``, so seq IS the SSE id
 P:{p}:run:<id>:s           hash     the run's folded state (status, attempt, seq, owner, ...)
-P:{p}:conv:<id>            hash     conversation state (owner, active run, seq, deleted)
+P:{p}:conv:<id>            hash     conversation state (owner, active run, seq, deleted, title, meta, updated)
 P:{p}:conv:<id>:w          list     runs of the conversation waiting for the active one
 P:{p}:log                  stream   partition log: every state event of the partition, in order
 P:{p}:q:<agent_key>        stream   job queue of one agent key; consumer group ``workers``

@@ -25,6 +25,7 @@ from agentstream.core.cluster import SlotRouting, cluster_from_url, is_cluster_u
 from agentstream.core.codec import decode_entry, decode_payload, encode_payload
 from agentstream.core.errors import (
     ConversationBusy,
+    EventEncodingError,
     FencedOut,
     IdempotencyConflict,
     IllegalTransition,
@@ -487,6 +488,7 @@ class EventStore:
         self, conv: str, owner: str, event_type: str, payload: Mapping[str, Any], agent_key: str
     ) -> Any:
         partition = partition_of(conv, self.settings.PARTITIONS)
+        encoded = self._encode(event_type, payload)  # first: it refuses what JSON could not hold either
         return await self._run_script(
             "conversation",
             [self.keys.conversation(conv), self.keys.log(partition)],
@@ -495,9 +497,10 @@ class EventStore:
                 conv,
                 owner,
                 event_type,
-                self._encode(event_type, payload),
+                encoded,
                 self.visibility(event_type),
                 agent_key,
+                *_kept_fields(event_type, payload),
             ],
         )
 
@@ -972,6 +975,25 @@ def _batch_reply(reply: Any) -> Any:
     if isinstance(reply, list) and len(reply) == 2 and reply[0] == scripts.BATCH_ERROR:
         return ResponseError(_s(reply[1]))
     return reply
+
+
+def _kept_fields(event_type: str, payload: Mapping[str, Any]) -> list[str | bytes]:
+    """What a conversation's hash keeps of a create or update (``conversation.lua``): its title
+    and metadata as they are now, for reads that come before the projector."""
+    kept: list[str | bytes] = []
+    if event_type not in (EventType.CONVERSATION_CREATED, EventType.CONVERSATION_UPDATED):
+        return kept
+    if "title" in payload:
+        kept += ["title", str(payload["title"])]
+    if "metadata" in payload:
+        try:
+            kept += ["meta", orjson.dumps(payload["metadata"], option=orjson.OPT_NON_STR_KEYS)]
+        except TypeError as exc:  # bytes, say: msgpack takes them, the API's JSON cannot
+            raise EventEncodingError(
+                f"{event_type}: metadata cannot be encoded as JSON ({exc}); use JSON values "
+                "(str, int, float, bool, None, list, dict)"
+            ) from None
+    return kept
 
 
 def _hash_tag(key: str) -> str:

@@ -4,7 +4,7 @@ Key layout (mirrors core/keys.py; TAG = "<prefix>:{<partition>}:"):
 
   TAG run:<id>            stream  the run's events, entry id 0-<seq>
   TAG run:<id>:s          hash    folded run state
-  TAG conv:<id>           hash    conversation state (owner, active, seq, deleted)
+  TAG conv:<id>           hash    conversation state (owner, active, seq, deleted; title, meta, updated)
   TAG conv:<id>:w         list    runs waiting for the conversation's active run
   TAG log                 stream  partition log of state events
   TAG q:<agent_key>       stream  job queue, consumer group "workers"

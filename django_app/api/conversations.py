@@ -8,10 +8,8 @@ write come from what was written, so they never wait for the projector.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
-from django.utils import timezone
 from rest_framework import status
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
@@ -20,7 +18,7 @@ from rest_framework.response import Response
 
 from agentstream.django_app import hooks
 from agentstream.django_app.api.base import AgentViewSet
-from agentstream.django_app.api.reads import conversation_from_row
+from agentstream.django_app.api.reads import conversation_from_row, conversation_read
 from agentstream.django_app.api.runs import submit_run
 from agentstream.django_app.api.schema import extend_schema
 from agentstream.django_app.api.serializers import (
@@ -51,29 +49,17 @@ class BaseAgentConversationViewSet(AgentViewSet):
         )
 
     def _current(self, conversation_id: str) -> dict[str, Any]:
-        """The conversation as it is now: its row, or (not projected yet) its Redis state."""
+        """The conversation as it is now: its row, completed from its Redis state where the
+        projector has not caught up (a create or an update reads back as written at once)."""
         owner = self.owner
         store = self.backend.store
         state = self.backend.call(lambda: conversation_snapshot(store, conversation_id))
         row = Conversation.objects.filter(id=conversation_id, owner=owner).first()
         if state is not None and (state.get("owner") != owner or state.get("deleted") == "1"):
             raise NotFound(f"no such conversation {conversation_id!r}")
-        if row is not None and row.deleted_at is None:
-            return conversation_from_row(row)
-        if row is None and state is not None:
-            created_ms = int(state.get("created") or 0)
-            created = dt.datetime.fromtimestamp(created_ms / 1000, tz=dt.UTC) if created_ms else None
-            return {
-                "id": conversation_id,
-                "agent_key": state.get("agent", ""),
-                "title": "",
-                "metadata": {},
-                "run_count": 0,
-                "created_at": created,
-                "updated_at": created,
-                "last_activity_at": created,
-            }
-        raise NotFound(f"no such conversation {conversation_id!r}")
+        if (row is None and state is None) or (row is not None and row.deleted_at is not None):
+            raise NotFound(f"no such conversation {conversation_id!r}")
+        return conversation_read(conversation_id, row, state)
 
     @extend_schema(responses=ConversationSerializer(many=True))
     def list(self, request: Request) -> Response:
@@ -97,16 +83,10 @@ class BaseAgentConversationViewSet(AgentViewSet):
                 owner, agent_key=data["agent_key"], title=data["title"], metadata=data["metadata"]
             )
         )
-        now = timezone.now()
-        body = {
-            "id": conversation_id,
-            **data,
-            "run_count": 0,
-            "created_at": now,
-            "updated_at": now,
-            "last_activity_at": now,
-        }
-        return Response(ConversationSerializer(body).data, status=status.HTTP_201_CREATED)
+        # read back, so its times are the event's (Redis's clock), as every later read has them
+        return Response(
+            ConversationSerializer(self._current(conversation_id)).data, status=status.HTTP_201_CREATED
+        )
 
     def retrieve(self, request: Request, pk: str | None = None) -> Response:
         return Response(ConversationSerializer(self._current(self.object_id())).data)
@@ -126,8 +106,7 @@ class BaseAgentConversationViewSet(AgentViewSet):
                 conversation_id, owner, title=data.get("title"), metadata=data.get("metadata")
             )
         )
-        body = {**self._current(conversation_id), **data, "updated_at": timezone.now()}
-        return Response(ConversationSerializer(body).data)
+        return Response(ConversationSerializer(self._current(conversation_id)).data)
 
     @extend_schema(responses={204: None})
     def destroy(self, request: Request, pk: str | None = None) -> Response:

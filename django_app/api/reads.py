@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import orjson
+
 from agentstream.core.events import Event as StreamEvent
 from agentstream.core.state import RunState
 from agentstream.django_app.models import Conversation, Event, Run
@@ -81,6 +83,38 @@ def conversation_from_row(row: Conversation) -> dict[str, Any]:
         "updated_at": row.updated_at,
         "last_activity_at": row.last_activity_at,
     }
+
+
+def conversation_read(
+    conversation_id: str, row: Conversation | None, state: dict[str, str] | None
+) -> dict[str, Any]:
+    """The conversation as written: its row, and where the projector has not applied its
+    latest events yet (no row, or ``last_seq`` behind the state's ``seq``), the title, metadata
+    and times its Redis state keeps (``conversation.lua``). Hashes written before the state kept
+    them (no ``title`` / ``meta`` / ``updated``) fall back to the row."""
+    body = conversation_from_row(row) if row is not None else None
+    if state is None or (row is not None and row.last_seq >= int(state.get("seq") or 0)):
+        assert body is not None, "neither a row nor a state"
+        return body
+    created = _ms(int(state.get("created") or 0))
+    if body is None:
+        body = {
+            "id": conversation_id,
+            "agent_key": state.get("agent", ""),
+            "title": "",
+            "metadata": {},
+            "run_count": 0,
+            "created_at": created,
+            "updated_at": created,
+            "last_activity_at": created,
+        }
+    if "title" in state:
+        body["title"] = state["title"]
+    if "meta" in state:
+        body["metadata"] = orjson.loads(state["meta"])
+    if state.get("updated"):
+        body["updated_at"] = _ms(int(state["updated"]))
+    return body
 
 
 def archived_event_data(row: Event) -> dict[str, Any]:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import orjson
 import pytest
 
 from agentstream.core.errors import (
     ConversationBusy,
+    EventEncodingError,
     FencedOut,
     IdempotencyConflict,
     IllegalTransition,
@@ -371,6 +374,35 @@ class TestConversations:
             "conversation.updated",
             "conversation.deleted",
         ]
+
+    async def test_a_conversation_state_keeps_its_title_and_metadata_until_deleted(
+        self, store: EventStore
+    ) -> None:
+        conv = await store.create_conversation("user:1", title="t", metadata={"k": [1]})
+        key = store.keys.conversation(conv)
+
+        async def kept() -> tuple[Any, ...]:
+            return tuple(await store.redis.hmget(key, "title", "meta", "created", "updated"))
+
+        title, meta, created, updated = await kept()
+        assert (title, orjson.loads(meta), updated) == (b"t", {"k": [1]}, created)
+        await store.update_conversation(conv, "user:1", metadata={})
+        assert (await kept())[:2] == (b"t", b"{}")
+        await store.update_conversation(conv, "user:1", title="")
+        assert (await kept())[:2] == (b"", b"{}")
+        log = await store.read_log(partition_of(conv, store.settings.PARTITIONS))
+        assert int((await kept())[3]) == log[-1].event.ts_ms  # the event's time
+        await store.delete_conversation(conv, "user:1")
+        assert (await kept())[:2] == (None, None)  # a deleted conversation keeps no copies
+
+    async def test_conversation_metadata_must_be_json(self, store: EventStore) -> None:
+        with pytest.raises(EventEncodingError, match="metadata cannot be encoded as JSON"):
+            await store.create_conversation("user:1", metadata={"raw": b"bytes"})
+        conv = await store.create_conversation("user:1")
+        with pytest.raises(EventEncodingError, match=r"payload\['metadata'\]\['n'\] \(int\)"):
+            await store.update_conversation(conv, "user:1", metadata={"n": 2**70})
+        log = await store.read_log(partition_of(conv, store.settings.PARTITIONS))
+        assert [e.event.type for e in log] == ["conversation.created"]  # nothing else written
 
 
 async def test_a_blocking_tail_longer_than_redis_py_default_read_timeout_is_not_cut(

@@ -60,6 +60,32 @@ def test_conversation_lifecycle_create_rename_messages_delete(agentstream: dict[
     assert gone.status_code == 404
 
 
+def test_a_conversation_reads_back_as_written_before_and_after_projection(
+    agentstream: dict[str, Any],
+) -> None:
+    """Title, metadata and times come from what was written (Redis's clock), not the web server's
+    clock, and a read before the projector has applied a create or an update already shows it."""
+    client, _ = anon_client()
+    created = J(client, "post", CONV, {"agent_key": "echo", "title": "first", "metadata": {"a": [1, "x"]}})
+    assert created.status_code == 201
+    conv = created.json()["id"]
+    early = client.get(f"{CONV}{conv}/").json()
+    assert early == created.json()
+    assert (early["title"], early["metadata"]) == ("first", {"a": [1, "x"]})
+    project(agentstream)
+    assert client.get(f"{CONV}{conv}/").json() == created.json()  # the row: the same times
+
+    renamed = J(client, "patch", f"{CONV}{conv}/", {"title": "renamed"}).json()
+    assert client.get(f"{CONV}{conv}/").json() == renamed  # the row is behind: the state completes it
+    assert (renamed["title"], renamed["metadata"]) == ("renamed", {"a": [1, "x"]})
+    assert renamed["updated_at"] >= renamed["created_at"] == created.json()["created_at"]
+    remeta = J(client, "patch", f"{CONV}{conv}/", {"metadata": {"b": None}}).json()
+    assert (remeta["title"], remeta["metadata"]) == ("renamed", {"b": None})
+    project(agentstream)
+    assert client.get(f"{CONV}{conv}/").json() == remeta
+    assert [c for c in client.get(CONV).json()["results"] if c["id"] == conv] == [remeta]
+
+
 def test_patch_without_fields_is_400(agentstream: dict[str, Any]) -> None:
     client, _ = anon_client()
     conv = J(client, "post", CONV, {"title": "t"}).json()["id"]
