@@ -1,15 +1,19 @@
-"""One pub/sub subscription per process to the cancel channel (DESIGN §6).
+"""One pub/sub subscription per process to the cancel channel (DESIGN §6), and the worker's
+other broadcasts on the same connection (the promoters' ``due`` channel).
 
 The store PUBLISHes a run id when its cancellation is requested; the listener hands it to the
 worker at once, which cancels the run's task if it holds it. Pub/sub is fire-and-forget, so the
-heartbeat's ``cancel`` answer is the fallback when a message is missed (reconnect, restart).
+heartbeat's ``cancel`` answer is the fallback when a message is missed (reconnect, restart), and
+``on_subscribed`` runs after every (re)subscription so a listener can look at what it may have
+missed meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from agentstream.core.cluster import ready, subscriber
 from agentstream.core.store import Redis
@@ -18,10 +22,20 @@ log = logging.getLogger("agentstream.worker")
 
 
 class CancelListener:
-    def __init__(self, client: Redis, channel: str, on_cancel: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        channel: str,
+        on_cancel: Callable[[str], None],
+        *,
+        others: Mapping[str, Callable[[str], None]] | None = None,
+        on_subscribed: Callable[[], None] | None = None,
+    ) -> None:
         self._client = client
         self._channel = channel
         self._on_cancel = on_cancel
+        self._others = dict(others or {})
+        self._on_subscribed = on_subscribed
         self.ready = asyncio.Event()  # subscribed: requests from now on are heard
         self._stopped = False
 
@@ -38,14 +52,18 @@ class CancelListener:
             pubsub = subscriber(self._client, failures)
             try:
                 await ready(self._client)
-                await pubsub.subscribe(self._channel)
+                await pubsub.subscribe(self._channel, *self._others)
                 self.ready.set()
+                if self._on_subscribed is not None:
+                    self._on_subscribed()
                 delay_s = 0.1
                 while not self._stopped:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
-                        data = message["data"]
-                        self._on_cancel(data.decode() if isinstance(data, bytes) else str(data))
+                        data, channel = message["data"], _text(message["channel"])
+                        handler = self._on_cancel if channel == self._channel else self._others.get(channel)
+                        if handler is not None:
+                            handler(_text(data))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -59,3 +77,7 @@ class CancelListener:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 except Exception:
                     pass
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

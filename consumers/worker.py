@@ -11,8 +11,11 @@ One readable loop and a few timers::
                   'cancel' / 'fenced' / 'gone' answers cancel or stop the attempt
     reclaim       XAUTOCLAIM of jobs idle past the lease (their worker died or stalled);
                   begin_attempt then fences the old worker out
-    promote       the delayed zsets (retries, scheduled runs) -> queues, per partition
-    cancel        one pub/sub subscription; a request cancels the run's task at once
+    promote       the delayed zsets (retries, scheduled runs) -> queues, per partition, when
+                  the earliest run is due: the scans say when that is, the ``due`` channel
+                  tells of an earlier one; at least every PROMOTE_IDLE_S without a word
+    cancel        one pub/sub subscription (cancel and due channels); a request cancels the
+                  run's task at once
 
 SIGTERM/SIGINT (or ``stop()``): stop claiming, let running attempts finish for
 SHUTDOWN_GRACE_SECONDS, then stop the rest and hand their jobs back (pending, marked idle, so
@@ -51,6 +54,11 @@ log = logging.getLogger("agentstream.worker")
 
 # Two claims in flight keep Redis and this process busy at once (measured: more were no faster).
 CLAIMS_IN_FLIGHT = 2
+# The promoter sleeps until the earliest delayed run is due; the due channel tells it of an
+# earlier one and a (re)subscription makes it look at once. A message lost on a live connection
+# (a cluster bus hiccup) delays a run by this much at most.
+PROMOTE_IDLE_S = 5.0
+PROMOTE_LIMIT = 500  # runs per partition per scan; a full scan looks again at once
 
 
 def new_worker_id() -> str:
@@ -72,6 +80,7 @@ class Worker:
         worker_id: str | None = None,
         grace_s: float | None = None,
         promote_interval_s: float = 0.1,
+        promote_idle_s: float = PROMOTE_IDLE_S,
         reclaim_interval_s: float | None = None,
         flush_interval_s: float = 0.02,
         stores: StoreBackend | None = None,
@@ -94,7 +103,11 @@ class Worker:
         self.worker_id = worker_id or new_worker_id()
         self.grace_s = settings.SHUTDOWN_GRACE_SECONDS if grace_s is None else grace_s
         self.lease_ms = settings.lease_ttl_ms
-        self.promote_interval_s = promote_interval_s
+        self.promote_interval_s = promote_interval_s  # the shortest time between two scans
+        self.promote_idle_s = promote_idle_s
+        self._promote_at = 0.0  # monotonic time of the next scan (0: at once)
+        self._promote_wake = asyncio.Event()  # _promote_at moved earlier
+        self.promote_scans = 0
         # every second, or half a lease if shorter: a dead worker's job is taken over within a
         # lease and a half (a benchmark that counts instructions sets it longer)
         self.reclaim_interval_s = reclaim_interval_s or min(1.0, self.lease_ms / 2000)
@@ -127,7 +140,13 @@ class Worker:
         self._closing = False
         self._handing_back = False
         self._early_cancels: dict[str, float] = {}  # cancel broadcasts for runs not started here yet
-        self.cancel_listener = CancelListener(store.redis, store.keys.cancel_channel(), self._on_cancel)
+        self.cancel_listener = CancelListener(
+            store.redis,
+            store.keys.cancel_channel(),
+            self._on_cancel,
+            others={store.keys.due_channel(): self._on_due},
+            on_subscribed=self._promote_soon,  # what was published while not subscribed
+        )
         self.ready = asyncio.Event()  # reading jobs and listening for cancels
 
     # -- public ----------------------------------------------------------------------------
@@ -141,7 +160,7 @@ class Worker:
             asyncio.create_task(self.cancel_listener.run(), name="cancel-listener"),
             asyncio.create_task(self._every(self.lease_ms / 3000, self._heartbeat), name="heartbeat"),
             asyncio.create_task(self._every(self.reclaim_interval_s, self._reclaim), name="reclaim"),
-            asyncio.create_task(self._every(self.promote_interval_s, self._promote), name="promote"),
+            asyncio.create_task(self._promote_loop(), name="promote"),
         ]
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.cancel_listener.ready.wait(), 5.0)
@@ -487,8 +506,51 @@ class Worker:
                 self.reclaims += 1
                 self._start(job)
 
-    async def _promote(self) -> None:
-        await asyncio.gather(*(self.store.promote_due(p) for p in range(self.store.settings.PARTITIONS)))
+    def _on_due(self, message: str) -> None:
+        """The due channel: a delayed run is due in ``message`` ms, maybe before our next scan."""
+        try:
+            self._promote_soon(int(message) / 1000)
+        except ValueError:
+            log.warning("ignored a due message that is not a number of ms: %r", message[:40])
+
+    def _promote_soon(self, in_s: float = 0.0) -> None:
+        at = time.monotonic() + in_s
+        if at < self._promote_at:
+            self._promote_at = at
+            self._promote_wake.set()
+
+    async def _promote_loop(self) -> None:
+        """Scan the delayed zsets when the earliest run is due (what the scans and the due
+        channel say), at most every promote_interval_s (unless a scan left due runs behind) and
+        at least every promote_idle_s: an idle worker sends Redis nothing here (it polled ten
+        times a second)."""
+        partitions = range(self.store.settings.PARTITIONS)
+        not_before = 0.0  # the shortest interval after the last scan
+        while not self._closing:
+            now = time.monotonic()
+            at = max(self._promote_at, not_before)
+            if now < at:
+                self._promote_wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._promote_wake.wait(), at - now)
+                continue
+            # set before the scan: a due message that arrives during it can only move it earlier
+            self._promote_at = now + self.promote_idle_s
+            not_before = now + self.promote_interval_s
+            try:
+                scans = await asyncio.gather(*(self.store.promote_due(p, PROMOTE_LIMIT) for p in partitions))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("promote failed (%s); trying again in 1s", exc)
+                self._promote_at = min(self._promote_at, now + 1.0)
+                continue
+            self.promote_scans += 1
+            for scan in scans:
+                if scan.dispatched >= PROMOTE_LIMIT:  # more are due: again at once
+                    self._promote_at = not_before = now
+                elif scan.next_due_s is not None:  # Redis's clock, counted from the scan's start
+                    self._promote_at = min(self._promote_at, now + scan.next_due_s)
 
     # -- shutdown --------------------------------------------------------------------------
 

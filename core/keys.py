@@ -8,7 +8,8 @@ key                        type     what
 ========================== ======== ==========================================================
 P:{p}:run:<id>             stream   the run's events; entry id ``0-<seq>``, so seq IS the SSE id
 P:{p}:run:<id>:s           hash     the run's folded state (status, attempt, seq, owner, ...)
-P:{p}:conv:<id>            hash     conversation state (owner, active run, seq, deleted, title, meta, updated)
+P:{p}:conv:<id>            hash     conversation state (owner, active run, seq, deleted; title,
+                                    meta, updated: what reads need before the projector)
 P:{p}:conv:<id>:w          list     runs of the conversation waiting for the active one
 P:{p}:log                  stream   partition log: every state event of the partition, in order
 P:{p}:q:<agent_key>        stream   job queue of one agent key; consumer group ``workers``
@@ -20,6 +21,8 @@ P:{p}:stats                hash     deployment-wide counters (retries, reclaims,
                                     finished:<status>), HINCRBY'd by the transition's script
 P:{p}:owner:<id>           string   seq counter of an owner's own stream (edits outside runs)
 P:cancel                   channel  pub/sub: run ids whose cancellation was requested
+P:due                      channel  pub/sub: ms until a delayed run due before its partition's
+                                    others (the promoters sleep until the earliest)
 P:{p}:sse:wake:<hub>       stream   wakes one SSE hub's blocking XREAD of partition p (its shard)
 ========================== ======== ==========================================================
 
@@ -100,6 +103,11 @@ class Keys:
 
     def cancel_channel(self) -> str:
         return f"{self.prefix}:cancel"
+
+    def due_channel(self) -> str:
+        """Where the scripts tell workers' promoters of a delayed run due before the others
+        of its partition (the wait in ms); ``common.lua`` spells it from the tag."""
+        return f"{self.prefix}:due"
 
     def sse_wake(self, hub_id: str, shard: int = 0) -> str:
         """The wake-up stream of one of a hub's blocking reads; the read of partition ``shard``

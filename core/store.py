@@ -129,6 +129,13 @@ class ClaimedJob(NamedTuple):
     raw_run_id: bytes = b""
 
 
+class Promoted(NamedTuple):
+    """What ``promote_due`` did in one partition, and when to look again."""
+
+    dispatched: int
+    next_due_s: float | None  # seconds until the earliest run left is due (Redis's clock); None: none
+
+
 @dataclass(frozen=True, slots=True)
 class AppendResult:
     first_seq: int
@@ -689,10 +696,12 @@ class EventStore:
         reply = await self._run_script("heartbeat", [self.keys.queue(partition, agent_key)], args)
         return [_s(r) for r in reply]
 
-    async def promote_due(self, partition: int, limit: int = 500) -> int:
-        """Dispatch the partition's retries and scheduled runs whose time has come."""
+    async def promote_due(self, partition: int, limit: int = 500) -> Promoted:
+        """Dispatch the partition's retries and scheduled runs whose time has come (up to
+        ``limit``), and say when the next one is due."""
         tag = self.keys.tag(partition) + ":"
-        return int(await self._run_script("promote_due", [self.keys.delayed(partition)], [tag, limit]))
+        n, wait_ms = await self._run_script("promote_due", [self.keys.delayed(partition)], [tag, limit])
+        return Promoted(int(n), int(wait_ms) / 1000 if int(wait_ms) >= 0 else None)
 
     async def dead_letter(
         self,

@@ -8,7 +8,8 @@ Key layout (mirrors core/keys.py; TAG = "<prefix>:{<partition>}:"):
   TAG conv:<id>:w         list    runs waiting for the conversation's active run
   TAG log                 stream  partition log of state events
   TAG q:<agent_key>       stream  job queue, consumer group "workers"
-  TAG delayed             zset    run id scored by due time (ms)
+  TAG delayed             zset    run id scored by due time (ms); <prefix>:due (channel) hears
+                                  of a new earliest one
   TAG dead                stream  dead letters
   TAG agents              set     agent keys with a queue in this partition
   TAG stats               hash    deployment-wide counters: retries, reclaims, dead_letters,
@@ -25,10 +26,10 @@ local GROUP = 'workers'
 -- calls of several partitions in turn, so the tag is set per call, not once per EVALSHA. Keys are
 -- built when first used and kept while the tag stays: a concatenation costs ~0.35 µs in Redis's
 -- Lua, and a finish needs two of the four (a claim, one per queue for all its jobs).
-local TAG, LOG, STATS
+local TAG, LOG, STATS, DUE
 local KEYS_OF, STREAM_KEY, STATE_KEY -- the run keys last built (stream_key below)
 local function use_tag(tag)
-  if tag ~= TAG then TAG, LOG, STATS, STREAM_KEY = tag, nil, nil, nil end
+  if tag ~= TAG then TAG, LOG, STATS, DUE, STREAM_KEY = tag, nil, nil, nil, nil end
 end
 local function log_key()
   LOG = LOG or TAG .. 'log'
@@ -39,6 +40,11 @@ local function stats_key()
   return STATS
 end
 local function delayed_key() return TAG .. 'delayed' end
+-- The promoters' pub/sub channel, <prefix>:due (core/keys.py due_channel; a prefix has no ':').
+local function due_channel()
+  DUE = DUE or string.match(TAG, '^[^:]*') .. ':due'
+  return DUE
+end
 local function dead_key() return TAG .. 'dead' end
 
 local TERMINAL = { succeeded = true, failed = true, cancelled = true, timed_out = true }
@@ -121,12 +127,25 @@ end
 -- a larger one is read from the run stream when the job is begun, not kept twice while queued.
 local INLINE_INPUT_BYTES = 4096
 
+-- A queued run waits in the delayed zset until `due`. Each worker's promoter sleeps until the
+-- earliest due time it knows of; a run due before this partition's earliest tells them all (the
+-- wait in ms, PUBLISHed). A later one moves nobody's wake-up, so a stream of retries each due
+-- after the last publishes nothing.
+local function delay(run_id, due, now)
+  local key = delayed_key()
+  local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  redis.call('ZADD', key, due, run_id)
+  if not head[2] or due < tonumber(head[2]) then
+    redis.call('PUBLISH', due_channel(), text(math.max(0, due - now)))
+  end
+end
+
 -- Put a queued run where a worker finds it: the job queue, or the delayed zset if not yet due.
 -- `input`: the run's input if the caller has it (else read here). Returns the job entry's id
 -- (nil: delayed), which the caller records as the state's `job`.
 local function enqueue(run_id, agent, due, now, input)
   if due > now then
-    redis.call('ZADD', delayed_key(), due, run_id)
+    delay(run_id, due, now)
     return nil
   end
   local queue = TAG .. 'q:' .. agent

@@ -21,6 +21,6 @@ write_event(run_id, seq, 'run.retrying', ARGV[6], f[1], ARGV[5], f[3] or '', tru
 drop_job(st)
 local due = now + tonumber(ARGV[4])
 redis.call('HSET', st, 'status', 'queued', 'due', due)
-redis.call('ZADD', delayed_key(), due, run_id)
+delay(run_id, due, now)
 redis.call('HINCRBY', stats_key(), 'retries', 1)
 return { 'retrying', seq, due }

@@ -262,6 +262,39 @@ async def test_a_scheduled_run_starts_no_earlier_than_its_time(wstore: EventStor
     assert run_at <= started.ts_ms < run_at + 1000
 
 
+async def test_an_idle_worker_does_not_poll_the_delayed_runs(wstore: EventStore) -> None:
+    """It scanned every partition's delayed zset ten times a second; now only at start (and on
+    each subscription to the due channel), then when something is due or every promote_idle_s."""
+    async with running_worker(wstore, promote_interval_s=0.1) as worker:
+        await asyncio.sleep(0.3)
+        at_start = worker.promote_scans
+        await asyncio.sleep(1.5)
+        assert worker.promote_scans == at_start <= 2
+
+
+@pytest.mark.parametrize("how", ["scheduled", "retried"])
+async def test_a_delayed_run_starts_when_due_though_the_idle_worker_looks_rarely(
+    wstore: EventStore, how: str
+) -> None:
+    """The due channel wakes the promoter for a run due before anything it knew of: on time,
+    though the worker would look by itself only a minute later. A retry it schedules itself
+    reaches its promoter the same way (any worker's would)."""
+    async with running_worker(wstore, promote_idle_s=60.0) as worker:
+        await asyncio.sleep(0.3)
+        scans = worker.promote_scans
+        if how == "scheduled":
+            due = now_ms() + 700
+            run_id = await submit(wstore, "echo", run_at_ms=due)
+        else:  # attempt 1 asks for a retry in 0.7 s
+            run_id = await submit(wstore, "retry-later", params={"delay_s": 0.7})
+            retrying = await wait_for_event(wstore, run_id, "run.retrying")
+            due = retrying.ts_ms + 700
+        assert (await wait_terminal(wstore, run_id, timeout_s=10)).status is RunStatus.SUCCEEDED
+        started = [e for e in await wstore.read_run(run_id) if e.type == "run.started"][-1]
+        assert due <= started.ts_ms < due + 400
+        assert worker.promote_scans <= scans + 2  # the wake-up's scan, not a poll
+
+
 async def test_a_worker_serves_only_its_agent_keys_and_leaves_other_jobs_queued(wstore: EventStore) -> None:
     mine = [await submit(wstore, "echo") for _ in range(5)]
     theirs = [await submit(wstore, "other") for _ in range(5)]

@@ -240,4 +240,4 @@ async def test_an_argument_that_does_not_pack_fails_its_batch_instead_of_hanging
     tag = on_own.keys.tag(0) + ":"
     with pytest.raises(redis.exceptions.DataError):
         await asyncio.wait_for(on_own._run_script("promote_due", [on_own.keys.delayed(0)], [tag, None]), 5)
-    assert await on_own.promote_due(0) == 0  # the channel goes on
+    assert await on_own.promote_due(0) == (0, None)  # the channel goes on

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
 import pytest
 
+from agentstream.core.cluster import ready, subscriber
 from agentstream.core.errors import (
     ConversationBusy,
     EventEncodingError,
@@ -18,7 +20,7 @@ from agentstream.core.errors import (
     RunTerminal,
 )
 from agentstream.core.events import EventType, NewEvent
-from agentstream.core.ids import partition_of
+from agentstream.core.ids import idempotency_partition, partition_of
 from agentstream.core.keys import WORKERS_GROUP
 from agentstream.core.state import RunStatus, fold
 from agentstream.core.store import Claim, Dropped, EventStore, SubmitRequest
@@ -246,7 +248,7 @@ async def test_a_retry_waits_in_the_delayed_set_then_runs_as_the_next_attempt(st
     c = await claim(store, run_id)
     outcome = await store.schedule_retry(run_id, c.attempt, 0.0, {"type": "Boom", "message": "x"})
     assert outcome.retrying and await statuses(store, run_id) == ["queued"]
-    assert await store.promote_due(store.keys.run_partition(run_id)) == 1
+    assert await store.promote_due(store.keys.run_partition(run_id)) == (1, None)
     again = await claim(store, run_id)
     assert again.attempt == 2
     last = await store.schedule_retry(run_id, again.attempt, 0.0, {"type": "Boom", "message": "x"})
@@ -260,7 +262,8 @@ async def test_a_retry_is_not_promoted_before_it_is_due(store: EventStore) -> No
     run_id = (await store.submit(request())).run_id
     c = await claim(store, run_id)
     await store.schedule_retry(run_id, c.attempt, 60.0, {"message": "later"})
-    assert await store.promote_due(store.keys.run_partition(run_id)) == 0
+    promoted = await store.promote_due(store.keys.run_partition(run_id))
+    assert promoted.dispatched == 0 and promoted.next_due_s is not None and 59 < promoted.next_due_s <= 60
 
 
 async def test_a_run_that_keeps_killing_its_workers_is_dead_lettered(store: EventStore) -> None:
@@ -279,8 +282,45 @@ async def test_a_scheduled_run_waits_until_run_at(store: EventStore) -> None:
     run_id = (await store.submit(request(run_at_ms=2**41))).run_id  # far in the future
     partition = store.keys.run_partition(run_id)
     assert await read_jobs(store, partition, "a") == []
-    assert await store.promote_due(partition) == 0
+    assert (await store.promote_due(partition)).dispatched == 0
     assert await store.redis.zscore(store.keys.delayed(partition), run_id) == 2**41
+
+
+async def test_a_delayed_run_due_before_its_partitions_others_is_announced(store: EventStore) -> None:
+    """The promoters sleep until the earliest due run they know of: the due channel tells them of
+    an earlier one (the wait in ms), and only of an earlier one."""
+    await ready(store.redis)
+    pubsub = subscriber(store.redis)  # on a cluster: one node's connection hears every PUBLISH
+    await pubsub.subscribe(store.keys.due_channel())
+
+    async def heard() -> list[int]:
+        out = []
+        deadline = time.monotonic() + 0.5
+        while (left := deadline - time.monotonic()) > 0:
+            message = await pubsub.get_message(timeout=left)
+            if message is not None and message["type"] == "message":
+                out.append(int(message["data"]))
+        return out
+
+    # idempotency keys that land in one partition: the runs share its delayed zset
+    partitions = store.settings.PARTITIONS
+    keys = [k for k in (f"k{i}" for i in range(1000)) if idempotency_partition("user:1", k, partitions) == 0][
+        :3
+    ]
+    now_ms = int(time.time() * 1000)
+
+    async def submit_due_in(ms: int, key: str) -> None:
+        await store.submit(request(run_at_ms=now_ms + ms, idempotency_key=key))
+
+    await submit_due_in(60_000, keys[0])
+    [first] = await heard()
+    assert 58_000 < first <= 60_000
+    await submit_due_in(120_000, keys[1])
+    assert await heard() == []  # after the earliest: nobody wakes sooner for it
+    await submit_due_in(30_000, keys[2])
+    [sooner] = await heard()
+    assert 28_000 < sooner <= 30_000
+    await pubsub.aclose()
 
 
 async def test_garbage_jobs_are_dead_lettered_with_the_reason(store: EventStore) -> None:
