@@ -291,7 +291,7 @@ async def test_a_delayed_run_starts_when_due_though_the_idle_worker_looks_rarely
             due = retrying.ts_ms + 700
         assert (await wait_terminal(wstore, run_id, timeout_s=10)).status is RunStatus.SUCCEEDED
         started = [e for e in await wstore.read_run(run_id) if e.type == "run.started"][-1]
-        assert due <= started.ts_ms < due + 400
+        assert due <= started.ts_ms < due + 1000  # a scan a minute later would be far off
         assert worker.promote_scans <= scans + 2  # the wake-up's scan, not a poll
 
 
