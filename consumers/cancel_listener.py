@@ -53,6 +53,8 @@ class CancelListener:
             try:
                 await ready(self._client)
                 await pubsub.subscribe(self._channel, *self._others)
+                for _ in range(1 + len(self._others)):  # the confirmations come first (ignored):
+                    await pubsub.get_message(timeout=1.0)  # only then is Redis listening for us
                 self.ready.set()
                 if self._on_subscribed is not None:
                     self._on_subscribed()

@@ -48,6 +48,10 @@ def _default(value: object) -> object:
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
+# The same values written as JSON (orjson's ``default``): what a copy kept beside an event holds.
+json_default = _default
+
+
 class PackedPayload(dict[str, Any]):
     """A payload (a shallow copy, taken when it was packed) with its msgpack bytes, so that it
     is encoded once: a worker's ``RunContext.emit`` encodes it (to refuse a bad one at once), and

@@ -22,7 +22,7 @@ from redis.exceptions import DataError, NoScriptError, ResponseError
 
 from agentstream.core import scripts
 from agentstream.core.cluster import SlotRouting, cluster_from_url, is_cluster_url
-from agentstream.core.codec import decode_entry, decode_payload, encode_payload
+from agentstream.core.codec import decode_entry, decode_payload, encode_payload, json_default
 from agentstream.core.errors import (
     ConversationBusy,
     EventEncodingError,
@@ -996,7 +996,8 @@ def _kept_fields(event_type: str, payload: Mapping[str, Any]) -> list[str | byte
         kept += ["title", str(payload["title"])]
     if "metadata" in payload:
         try:
-            kept += ["meta", orjson.dumps(payload["metadata"], option=orjson.OPT_NON_STR_KEYS)]
+            meta = orjson.dumps(payload["metadata"], default=json_default, option=orjson.OPT_NON_STR_KEYS)
+            kept += ["meta", meta]
         except TypeError as exc:  # bytes, say: msgpack takes them, the API's JSON cannot
             raise EventEncodingError(
                 f"{event_type}: metadata cannot be encoded as JSON ({exc}); use JSON values "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -438,6 +439,12 @@ class TestConversations:
     async def test_conversation_metadata_must_be_json(self, store: EventStore) -> None:
         with pytest.raises(EventEncodingError, match="metadata cannot be encoded as JSON"):
             await store.create_conversation("user:1", metadata={"raw": b"bytes"})
+        # what events take by their obvious wire form is kept in that same form
+        kept = await store.create_conversation(
+            "user:1", metadata={"price": Decimal("1.10"), "tags": {"b", "a"}}
+        )
+        meta = await store.redis.hget(store.keys.conversation(kept), "meta")
+        assert orjson.loads(meta) == {"price": "1.10", "tags": ["a", "b"]}
         conv = await store.create_conversation("user:1")
         with pytest.raises(EventEncodingError, match=r"payload\['metadata'\]\['n'\] \(int\)"):
             await store.update_conversation(conv, "user:1", metadata={"n": 2**70})
