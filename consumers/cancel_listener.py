@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from agentstream.core.cluster import ready, subscriber
+from agentstream.core.codec import as_text
 from agentstream.core.store import Redis
 
 log = logging.getLogger("agentstream.worker")
@@ -62,10 +62,10 @@ class CancelListener:
                 while not self._stopped:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
-                        data, channel = message["data"], _text(message["channel"])
+                        data, channel = message["data"], as_text(message["channel"])
                         handler = self._on_cancel if channel == self._channel else self._others.get(channel)
                         if handler is not None:
-                            handler(_text(data))
+                            handler(as_text(data))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -79,7 +79,3 @@ class CancelListener:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 except Exception:
                     pass
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

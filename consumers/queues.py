@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from agentstream.core.cluster import SlotReads, SlotRouting
+from agentstream.core.codec import as_text
 from agentstream.core.ids import is_valid_id, partition_of
 from agentstream.core.keys import WORKERS_GROUP
 from agentstream.core.store import Claim, Dropped, EventStore, Redis
@@ -146,10 +147,10 @@ class QueueReader:
         jobs: list[Job] = []
         hot: list[Queue] = []
         for stream, entries in (item for reply in replies for item in reply):
-            queue = self._by_key[_s(stream)]
+            queue = self._by_key[as_text(stream)]
             if entries:
                 hot.append(queue)
-            jobs += [job_from(queue, _s(entry_id), fields) for entry_id, fields in entries]
+            jobs += [job_from(queue, as_text(entry_id), fields) for entry_id, fields in entries]
         self._hot = hot
         if jobs:
             self._asked_in_vain.clear()
@@ -163,7 +164,7 @@ def _partition(queue: Queue) -> int:
 def job_from(queue: Queue, entry_id: str, fields: Any) -> Job:
     run_id = fields.get(b"r", b"") if fields else b""
     try:
-        return Job(queue.partition, queue.agent_key, entry_id, _s(run_id))
+        return Job(queue.partition, queue.agent_key, entry_id, as_text(run_id))
     except UnicodeDecodeError:  # written by hand or corrupted: dead-lettered, never a crash
         return Job(
             queue.partition, queue.agent_key, entry_id, "", undecodable="the job's run id is not UTF-8"
@@ -184,7 +185,3 @@ def job_problem(job: Job, partitions: int) -> str:
     if home != job.partition:
         return f"run {job.run_id} belongs to partition {home}, not {job.partition} (PARTITIONS changed?)"
     return ""
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -45,6 +45,7 @@ from agentstream.consumers.queues import Job, Queue, QueueReader, job_from, job_
 from agentstream.consumers.registry import RuntimeRegistry
 from agentstream.consumers.stores import StoreBackend
 from agentstream.consumers.timers import Timers
+from agentstream.core.codec import as_text
 from agentstream.core.eviction import ensure_noeviction
 from agentstream.core.keys import WORKERS_GROUP
 from agentstream.core.logfmt import run_fields
@@ -494,7 +495,7 @@ class Worker:
             for entry_id, fields in reply[1]:
                 if fields is None:
                     continue  # deleted meanwhile; XAUTOCLAIM drops it from the PEL
-                job = job_from(queue, _s(entry_id), fields)
+                job = job_from(queue, as_text(entry_id), fields)
                 if job.run_id in self.attempts:
                     continue  # ours already (a late heartbeat); the claim just renewed it
                 log.info(
@@ -594,7 +595,7 @@ class Worker:
             if isinstance(reply, Exception):
                 continue
             for entry in reply:
-                job_id = _s(entry["message_id"])
+                job_id = as_text(entry["message_id"])
                 if job_id not in running:
                     orphans.append(Job(queue.partition, queue.agent_key, job_id, ""))
         return orphans
@@ -642,7 +643,3 @@ def _with_timeout(options: AttemptOptions, timeout_s: float | None) -> AttemptOp
     if not timeout_s:
         return options
     return AttemptOptions(timeout_s, options.backoff_base, options.backoff_max_s, options.flush_interval_s)
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

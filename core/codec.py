@@ -35,6 +35,11 @@ Upcaster = Callable[[str, dict[str, Any]], tuple[str, dict[str, Any]]]
 UPCASTERS: dict[int, Upcaster] = {}
 
 
+def as_text(value: Any) -> str:
+    """A Redis reply value as text (redis-py hands bytes unless asked to decode)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _default(value: object) -> object:
     """Values that have one obvious wire form; everything else is refused."""
     if isinstance(value, uuid.UUID | decimal.Decimal):

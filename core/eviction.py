@@ -17,6 +17,7 @@ from typing import Any
 import redis.exceptions
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
+from agentstream.core.codec import as_text
 from agentstream.core.errors import ConfigurationError
 from agentstream.core.settings import Settings
 from agentstream.core.store import Redis, redis_from_url
@@ -48,7 +49,7 @@ async def _policy(client: Redis, node: ClusterNode | None = None) -> str | None:
         config = await client.execute_command("CONFIG GET", "maxmemory-policy", **target)
         value = dict(config).get("maxmemory-policy")  # redis-py decodes the keys of this reply
         if value:
-            return _text(value)
+            return as_text(value)
     except redis.exceptions.ResponseError:  # renamed (unknown command) or denied by an ACL
         pass
     try:
@@ -56,7 +57,7 @@ async def _policy(client: Redis, node: ClusterNode | None = None) -> str | None:
     except redis.exceptions.ResponseError:
         return None
     value = info.get("maxmemory_policy")
-    return _text(value) if value else None
+    return as_text(value) if value else None
 
 
 async def ensure_noeviction(client: Redis, settings: Settings) -> None:
@@ -116,7 +117,3 @@ async def ensure_noeviction_when_reachable(
             log.warning("Redis is unreachable (%s); checking maxmemory-policy again in %.1fs", exc, delay_s)
             await asyncio.sleep(delay_s)
             delay_s = min(max_delay_s, delay_s * 2)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from agentstream.core.codec import as_text
 from agentstream.core.keys import WORKERS_GROUP
 from agentstream.core.store import EventStore
 
@@ -95,11 +96,11 @@ async def deployment_status(store: EventStore) -> DeploymentStatus:
             acc = per_agent[agent]
             acc["len"] += _int(length)
             for info in _list(infos):
-                if _text(info.get("name")) == WORKERS_GROUP:
+                if as_text(info.get("name")) == WORKERS_GROUP:
                     acc["pending"] += int(info.get("pending", 0))
                     acc["consumers"] = max(acc["consumers"], int(info.get("consumers", 0)))
             for entry in _list(oldest):
-                enqueued_ms = int(_text(entry["message_id"]).split("-")[0])
+                enqueued_ms = int(as_text(entry["message_id"]).split("-")[0])
                 acc["age"] = max(acc["age"], (now_ms - enqueued_ms) / 1000)
         delayed += _int(next(replies))
         dead += _int(next(replies))
@@ -108,14 +109,14 @@ async def deployment_status(store: EventStore) -> DeploymentStatus:
             log_length += _int(log_info.get("length"))
             totals["log_events"] = totals.get("log_events", 0) + _int(log_info.get("entries-added"))
         for info in _list(next(replies)):
-            name = _text(info.get("name"))
+            name = as_text(info.get("name"))
             g = groups.setdefault(name, {"pending": 0, "lag": 0, "last": "0-0"})
             g["pending"] += int(info.get("pending", 0))
             g["lag"] += int(info.get("lag") or 0)
-            g["last"] = max(g["last"], _text(info.get("last-delivered-id", "0-0")), key=_id_key)
+            g["last"] = max(g["last"], as_text(info.get("last-delivered-id", "0-0")), key=_id_key)
         stats = next(replies)
         for name, value in stats.items() if isinstance(stats, Mapping) else ():
-            totals[_text(name)] = totals.get(_text(name), 0) + _int(value)
+            totals[as_text(name)] = totals.get(as_text(name), 0) + _int(value)
 
     queues = [
         QueueStatus(
@@ -147,10 +148,6 @@ def _int(value: object) -> int:
 
 def _list(value: object) -> list[Mapping[str, Any]]:
     return cast(list[Mapping[str, Any]], value) if isinstance(value, list) else []
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

@@ -22,7 +22,7 @@ from redis.exceptions import DataError, NoScriptError, ResponseError
 
 from agentstream.core import scripts
 from agentstream.core.cluster import SlotRouting, cluster_from_url, is_cluster_url
-from agentstream.core.codec import decode_entry, decode_payload, encode_payload, json_default
+from agentstream.core.codec import as_text, decode_entry, decode_payload, encode_payload, json_default
 from agentstream.core.errors import (
     ConversationBusy,
     EventEncodingError,
@@ -304,8 +304,8 @@ class EventStore:
 
     @staticmethod
     def _raise_refusal(run_id: str, reply: Sequence[Any]) -> None:
-        word = _s(reply[0])
-        detail = _s(reply[1]) if len(reply) > 1 else ""
+        word = as_text(reply[0])
+        detail = as_text(reply[1]) if len(reply) > 1 else ""
         if word == "no_run":
             raise NotFound(f"run {run_id} does not exist")
         if word == "terminal":
@@ -395,19 +395,19 @@ class EventStore:
                 self._retention,
             ],
         )
-        word = _s(reply[0])
+        word = as_text(reply[0])
         if word == "created":
             return SubmitResult(run_id, created=True)
         if word == "existing":
-            return SubmitResult(_s(reply[1]), created=False)
+            return SubmitResult(as_text(reply[1]), created=False)
         if word == "idem_conflict":
             raise IdempotencyConflict(
-                f"idempotency key {request.idempotency_key!r} already names run {_s(reply[1])} "
+                f"idempotency key {request.idempotency_key!r} already names run {as_text(reply[1])} "
                 "with a different request; use a new key for a new request"
             )
         if word == "busy":
             raise ConversationBusy(
-                f"conversation {conv} has an active run {_s(reply[1])} and the policy is "
+                f"conversation {conv} has an active run {as_text(reply[1])} and the policy is "
                 "'reject'; wait for it, cancel it, or submit with 'enqueue' or 'interrupt'"
             )
         if word == "conversation_deleted":
@@ -430,7 +430,7 @@ class EventStore:
         reply = await self._conversation_event(
             conv, owner, EventType.CONVERSATION_CREATED, payload, agent_key
         )
-        if _s(reply[0]) == "exists":
+        if as_text(reply[0]) == "exists":
             raise IllegalTransition(f"conversation {conv} already exists")
         return conv
 
@@ -484,7 +484,7 @@ class EventStore:
         self, conversation_id: str, owner: str, event_type: str, payload: Mapping[str, Any]
     ) -> int:
         reply = await self._conversation_event(conversation_id, owner, event_type, payload, "")
-        word = _s(reply[0])
+        word = as_text(reply[0])
         if word == "ok":
             return int(reply[1])
         if word == "conversation_deleted":
@@ -513,7 +513,7 @@ class EventStore:
 
     async def conversation_owner(self, conversation_id: str) -> str | None:
         owner = await self.redis.hget(self.keys.conversation(conversation_id), "owner")
-        return _s(owner) if owner is not None else None
+        return as_text(owner) if owner is not None else None
 
     # -- the worker's side -----------------------------------------------------------------
 
@@ -548,9 +548,9 @@ class EventStore:
         )
         jobs: list[ClaimedJob] = []
         for row in reply:
-            run_id = _s(row[2]) if row[3] != b"read" else ""
+            run_id = as_text(row[2]) if row[3] != b"read" else ""
             begun = _begun(run_id, row[3:]) if run_id else None
-            jobs.append(ClaimedJob(int(row[0]) - 1, _s(row[1]), run_id, begun, row[2]))
+            jobs.append(ClaimedJob(int(row[0]) - 1, as_text(row[1]), run_id, begun, row[2]))
         return jobs
 
     async def append(
@@ -577,9 +577,9 @@ class EventStore:
             raise ValueError("append_many needs at least one event")
         tag, keys = self.keys.run_keys(run_id)
         reply = await self._run_script("append", keys, [tag, run_id, attempt, n, *event_args, first_index])
-        if _s(reply[0]) != "ok":
+        if as_text(reply[0]) != "ok":
             self._raise_refusal(run_id, reply)
-        return AppendResult(int(reply[1]), int(reply[2]), _s(reply[3]) == "1")
+        return AppendResult(int(reply[1]), int(reply[2]), as_text(reply[3]) == "1")
 
     def _event_args(self, events: Iterable[NewEvent]) -> tuple[int, list[Any]]:
         """(n, n x (type, visibility, payload, to_log)) as append and finish take them."""
@@ -627,7 +627,7 @@ class EventStore:
                 first_index,
             ],
         )
-        if _s(reply[0]) != "ok":
+        if as_text(reply[0]) != "ok":
             self._raise_refusal(run_id, reply)
         return int(reply[1])
 
@@ -651,7 +651,7 @@ class EventStore:
                 self._retention,
             ],
         )
-        word = _s(reply[0])
+        word = as_text(reply[0])
         if word == "retrying":
             return RetryOutcome(True, int(reply[1]), int(reply[2]))
         if word == "failed":
@@ -676,7 +676,7 @@ class EventStore:
                 self._retention,
             ],
         )
-        word = _s(reply[0])
+        word = as_text(reply[0])
         if word == "cancelled":
             return CancelOutcome(True, int(reply[1]))
         if word == "requested":
@@ -694,7 +694,7 @@ class EventStore:
         for run_id, attempt, job_id in jobs:
             args += [run_id, attempt, job_id]
         reply = await self._run_script("heartbeat", [self.keys.queue(partition, agent_key)], args)
-        return [_s(r) for r in reply]
+        return [as_text(r) for r in reply]
 
     async def promote_due(self, partition: int, limit: int = 500) -> Promoted:
         """Dispatch the partition's retries and scheduled runs whose time has come (up to
@@ -784,7 +784,7 @@ class EventStore:
             reply = [item for task in done for item in task.result()]
         out: dict[str, list[Event]] = {}
         for key, entries in reply:
-            run_id = _s(key).rsplit(":", 1)[-1]
+            run_id = as_text(key).rsplit(":", 1)[-1]
             out[run_id] = [decode_entry(fields, run_id) for _, fields in entries]
         return out
 
@@ -793,7 +793,7 @@ class EventStore:
         entries = cast(
             Entries, await self.redis.xrange(self.keys.log(partition), min=f"({after_id}", count=count)
         )
-        return [LogEntry(_s(entry_id), decode_entry(fields)) for entry_id, fields in entries]
+        return [LogEntry(as_text(entry_id), decode_entry(fields)) for entry_id, fields in entries]
 
 
 Call = tuple[str, Sequence[str], Sequence[Any], "asyncio.Future[Any]"]
@@ -982,7 +982,7 @@ def _settle(future: asyncio.Future[Any], result: Any) -> None:
 def _batch_reply(reply: Any) -> Any:
     """One call's reply in a batch: its own, or the error it raised as a ResponseError."""
     if isinstance(reply, list) and len(reply) == 2 and reply[0] == scripts.BATCH_ERROR:
-        return ResponseError(_s(reply[1]))
+        return ResponseError(as_text(reply[1]))
     return reply
 
 
@@ -1015,7 +1015,7 @@ def _hash_tag(key: str) -> str:
 
 def _begun(run_id: str, reply: Sequence[Any]) -> Claim | Dropped:
     """begin_attempt's reply (also each begun job of claim_jobs)."""
-    word = _s(reply[0])
+    word = as_text(reply[0])
     if word == "started":
         timeout_ms = int(reply[5])
         return Claim(
@@ -1023,13 +1023,13 @@ def _begun(run_id: str, reply: Sequence[Any]) -> Claim | Dropped:
             attempt=int(reply[1]),
             seq=int(reply[2]),
             input=decode_payload(reply[3]) if reply[3] else {},
-            cancel_requested=_s(reply[4]) == "1",
+            cancel_requested=as_text(reply[4]) == "1",
             timeout_s=timeout_ms / 1000 if timeout_ms else None,
-            conversation_id=_s(reply[6]),
+            conversation_id=as_text(reply[6]),
         )
     if word == "dead":
         return Dropped(run_id, "max attempts exceeded", dead_lettered=True)
-    return Dropped(run_id, _s(reply[1]), dead_lettered=_s(reply[1]) == "no_run")
+    return Dropped(run_id, as_text(reply[1]), dead_lettered=as_text(reply[1]) == "no_run")
 
 
 def after_seq_id(seq: int) -> str:
@@ -1041,12 +1041,8 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _state_from_hash(run_id: str, raw: Mapping[bytes, bytes]) -> RunState:
-    h = {_s(k): _s(v) for k, v in raw.items()}
+    h = {as_text(k): as_text(v) for k, v in raw.items()}
     return RunState(
         run_id=run_id,
         status=RunStatus(h["status"]),

@@ -12,12 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from agentstream.core.codec import as_text
 from agentstream.core.keys import Keys
 from agentstream.core.store import Redis
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def parse_id(entry_id: str) -> tuple[int, int]:
@@ -48,9 +45,9 @@ class PartitionLag:
 
 def _info(entry: Any) -> dict[str, Any]:
     if isinstance(entry, dict):
-        return {_s(k): v for k, v in entry.items()}
+        return {as_text(k): v for k, v in entry.items()}
     items = list(entry)
-    return {_s(items[i]): items[i + 1] for i in range(0, len(items), 2)}
+    return {as_text(items[i]): items[i + 1] for i in range(0, len(items), 2)}
 
 
 async def group_info(redis: Redis, log_key: str) -> dict[str, dict[str, Any]]:
@@ -63,7 +60,7 @@ async def group_info(redis: Redis, log_key: str) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for g in groups:
         info = _info(g)
-        out[_s(info["name"])] = info
+        out[as_text(info["name"])] = info
     return out
 
 
@@ -71,7 +68,7 @@ async def oldest_pending_id(redis: Redis, log_key: str, group: str) -> str | Non
     summary: Any = await redis.xpending(log_key, group)
     if not summary or not summary.get("pending"):
         return None
-    return _s(summary["min"])
+    return as_text(summary["min"])
 
 
 async def lag(redis: Redis, keys: Keys, group: str, now_ms: int | None = None) -> list[PartitionLag]:
@@ -84,17 +81,17 @@ async def lag(redis: Redis, keys: Keys, group: str, now_ms: int | None = None) -
         if info is None:
             length = int(await redis.xlen(log_key))
             first: Any = await redis.xrange(log_key, count=1)
-            behind = (now_ms - parse_id(_s(first[0][0]))[0]) / 1000 if first else 0.0
+            behind = (now_ms - parse_id(as_text(first[0][0]))[0]) / 1000 if first else 0.0
             out.append(PartitionLag(partition, group, 0, length, "-", max(0.0, behind)))
             continue
-        last_delivered = _s(info["last-delivered-id"])
+        last_delivered = as_text(info["last-delivered-id"])
         pending = int(info["pending"])
         unread_entries: Any = await redis.xrange(log_key, min="(" + last_delivered, count=1)
         unread = info.get("lag")
         undelivered = int(unread) if unread is not None else len(unread_entries)
         oldest = await oldest_pending_id(redis, log_key, group) if pending else None
         if oldest is None and unread_entries:
-            oldest = _s(unread_entries[0][0])
+            oldest = as_text(unread_entries[0][0])
         behind = max(0.0, (now_ms - parse_id(oldest)[0]) / 1000) if oldest else 0.0
         out.append(PartitionLag(partition, group, pending, undelivered, last_delivered, behind))
     return out
@@ -118,7 +115,7 @@ async def safe_trim_id(redis: Redis, log_key: str) -> str | None:
     floor: tuple[int, int] | None = None
     for name, info in groups.items():
         oldest = await oldest_pending_id(redis, log_key, name) if int(info["pending"]) else None
-        needed = oldest or next_id(_s(info["last-delivered-id"]))
+        needed = oldest or next_id(as_text(info["last-delivered-id"]))
         parsed = parse_id(needed)
         floor = parsed if floor is None or parsed < floor else floor
     assert floor is not None

@@ -33,6 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agentstream.core.cluster import SlotReads, SlotRouting
+from agentstream.core.codec import as_text
 from agentstream.core.errors import CorruptEntry
 from agentstream.core.events import Event
 from agentstream.core.keys import Keys
@@ -94,17 +95,13 @@ def _id_key(entry_id: str) -> tuple[int, int]:
     return int(ms), int(n or 0)
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def decode_delivery(partition_entries: Sequence[tuple[int, Sequence[tuple[Any, Any]]]]) -> Delivery:
     """Decode raw entries; what does not decode into a well-formed event is marked skipped."""
     delivery = Delivery()
     for partition, entries in partition_entries:
         ids = delivery.acks.setdefault(partition, [])
         for raw_id, fields in entries:
-            entry_id = _s(raw_id)
+            entry_id = as_text(raw_id)
             ids.append(entry_id)
             if not fields:  # deleted while pending
                 continue
@@ -264,7 +261,9 @@ class Projector:
 
     async def read(self, *, block_ms: int | None) -> Delivery:
         replies = await self._reads.read(self._log_groups, self._read_logs, block_ms)
-        return decode_delivery([(self.logs[_s(key)], entries) for reply in replies for key, entries in reply])
+        return decode_delivery(
+            [(self.logs[as_text(key)], entries) for reply in replies for key, entries in reply]
+        )
 
     async def _read_logs(self, log_keys: list[str], block_ms: int | None) -> list[Any]:
         streams: dict[Any, Any] = dict.fromkeys(log_keys, ">")
@@ -292,7 +291,7 @@ class Projector:
             replies = await pipe.execute()
         found: list[tuple[int, Sequence[tuple[Any, Any]]]] = []
         for (_, partition), reply in zip(self.logs.items(), replies, strict=True):
-            self._claim_cursors[partition] = _s(reply[0])
+            self._claim_cursors[partition] = as_text(reply[0])
             if reply[1]:
                 found.append((partition, reply[1]))
         if found:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentstream.core.codec import decode_entry
+from agentstream.core.codec import as_text, decode_entry
 from agentstream.core.events import Event
 from agentstream.core.state import RunState
 from agentstream.core.store import EventStore, _state_from_hash
@@ -25,8 +25,4 @@ async def conversation_snapshot(store: EventStore, conversation_id: str) -> dict
     raw: dict[Any, Any] = await store.redis.hgetall(store.keys.conversation(conversation_id))
     if not raw:
         return None
-    return {_s(k): _s(v) for k, v in raw.items()}
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return {as_text(k): as_text(v) for k, v in raw.items()}
