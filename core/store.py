@@ -701,7 +701,7 @@ class EventStore:
         ``limit``), and say when the next one is due."""
         tag = self.keys.tag(partition) + ":"
         n, wait_ms = await self._run_script("promote_due", [self.keys.delayed(partition)], [tag, limit])
-        return Promoted(int(n), int(wait_ms) / 1000 if int(wait_ms) >= 0 else None)
+        return Promoted(int(n), wait_ms / 1000 if wait_ms >= 0 else None)
 
     async def dead_letter(
         self,

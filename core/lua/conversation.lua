@@ -8,26 +8,29 @@ ARGV: 1 TAG, 2 conv_id, 3 owner, 4 event type, 5 payload, 6 visibility, 7 agent_
 Replies: {ok, seq} | {exists} | {no_conversation} | {conversation_deleted}
 ]]
 local ck, conv, owner, etype = KEYS[1], ARGV[2], ARGV[3], ARGV[4]
-local now = now_ms()
+-- what this event sets, written in one HSET with the rest
+local set = { 'updated', now_text() }
+for i = 8, #ARGV - 1, 2 do
+  if ARGV[i] == 'title' or ARGV[i] == 'meta' then
+    set[#set + 1], set[#set + 2] = ARGV[i], ARGV[i + 1]
+  end
+end
 local seq
 if etype == 'conversation.created' then
   if redis.call('EXISTS', ck) == 1 then return { 'exists' } end
-  redis.call('HSET', ck, 'owner', owner, 'agent', ARGV[7], 'seq', 1, 'deleted', 0, 'created', now_text())
+  redis.call('HSET', ck, 'owner', owner, 'agent', ARGV[7], 'seq', 1, 'deleted', 0, 'created', now_text(),
+    unpack(set))
   seq = 1
 else
   local f = redis.call('HMGET', ck, 'owner', 'deleted')
   if not f[1] or f[1] ~= owner then return { 'no_conversation' } end
   if f[2] == '1' then return { 'conversation_deleted' } end
   seq = redis.call('HINCRBY', ck, 'seq', 1)
-end
-if etype == 'conversation.deleted' then
-  redis.call('HSET', ck, 'deleted', 1, 'updated', now_text())
-  redis.call('HDEL', ck, 'title', 'meta')
-else
-  redis.call('HSET', ck, 'updated', now_text())
-  for i = 8, #ARGV - 1, 2 do
-    local field = ARGV[i]
-    if field == 'title' or field == 'meta' then redis.call('HSET', ck, field, ARGV[i + 1]) end
+  if etype == 'conversation.deleted' then
+    redis.call('HSET', ck, 'deleted', 1, 'updated', now_text())
+    redis.call('HDEL', ck, 'title', 'meta')
+  else
+    redis.call('HSET', ck, unpack(set))
   end
 end
 redis.call('XADD', KEYS[2], '*', 'r', '', 's', seq, 't', etype, 'p', ARGV[5], 'ts', now_text(),

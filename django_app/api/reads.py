@@ -96,8 +96,8 @@ def conversation_read(
     if state is None or (row is not None and row.last_seq >= int(state.get("seq") or 0)):
         assert body is not None, "neither a row nor a state"
         return body
-    created = _ms(int(state.get("created") or 0))
     if body is None:
+        created = _ms(int(state.get("created") or 0))
         body = {
             "id": conversation_id,
             "agent_key": state.get("agent", ""),
