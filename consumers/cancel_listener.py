@@ -76,6 +76,6 @@ class CancelListener:
                 delay_s = min(delay_s * 2, 5.0)
             finally:
                 try:
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis-py 8.2
                 except Exception:
                     pass

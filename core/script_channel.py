@@ -105,7 +105,7 @@ class ScriptChannel:
     async def _connect(self) -> None:
         try:
             # checked out of the client's pool for good: closing the client closes it too
-            connection: Any = await self._client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+            connection: Any = await self._client.connection_pool.get_connection()  # type: ignore[no-untyped-call, unused-ignore]
             if (
                 connection._reader is None or connection._reader.at_eof()
             ):  # idle in the pool while Redis restarted
