@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from agentstream.core.codec import as_text, decode_entry
-from agentstream.core.events import Event
+from agentstream.core.events import TERMINAL_TYPES, Event
 from agentstream.core.state import RunState
 from agentstream.core.store import EventStore, _state_from_hash
 
 
 async def run_snapshot(store: EventStore, run_id: str) -> tuple[RunState | None, Event | None]:
-    """The run's Redis state and its first event (``run.queued``: the input), together."""
+    """The run's Redis state and its first event (``run.queued``: the input), together. An ended
+    run's state carries the output, error and usage of its last event, so a read the projector
+    has not caught up with yet still shows how the run ended."""
+    stream = store.keys.run_stream(run_id)
     async with store.redis.pipeline(transaction=False) as pipe:
         pipe.hgetall(store.keys.run_state(run_id))
-        pipe.xrange(store.keys.run_stream(run_id), min="0-1", count=1)
-        raw, first = await pipe.execute()
+        pipe.xrange(stream, min="0-1", count=1)
+        pipe.xrevrange(stream, count=1)
+        raw, first, last = await pipe.execute()
     state = _state_from_hash(run_id, raw) if raw else None
     queued = decode_entry(first[0][1], run_id) if first else None
+    if state is not None and state.status.is_terminal and last:
+        ended = decode_entry(last[0][1], run_id)
+        if ended.type in TERMINAL_TYPES:  # nothing follows a terminal event
+            p = ended.payload
+            state = replace(
+                state, output=p.get("output"), error=p.get("error"), usage=dict(p.get("usage") or {})
+            )
     return state, queued
 
 

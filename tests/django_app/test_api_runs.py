@@ -64,6 +64,20 @@ def test_a_run_done_by_the_real_worker_reads_from_the_projected_row(agentstream:
     assert every[0]["type"] == "run.queued"
 
 
+def test_an_ended_run_reads_with_its_output_before_the_projector_and_on_an_idempotent_replay(
+    agentstream: dict[str, Any],
+) -> None:
+    announce_sync(agentstream)
+    client, _ = anon_client()
+    run_id = post(client, hello(idempotency_key="k-done")).json()["id"]
+    work(agentstream)  # ended in Redis; nothing projected: there is no row yet
+    body = client.get(f"{RUNS}{run_id}/").json()
+    assert (body["status"], body["output"], body["error"]) == ("succeeded", {"echo": "hello"}, None)
+    replay = post(client, hello(idempotency_key="k-done"))
+    assert (replay.status_code, replay.json()["id"]) == (200, run_id)
+    assert replay.json()["output"] == {"echo": "hello"}
+
+
 def test_same_idempotency_key_and_body_is_200_with_the_same_run(agentstream: dict[str, Any]) -> None:
     announce_sync(agentstream)
     client, _ = anon_client()
