@@ -71,6 +71,9 @@ class SubmitRequest:
     # conversation branching: the message this run answers after (``<run id>:<n>``, or ``ROOT``);
     # None: after the conversation's latest run (see projections.history)
     parent_message_id: str | None = None
+    # the API filled the parent in (the branch the conversation shows), the caller did not send
+    # it: a retry after the projector moved on derives none, and is still "the same request"
+    parent_is_derived: bool = False
 
     def fingerprint(self) -> str:
         """What makes two submits with one idempotency key "the same request"."""
@@ -85,7 +88,7 @@ class SubmitRequest:
             "run_at_ms": self.run_at_ms,
             "timeout_s": self.timeout_s,
         }
-        if self.parent_message_id is not None:
+        if self.parent_message_id is not None and not self.parent_is_derived:
             body["parent_message_id"] = self.parent_message_id
         return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 

@@ -219,6 +219,8 @@ def submit_run(view: AgentViewSet, request: Request, payload: Any) -> Response:
 
         raise QuotaExceeded(f"quota exceeded for agent {data['agent_key']!r}; try again later")
     run_at = data["run_at"]
+    parent = data["parent_message_id"]
+    shown = None if parent else _shown_branch_end(owner, data["conversation_id"])
     submit = SubmitRequest(
         agent_key=data["agent_key"],
         owner=owner,
@@ -230,7 +232,8 @@ def submit_run(view: AgentViewSet, request: Request, payload: Any) -> Response:
         max_attempts=data["max_attempts"],
         run_at_ms=int(run_at.timestamp() * 1000) if run_at else None,
         policy=data["multitask_strategy"],
-        parent_message_id=data["parent_message_id"] or _shown_branch_end(owner, data["conversation_id"]),
+        parent_message_id=parent or shown,
+        parent_is_derived=shown is not None,
     )
     store = backend.store
     result = backend.call(lambda: store.submit(submit))

@@ -100,9 +100,21 @@ def test_edit_regenerate_and_switch_branches(agentstream: dict[str, Any]) -> Non
     ]
 
     # a new message continues the branch shown, not the newest run
-    follow_up = say(client, conv, "and then?")
+    follow_up = say(client, conv, "and then?", idempotency_key="k-follow")
     settle(agentstream)
     assert Run.objects.get(id=follow_up).parent_message_id == ids[-1]
+    # its retry is the same request, though the branch shown no longer names a parent for it
+    retry = post(
+        client,
+        "/api/agents/runs/",
+        {
+            "agent_key": "echo",
+            "conversation_id": conv,
+            "messages": [{"role": "user", "content": "and then?"}],
+            "idempotency_key": "k-follow",
+        },
+    )
+    assert (retry.status_code, retry.json()["id"]) == (200, follow_up)
     assert texts(shown(client, conv)) == [*texts(main), "and then?", "echo: and then?"]
     assert shown(client, conv)["active_branch_id"] == main_branch
 
