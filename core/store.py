@@ -93,6 +93,19 @@ class SubmitRequest:
         return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
+# deletes an idempotency claim only while it is still this request's
+_RELEASE_RESERVATION = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
+
+
+def _idempotency_conflict(request: SubmitRequest, other_run: str) -> IdempotencyConflict:
+    return IdempotencyConflict(
+        f"idempotency key {request.idempotency_key!r} already names run {other_run} "
+        "with a different request; use a new key for a new request"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class SubmitResult:
     run_id: str
@@ -340,6 +353,9 @@ class EventStore:
         else:
             partition = None
         run_id = new_run_id(s.PARTITIONS, partition)
+        reserved = ""
+        if conv and request.idempotency_key:
+            run_id, reserved = await self._reserve_idempotency_key(request, run_id)
         max_attempts = request.max_attempts or s.MAX_RETRIES
         timeout_s = request.timeout_s or s.RUN_TIMEOUT_SECONDS
         payload = self._encode(
@@ -404,10 +420,9 @@ class EventStore:
         if word == "existing":
             return SubmitResult(as_text(reply[1]), created=False)
         if word == "idem_conflict":
-            raise IdempotencyConflict(
-                f"idempotency key {request.idempotency_key!r} already names run {as_text(reply[1])} "
-                "with a different request; use a new key for a new request"
-            )
+            raise _idempotency_conflict(request, as_text(reply[1]))
+        if reserved:  # refused: the key names no run, so the next request may use it
+            await self.redis.eval(_RELEASE_RESERVATION, 1, reserved, f"{run_id}|{request.fingerprint()}")
         if word == "busy":
             raise ConversationBusy(
                 f"conversation {conv} has an active run {as_text(reply[1])} and the policy is "
@@ -416,6 +431,29 @@ class EventStore:
         if word == "conversation_deleted":
             raise NotFound(f"conversation {conv} was deleted")
         raise NotFound(f"conversation {conv} does not exist")
+
+    async def _reserve_idempotency_key(self, request: SubmitRequest, run_id: str) -> tuple[str, str]:
+        """A run of a conversation lives in the conversation's partition, which is seldom its
+        idempotency key's (``crc32(owner:key)``), where the key of every submit of this owner is
+        first claimed: so one key names one run across conversations, with or without one. The
+        submit script checks the key again in the run's own partition, atomically with the run:
+        a crash between the two leaves a claim whose retry creates the run it names.
+        Returns the run id to submit, and the claim's key when this call made one."""
+        assert request.idempotency_key
+        home = idempotency_partition(request.owner, request.idempotency_key, self.settings.PARTITIONS)
+        if home == self.keys.run_partition(run_id):
+            return run_id, ""  # the script's own check is the claim
+        key = self.keys.idempotency(home, request.owner, request.idempotency_key)
+        fingerprint = request.fingerprint()
+        claimed = await self.redis.set(
+            key, f"{run_id}|{fingerprint}", nx=True, get=True, ex=self.settings.IDEMPOTENCY_TTL_SECONDS
+        )
+        if claimed is None:
+            return run_id, key
+        other_run, _, other_fingerprint = as_text(claimed).partition("|")
+        if other_fingerprint != fingerprint:
+            raise _idempotency_conflict(request, other_run)
+        return other_run, ""  # the same request: submit (or find) the run the key names
 
     async def create_conversation(
         self,

@@ -21,7 +21,7 @@ from agentstream.core.errors import (
     RunTerminal,
 )
 from agentstream.core.events import EventType, NewEvent
-from agentstream.core.ids import idempotency_partition, partition_of
+from agentstream.core.ids import idempotency_partition, new_run_id, partition_of
 from agentstream.core.keys import WORKERS_GROUP
 from agentstream.core.state import RunStatus, fold
 from agentstream.core.store import Claim, Dropped, EventStore, SubmitRequest
@@ -160,6 +160,62 @@ async def test_the_same_idempotency_key_with_another_body_is_a_conflict(store: E
     first = await store.submit(request(idempotency_key="k"))
     with pytest.raises(IdempotencyConflict, match=first.run_id):
         await store.submit(request(idempotency_key="k", messages=[{"role": "user", "content": "other"}]))
+
+
+async def two_conversations_and_a_key_elsewhere(store: EventStore) -> tuple[str, str, str]:
+    """Two conversations of user:1 in two partitions, and a key whose own partition is neither."""
+    parts = store.settings.PARTITIONS
+    first = await store.create_conversation("user:1", agent_key="a")
+    second = await store.create_conversation("user:1", agent_key="a")
+    while partition_of(second, parts) == partition_of(first, parts):
+        second = await store.create_conversation("user:1", agent_key="a")
+    taken = {partition_of(first, parts), partition_of(second, parts)}
+    key = next(
+        k for k in (f"k{i}" for i in range(1000)) if idempotency_partition("user:1", k, parts) not in taken
+    )
+    return first, second, key
+
+
+async def test_one_idempotency_key_names_one_run_across_conversations(store: EventStore) -> None:
+    first, second, key = await two_conversations_and_a_key_elsewhere(store)
+    created = await store.submit(request(conversation_id=first, idempotency_key=key))
+    again = await store.submit(request(conversation_id=first, idempotency_key=key))
+    assert created.created and (again.run_id, again.created) == (created.run_id, False)
+    with pytest.raises(IdempotencyConflict, match=created.run_id):
+        await store.submit(request(conversation_id=second, idempotency_key=key))
+    with pytest.raises(IdempotencyConflict, match=created.run_id):
+        await store.submit(request(idempotency_key=key))  # no conversation: the key's own partition
+    other_owner = await store.submit(request(owner="user:2", idempotency_key=key))
+    assert other_owner.created
+
+
+async def test_concurrent_submits_of_one_key_into_a_conversation_make_one_run(store: EventStore) -> None:
+    first, _, key = await two_conversations_and_a_key_elsewhere(store)
+    results = await asyncio.gather(
+        *(store.submit(request(conversation_id=first, idempotency_key=key)) for _ in range(10))
+    )
+    assert len({r.run_id for r in results}) == 1 and sum(r.created for r in results) == 1
+
+
+async def test_a_claimed_key_whose_submit_never_ran_creates_its_run_on_retry(store: EventStore) -> None:
+    """A crash between claiming the key and the submit script: the retry creates the run."""
+    first, _, key = await two_conversations_and_a_key_elsewhere(store)
+    sent = request(conversation_id=first, idempotency_key=key)
+    home = idempotency_partition("user:1", key, store.settings.PARTITIONS)
+    orphan = new_run_id(store.settings.PARTITIONS, partition_of(first, store.settings.PARTITIONS))
+    await store.redis.set(store.keys.idempotency(home, "user:1", key), f"{orphan}|{sent.fingerprint()}")
+    retried = await store.submit(sent)
+    assert (retried.run_id, retried.created) == (orphan, True)
+    assert await statuses(store, orphan) == ["queued"]
+
+
+async def test_a_refused_submit_leaves_its_idempotency_key_free(store: EventStore) -> None:
+    first, _, key = await two_conversations_and_a_key_elsewhere(store)
+    await store.submit(request(conversation_id=first))  # active: 'reject' refuses the next
+    with pytest.raises(ConversationBusy):
+        await store.submit(request(conversation_id=first, idempotency_key=key, policy="reject"))
+    other_body = await store.submit(request(idempotency_key=key, messages=[{"role": "user", "content": "x"}]))
+    assert other_body.created
 
 
 async def test_cancelling_a_queued_run_cancels_it_at_once_and_it_never_starts(store: EventStore) -> None:
