@@ -8,7 +8,7 @@ exist yet gets it first (from the start of the log), so its history is kept for 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +107,12 @@ async def ensure_groups(redis: Redis, keys: Keys, groups: Iterable[str]) -> None
                 raise result
 
 
+async def group_floor(redis: Redis, log_key: str, group: str, info: Mapping[str, Any]) -> tuple[int, int]:
+    """The lowest id ``group`` still needs: its oldest pending entry, else the next unread one."""
+    oldest = await oldest_pending_id(redis, log_key, group) if int(info["pending"]) else None
+    return parse_id(oldest or next_id(as_text(info["last-delivered-id"])))
+
+
 async def safe_trim_id(redis: Redis, log_key: str) -> str | None:
     """The lowest id some group still needs (None: no group, trim nothing)."""
     groups = await group_info(redis, log_key)
@@ -114,10 +120,8 @@ async def safe_trim_id(redis: Redis, log_key: str) -> str | None:
         return None
     floor: tuple[int, int] | None = None
     for name, info in groups.items():
-        oldest = await oldest_pending_id(redis, log_key, name) if int(info["pending"]) else None
-        needed = oldest or next_id(as_text(info["last-delivered-id"]))
-        parsed = parse_id(needed)
-        floor = parsed if floor is None or parsed < floor else floor
+        needed = await group_floor(redis, log_key, name, info)
+        floor = needed if floor is None or needed < floor else floor
     assert floor is not None
     return f"{floor[0]}-{floor[1]}"
 
@@ -141,3 +145,31 @@ async def trim_logs(
             continue
         removed += int(await redis.xtrim(log_key, minid=f"{floor[0]}-{floor[1]}", approximate=False))
     return removed
+
+
+async def entries_ahead(
+    redis: Redis, keys: Keys, *, behind: str, ahead: Collection[str], page: int = 5000
+) -> list[tuple[int, list[Any]]]:
+    """Per partition, the entries from ``behind``'s oldest unacknowledged one up to the furthest
+    any of ``ahead`` has read: what those groups may have applied and ``behind`` not yet (all of
+    it from the start of the log when ``behind`` has no group there)."""
+    out: list[tuple[int, list[Any]]] = []
+    for partition in range(keys.partitions):
+        log_key = keys.log(partition)
+        groups = await group_info(redis, log_key)
+        reads = [parse_id(as_text(groups[g]["last-delivered-id"])) for g in ahead if g in groups]
+        end = max(reads, default=(0, 0))
+        start = await group_floor(redis, log_key, behind, groups[behind]) if behind in groups else (0, 0)
+        if end == (0, 0) or start > end:
+            continue
+        low, high = f"{start[0]}-{start[1]}", f"{end[0]}-{end[1]}"
+        entries: list[Any] = []
+        while True:
+            chunk: Any = await redis.xrange(log_key, min=low, max=high, count=page)
+            entries.extend(chunk)
+            if len(chunk) < page:
+                break
+            low = "(" + as_text(chunk[-1][0])
+        if entries:
+            out.append((partition, entries))
+    return out

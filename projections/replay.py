@@ -4,6 +4,10 @@
 applies every archived event; ``log`` (recent history, the partition logs) re-applies what the
 logs still hold on top of the rows (nothing is reset: the logs may be trimmed).
 
+The archive is written by another group (``read_model``), which may lag: a projection other than
+the read-model also gets, from the partition logs, what its own group read beyond the archive
+(``entries_ahead``), so a replay never loses what its projector had applied and acknowledged.
+
 Either way the whole rebuild is ONE transaction: readers keep seeing the old rows until it
 commits, then the new ones at once; a live projector that touches the same rows waits for the
 commit and then merges its newer events on top (writes are order-insensitive).
@@ -11,6 +15,8 @@ commit and then merges its newer events on top (writes are order-insensitive).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import functools
 import time
@@ -24,9 +30,15 @@ from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils.dateparse import parse_datetime
 
+from agentstream.core.errors import CorruptEntry, RetryableError
 from agentstream.core.events import LIFECYCLE_TYPES, TERMINAL_TYPES, Event, EventType, Visibility
+from agentstream.core.settings import Settings
 from agentstream.core.state import RunStatus
-from agentstream.projections.projection import Projection, ReadModelProjection
+from agentstream.core.store import redis_from_url
+from agentstream.projections.entries import decode_log_entry
+from agentstream.projections.logs import entries_ahead
+from agentstream.projections.projection import GROUP_PREFIX, READ_MODEL, Projection, ReadModelProjection
+from agentstream.projections.projector import REDIS_UNAVAILABLE
 from agentstream.projections.rows import STATUS_OF_EVENT, ConversationPatch, Patches, RunPatch, run_patch
 from agentstream.projections.sql import CONVERSATION_EVENT, EVENT
 
@@ -56,6 +68,9 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
+
+
+ARCHIVIST = GROUP_PREFIX + READ_MODEL  # the group that writes the archive
 
 
 def _for_replay(projection: Projection) -> Projection:
@@ -191,8 +206,12 @@ def replay_archive(
     *,
     page: int = 5000,
     progress: ProgressCallback | None = None,
+    settings: Settings | None = None,
 ) -> int:
-    """Rebuild ``projections`` from the archive in one transaction; returns the events applied."""
+    """Rebuild ``projections`` from the archive in one transaction; returns the events applied.
+
+    Projections other than the read-model also read the partition logs (``settings``' Redis,
+    Django's ``AGENTSTREAM`` when None): call it off any event loop."""
     connection = connections[database]
     started = time.perf_counter()
     read_models = [p for p in projections if isinstance(p, ReadModelProjection)]
@@ -207,17 +226,69 @@ def replay_archive(
             progress(Progress(done, total, time.perf_counter() - started))
 
     with transaction.atomic(using=database):
-        events_in_archive = count_archive(connection)
-        total = events_in_archive * ((1 if read_models else 0) + (1 if others else 0))
         for projection in projections:
             projection.reset(connection)
+        # read after the reset, before the archive: see unarchived_events
+        ahead = unarchived_events(others, settings or _django_settings(), page) if others else []
+        events_in_archive = count_archive(connection)
+        total = events_in_archive * ((1 if read_models else 0) + (1 if others else 0)) + len(ahead)
         if read_models:
             replay_read_model(connection, page=page, step=step)
         if others:
             for events in archive_pages(connection, page=page, payload_types=_payload_types(others)):
                 apply_page(others, events, connection)
                 step(len(events))
-    return events_in_archive
+            for start in range(0, len(ahead), page):
+                apply_page(others, ahead[start : start + page], connection)
+                step(len(ahead[start : start + page]))
+    return events_in_archive + len(ahead)
+
+
+def unarchived_events(projections: Sequence[Projection], settings: Settings, page: int) -> list[Event]:
+    """The log entries ``projections``' groups read that the archive may lack: from the
+    read-model group's oldest unacknowledged entry up to the furthest of theirs, per partition.
+
+    The archive alone would lose them for good: those groups acknowledged them, so they are
+    never delivered again. Rather than refuse while the read-model lags (routine), apply them:
+    trimming waits for the read-model group, so they are still in the logs.
+
+    Read inside the replay's transaction, after the reset: whatever a live projector committed
+    before the reset (and the reset wiped), it had read by now; what it commits later survives
+    the reset (PostgreSQL) or waits for the replay (SQLite). What the read-model acknowledged
+    before this read is in the archive read after it. Events also archived come twice: harmless,
+    projections are idempotent. Entries no group has read yet are left to its projector."""
+
+    groups = [p.group for p in projections]
+
+    async def read() -> list[tuple[int, list[Any]]]:
+        redis = redis_from_url(settings.REDIS_URL)
+        try:
+            return await entries_ahead(redis, settings.keys, behind=ARCHIVIST, ahead=groups, page=page)
+        finally:
+            await redis.aclose()
+
+    names = ", ".join(p.name for p in projections)
+    try:
+        found = asyncio.run(read())
+    except REDIS_UNAVAILABLE as exc:
+        # the error rolls the reset back: refusing loses nothing
+        raise RetryableError(
+            f"replaying {names} from the archive also reads the partition logs (what its group "
+            f"applied that the archive has yet to get), and Redis did not answer ({exc}); try again"
+        ) from exc
+    events: list[Event] = []
+    for _, entries in found:
+        for _, fields in entries:
+            with contextlib.suppress(CorruptEntry):  # the projector recorded it as skipped
+                events.append(decode_log_entry(fields))
+    return events
+
+
+def _django_settings() -> Settings:
+    # no settings passed: Django's AGENTSTREAM, parsed as django_app.conf parses it
+    from django.conf import settings as django_settings
+
+    return Settings.from_mapping(getattr(django_settings, "AGENTSTREAM", {}))
 
 
 _PG_MS = "(EXTRACT(EPOCH FROM {}) * 1000)::bigint"

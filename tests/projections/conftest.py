@@ -15,6 +15,7 @@ from django.db import connections
 from agentstream.core.events import EventType, NewEvent
 from agentstream.core.ids import anonymous_owner, user_owner
 from agentstream.core.keys import WORKERS_GROUP
+from agentstream.core.settings import Settings
 from agentstream.core.store import Claim, EventStore, SubmitRequest
 from agentstream.projections.projection import ReadModelProjection
 from agentstream.projections.projector import Projector, ProjectorOptions
@@ -31,6 +32,12 @@ def database(request: pytest.FixtureRequest) -> str:
     if request.param == "default":
         require("PostgreSQL", POSTGRES_UP)
     return str(request.param)
+
+
+@pytest.fixture
+def store_settings(store: EventStore, redis_url: str) -> Settings:
+    """The test store's settings with its Redis: what a replay that reads the logs is given."""
+    return store.settings.with_overrides(REDIS_URL=redis_url)
 
 
 def projector_for(store: EventStore, database: str, **options: Any) -> Projector:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Iterator
 from typing import Any
@@ -10,14 +11,23 @@ import pytest
 from django.core.management import call_command
 from django.db import connections
 
+from agentstream.consumers.stores import now_us
+from agentstream.core.errors import RetryableError
+from agentstream.core.events import EventType
+from agentstream.core.records import StoreKind, store_payload
+from agentstream.core.settings import Settings
 from agentstream.core.store import EventStore
 from agentstream.projections.logs import trim_logs
 from agentstream.projections.projection import ReadModelProjection
+from agentstream.projections.projector import Projector
 from agentstream.projections.replay import Progress, replay_archive, replay_events
+from agentstream.projections.stores import StoresProjection
 from agentstream.projections.verify import log_events
 from tests.projections import user_projection
 from tests.projections.conftest import in_thread, make_workload, projector_for, rows
-from tests.services import POSTGRES_UP, require
+from tests.projections.test_stores import ALICE
+from tests.projections.test_stores import snapshot as stores_snapshot
+from tests.services import POSTGRES_UP, free_port, require
 
 pytestmark = pytest.mark.django_db(databases=["default", "embedded"], transaction=True)
 
@@ -77,7 +87,7 @@ async def test_replay_from_the_logs_into_an_empty_database_reproduces_the_live_r
 
 
 async def test_a_user_projection_added_later_is_backfilled_from_the_archive(
-    store: EventStore, database: str, tool_calls_table: None
+    store: EventStore, database: str, tool_calls_table: None, store_settings: Settings
 ) -> None:
     await make_workload(store, runs=12)
     await projector_for(store, database).run(burst=True)
@@ -85,7 +95,9 @@ async def test_a_user_projection_added_later_is_backfilled_from_the_archive(
     await trim_logs(store.redis, store.keys, [ReadModelProjection().group], retention_s=0)
     assert not [e async for e in log_events(store.redis, store.keys)]
 
-    await in_thread(replay_archive, [user_projection.ToolCalls()], database)
+    await in_thread(
+        functools.partial(replay_archive, [user_projection.ToolCalls()], database, settings=store_settings)
+    )
 
     archived = await in_thread(
         lambda: sorted((str(e["run_id"]), e["seq"], e["payload"]["name"]) for e in rows(database)["events"]
@@ -93,6 +105,55 @@ async def test_a_user_projection_added_later_is_backfilled_from_the_archive(
     )  # fmt: skip
     assert archived
     assert await in_thread(lambda: user_projection.tool_calls(connections[database])) == archived
+
+
+async def test_replaying_from_a_lagging_archive_keeps_what_the_projections_groups_acknowledged(
+    store: EventStore, database: str, tool_calls_table: None, store_settings: Settings
+) -> None:
+    await make_workload(store, runs=6)
+    await projector_for(store, database).run(burst=True)
+    # the read-model lags (or is down): these reach the stores and tool_calls groups only
+    await make_workload(store, runs=6, seed=8)
+    city = store_payload(StoreKind.MEMORY, ALICE, "city", now_us(), value="Lyon")
+    await store.owner_event(ALICE, EventType.MEMORY_SET, city)
+    projections = [StoresProjection(), user_projection.ToolCalls()]
+    for projection in projections:
+        await Projector(store.redis, store.keys, projection, database=database).run(burst=True)
+    live = await in_thread(projected, database)
+    archived = await in_thread(lambda: {(str(e["run_id"]), e["seq"]) for e in rows(database)["events"]})
+    assert live["memory"] and any((r, s) not in archived for r, s, _ in live["tool_calls"])
+
+    await in_thread(functools.partial(replay_archive, projections, database, settings=store_settings))
+
+    assert await in_thread(projected, database) == live
+    # and once the read-model catches up and every group has run again: still the same rows
+    await projector_for(store, database).run(burst=True)
+    for projection in projections:
+        await Projector(store.redis, store.keys, projection, database=database).run(burst=True)
+    assert await in_thread(projected, database) == live
+
+
+async def test_a_replay_that_cannot_read_the_logs_refuses_and_leaves_the_rows_as_they_were(
+    store: EventStore, database: str, tool_calls_table: None, store_settings: Settings
+) -> None:
+    await make_workload(store, runs=4)
+    await Projector(store.redis, store.keys, user_projection.ToolCalls(), database=database).run(burst=True)
+    live = await in_thread(lambda: user_projection.tool_calls(connections[database]))
+    nowhere = store_settings.with_overrides(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+
+    with pytest.raises(RetryableError, match="Redis did not answer"):
+        await in_thread(
+            functools.partial(replay_archive, [user_projection.ToolCalls()], database, settings=nowhere)
+        )
+
+    assert live and await in_thread(lambda: user_projection.tool_calls(connections[database])) == live
+
+
+def projected(database: str) -> dict[str, Any]:
+    return {
+        "tool_calls": user_projection.tool_calls(connections[database]),
+        "memory": stores_snapshot(database)["agentstream_memory"],
+    }
 
 
 async def test_readers_see_the_old_rows_until_the_replay_commits(store: EventStore, database: str) -> None:

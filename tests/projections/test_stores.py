@@ -3,6 +3,7 @@ similarity search in the database, the worker's write-through, and replay from t
 
 from __future__ import annotations
 
+import functools
 import random
 from typing import Any
 
@@ -14,6 +15,7 @@ from agentstream.consumers.stores import now_us
 from agentstream.core.events import Event, EventType
 from agentstream.core.ids import anonymous_owner, user_owner
 from agentstream.core.records import StoreKind, store_payload
+from agentstream.core.settings import Settings
 from agentstream.core.store import EventStore, SubmitRequest
 from agentstream.django_app.stores import DjangoStoreBackend, get_record, search
 from agentstream.projections.projection import ReadModelProjection
@@ -119,7 +121,7 @@ async def test_similarity_search_ranks_in_the_database_and_only_the_owners_items
 
 
 async def test_worker_and_owner_writes_are_readable_at_once_and_replay_from_the_archive_reproduces_them(
-    store: EventStore, database: str
+    store: EventStore, database: str, store_settings: Settings
 ) -> None:
     backend = DjangoStoreBackend(database)
     try:
@@ -159,7 +161,9 @@ async def test_worker_and_owner_writes_are_readable_at_once_and_replay_from_the_
 
         await in_thread(wipe, database)
         assert all(not rows for rows in (await in_thread(snapshot, database)).values())
-        await in_thread(replay_archive, [StoresProjection()], database)
+        await in_thread(
+            functools.partial(replay_archive, [StoresProjection()], database, settings=store_settings)
+        )
         assert await in_thread(snapshot, database) == live
         assert (await second.tasks.get(plan.task_id)).status == "complete"  # type: ignore[union-attr]
     finally:
