@@ -252,9 +252,11 @@ class Hub:
                         exc,
                         extra=run_fields(run_id),
                     )
+            # past every entry read, decodable or not: a cursor left below a bad last entry read
+            # it again at once, forever (a busy loop and thousands of log lines a second)
+            tail.cursor = seq_of_entry(entries[-1][0])
             if not frames:
                 continue
-            tail.cursor = frames[-1].event.seq
             tail.ended = any(f.event.is_terminal for f in frames)
             for subscriber in list(tail.subscribers):
                 if subscriber.deliver(frames):
@@ -294,6 +296,11 @@ class Hub:
         await self.reads.aclose()
         if isinstance(self.reads, aioredis.Redis):
             await self.reads.connection_pool.disconnect()  # a pool passed in is not closed with its client
+
+
+def seq_of_entry(entry_id: bytes) -> int:
+    """A run stream's entry id is ``0-<seq>``."""
+    return int(entry_id.rpartition(b"-")[2])
 
 
 # One hub per event loop (a loop's Redis connections cannot serve another loop).

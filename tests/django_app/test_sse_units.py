@@ -4,6 +4,7 @@ and real Redis (fan-out, wake-up on subscribe, a slow client dropped without del
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -167,6 +168,28 @@ async def test_unsubscribing_the_last_client_of_a_run_stops_reading_it(
         assert (hub.clients, hub.runs) == (1, 1)
         hub.unsubscribe(claim.run_id, buffer)
         assert (hub.clients, hub.runs) == (0, 0)
+    finally:
+        await hub.close()
+
+
+async def test_an_undecodable_last_entry_is_logged_once_and_read_past(
+    store: EventStore, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub = Hub(store.settings, url=redis_url, block_ms=2000)
+    claim = await running(store, user_owner(1))
+    key = store.keys.run_stream(claim.run_id)
+    [(_, good)] = await store.redis.xrange(key, min=f"0-{claim.seq}")
+    buffer = AsyncBuffer(100)
+    try:
+        with caplog.at_level(logging.ERROR, logger="agentstream.sse"):
+            await hub.subscribe(claim.run_id, claim.seq, buffer)
+            await store.redis.xadd(key, {"garbage": "1"}, id=f"0-{claim.seq + 1}")
+            await wait_for(lambda: "undecodable" in caplog.text)
+            # left at the end of the stream, it was read again and logged thousands of times a second
+            await store.redis.xadd(key, {**good, b"s": str(claim.seq + 2)}, id=f"0-{claim.seq + 2}")
+            frames = await buffer.take(5)
+        assert frames is not None and [f.event.seq for f in frames] == [claim.seq + 2]
+        assert sum("undecodable" in r.getMessage() for r in caplog.records) == 1
     finally:
         await hub.close()
 
