@@ -160,6 +160,9 @@ class Hub:
             shard.wake_sent = True  # one wake per read in flight, however many clients join
             try:
                 await self._wake(shard)
+            except asyncio.CancelledError:
+                shard.wake_sent = False  # maybe never sent: the next client of this read sends one
+                raise
             except Exception as exc:  # the read in flight still ends within block_ms
                 log.warning("SSE hub wake-up failed (%s); the new client waits for the next read", exc)
         return tail.cursor

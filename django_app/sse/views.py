@@ -184,8 +184,8 @@ async def _async_body(
     if cursor.done:
         return
     buffer = AsyncBuffer(settings.SSE_CLIENT_BUFFER)
-    hub_seq = await hub.subscribe(run_id, cursor.last_seq, buffer)
-    try:
+    try:  # a disconnect while subscribing (its wake-up is awaited) must not leave the client in
+        hub_seq = await hub.subscribe(run_id, cursor.last_seq, buffer)
         if hub_seq > cursor.last_seq:  # the hub tails this run for others already: catch up to it
             out = cursor.feed(
                 frames_of(await read(cursor.last_seq, hub_seq - cursor.last_seq)), allow_gap=True
@@ -232,8 +232,8 @@ def _sync_body(
     if cursor.done:
         return
     buffer = ThreadBuffer(settings.SSE_CLIENT_BUFFER)
-    hub_seq = backend.call(lambda: hub.subscribe(run_id, cursor.last_seq, buffer))
-    try:
+    try:  # a subscribe that timed out may still land on the loop: the finally lets it go too
+        hub_seq = backend.call(lambda: hub.subscribe(run_id, cursor.last_seq, buffer))
         if hub_seq > cursor.last_seq:
             yield cursor.feed(frames_of(read(cursor.last_seq, hub_seq - cursor.last_seq)), allow_gap=True).out
         while not cursor.done:

@@ -6,18 +6,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from typing import Any
 
 import orjson
 import pytest
 
 from agentstream.core.events import Event, EventType, NewEvent, Visibility
-from agentstream.core.ids import user_owner
-from agentstream.core.store import EventStore
+from agentstream.core.ids import idempotency_partition, user_owner
+from agentstream.core.settings import Settings
+from agentstream.core.store import Claim, EventStore
+from agentstream.django_app.sse import views
 from agentstream.django_app.sse.buffers import AsyncBuffer
 from agentstream.django_app.sse.cursor import Cursor
 from agentstream.django_app.sse.framing import Frame, VisibilityFilter, encode_sse, event_frame, retry_frame
-from agentstream.django_app.sse.hub import Hub
+from agentstream.django_app.sse.hub import Hub, hub_for_loop
 from tests.conftest import WITH_CLUSTER, backend_url
 from tests.django_app.helpers import finish, running, standard_events
 
@@ -170,6 +173,56 @@ async def test_unsubscribing_the_last_client_of_a_run_stops_reading_it(
         assert (hub.clients, hub.runs) == (0, 0)
     finally:
         await hub.close()
+
+
+async def test_a_client_gone_while_subscribing_leaves_no_subscription(
+    store: EventStore, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(REDIS_URL=redis_url, KEY_PREFIX=store.settings.KEY_PREFIX, PARTITIONS=4)
+    hub = hub_for_loop(settings)  # the hub the view uses
+    watched = await running(store, user_owner(1))
+    joining, later = await running_beside(store, watched), await running_beside(store, watched)
+    waking = asyncio.Event()
+
+    async def slow_wake(shard: Any) -> None:  # the wake-up XADD, its reply not yet in
+        waking.set()
+        await asyncio.Event().wait()
+
+    async def serve(body: Any) -> None:
+        async for _ in body:
+            pass
+
+    try:
+        await hub.subscribe(watched.run_id, watched.seq, AsyncBuffer(100))
+        await wait_for(lambda: hub._reading)  # so a new subscriber wakes the read
+        monkeypatch.setattr(hub, "_wake", slow_wake)
+        stream = asyncio.create_task(
+            serve(views._async_body(settings, joining.run_id, Cursor(joining.seq), None))
+        )
+        await asyncio.wait_for(waking.wait(), 10)
+        stream.cancel()  # what Django does when the client disconnects
+        with pytest.raises(asyncio.CancelledError):
+            await stream
+        assert (hub.clients, hub.runs) == (1, 1)
+        monkeypatch.undo()
+        # that wake was never sent: the next client of the same read sends its own
+        buffer = AsyncBuffer(100)
+        await hub.subscribe(later.run_id, later.seq, buffer)
+        await store.append(later.run_id, later.attempt, EventType.ASSISTANT_MESSAGE, {"content": "hi"})
+        frames = await buffer.take(5)  # the read in flight blocks 10 s
+        assert frames is not None and frames[0].event.type == "assistant.message"
+    finally:
+        monkeypatch.undo()
+        await hub.close()
+
+
+async def running_beside(store: EventStore, other: Claim) -> Claim:
+    """A running run in the partition of ``other``: on a cluster, the same blocking read."""
+    owner, partition = user_owner(1), store.keys.run_partition(other.run_id)
+    while True:  # a submit with an idempotency key lands in the key's partition
+        key = uuid.uuid4().hex
+        if idempotency_partition(owner, key, store.settings.PARTITIONS) == partition:
+            return await running(store, owner, idempotency_key=key)
 
 
 async def test_an_undecodable_last_entry_is_logged_once_and_read_past(
