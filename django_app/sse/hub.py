@@ -145,7 +145,9 @@ class Hub:
     async def subscribe(self, run_id: str, after_seq: int, subscriber: Subscriber) -> int:
         """Deliver the run's events to ``subscriber`` from now on; returns the seq the hub has
         read the run up to. Above ``after_seq``, the caller reads the events in between itself
-        (the hub already tailed the run for other clients)."""
+        (the hub already tailed the run for other clients). ``after_seq`` must not be past the
+        stream's last entry: the first client's sets the run's shared cursor, and the read would
+        return nothing below it to anyone (the view refuses a resume id ahead of the run)."""
         if self._closed:
             raise RuntimeError("the SSE hub is closed")
         tail = self._runs.get(run_id)

@@ -17,7 +17,7 @@ from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 
@@ -94,6 +94,8 @@ def event_stream(
         raise NotFound(f"no such run {run_id!r}")
     elif state.status.is_terminal and after >= state.seq:
         return _over()
+    elif after > state.seq:
+        raise ResumeAhead(f"resume id {after} is ahead of the run, whose last event is seq {state.seq}")
     settings = runtime_settings()
     cursor = Cursor(after, wanted)
     if isinstance(request._request, ASGIRequest):
@@ -104,6 +106,18 @@ def event_stream(
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
     return response
+
+
+class ResumeAhead(APIException):
+    """A resume id past the run's last event, which we never sent: a client's bug, or a Redis that
+    lost writes and will give those seqs to new events. Clamping would silently skip or repeat
+    events under ids the client already holds, so refuse it: EventSource gives up on any status but
+    200 (no reconnect loop) and the page starts over without the id. Nor may it reach the hub: the
+    run's tail is shared, and a cursor past the stream's end hides what is below it from every
+    client of the run in the process."""
+
+    status_code = 400
+    default_code = "resume_ahead"
 
 
 def _over() -> HttpResponse:

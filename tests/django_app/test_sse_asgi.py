@@ -98,6 +98,27 @@ async def test_resume_with_last_event_id_at_every_position_has_no_gap_and_no_dup
         assert response.status_code == 204
 
 
+async def test_a_resume_id_ahead_of_a_live_run_is_400_and_the_runs_streams_go_on(
+    live_server_asgi: LiveServer, store: EventStore
+) -> None:
+    caller = Caller()
+    claim = await running(store, caller.owner)
+    url = f"{live_server_asgi.url}/api/agents/runs/{claim.run_id}/events/"
+    ahead = [(caller.headers(claim.seq + 1000), ""), (caller.headers(), f"?from_seq={claim.seq + 1}")]
+    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+        for headers, query in ahead:
+            async with client.stream("GET", url + query, headers=headers) as response:
+                assert response.status_code == 400
+                error = orjson.loads(await response.aread())["error"]
+                assert error["code"] == "resume_ahead" and f"seq {claim.seq}" in error["message"]
+    # an ahead id once left the run's shared hub cursor past the stream: no client saw another event
+    reader = asyncio.create_task(collect(live_server_asgi, caller, claim.run_id))
+    await wait_clients(live_server_asgi, 1)
+    await store.append_many(claim.run_id, claim.attempt, [NewEvent("assistant.delta", {"d": 1})])
+    last = await finish(store, claim)
+    assert [e[0] for e in await asyncio.wait_for(reader, 20)] == list(range(1, last + 1))
+
+
 async def test_a_dropped_connection_resumes_exactly_while_the_run_goes_on(
     live_server_asgi: LiveServer, store: EventStore
 ) -> None:
