@@ -34,7 +34,7 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from agentstream.consumers.cancel_listener import CancelListener
@@ -128,6 +128,8 @@ class Worker:
         self.timers = Timers()  # the attempts' timeouts and flushes, on one loop timer
         self.outcomes: dict[Outcome, int] = {}
         self.reclaims = 0  # jobs taken over from an expired lease (for --metrics-port)
+        # job id -> (run id, attempt): begun by a claim that came back after stop(grace=False)
+        self._unstarted: dict[str, tuple[str, int]] = {}
         self._jobs: set[asyncio.Task[None]] = set()
         self._ending: set[asyncio.Task[None]] = set()  # jobs whose last write is on its way
         self._backlog: deque[Job] = deque()  # read but not started (a blocking read over-delivered)
@@ -290,6 +292,8 @@ class Worker:
             if isinstance(begun, Dropped):
                 self._dropped(job, begun)
             elif self._stop_now.is_set():
+                if begun is not None:  # the drain gives its attempt back with the job
+                    self._unstarted[job.job_id] = (job.run_id, begun.attempt)
                 continue
             elif begun is not None or (self._busy < self.concurrency and not self._stopping.is_set()):
                 self._start(job, begun)
@@ -343,9 +347,13 @@ class Worker:
                     log_fields=lambda: self._fields(job),
                 )
                 return
-            # a Redis outage here must not orphan the job until its lease runs out
+            # a Redis outage here must not orphan the job until its lease runs out; the token
+            # makes a retry whose first send began the attempt (its reply lost) answer that one
+            token = secrets.token_hex(8)
             begun = await ride_out_redis(
-                lambda: self.store.begin_attempt(job.run_id, job.job_id, self.worker_id, job.agent_key),
+                lambda: self.store.begin_attempt(
+                    job.run_id, job.job_id, self.worker_id, job.agent_key, token=token
+                ),
                 log_fields=lambda: self._fields(job),
             )
             if not isinstance(begun, Claim):
@@ -383,7 +391,7 @@ class Worker:
             self.attempts.pop(job.run_id, None)
         self._count(outcome)
         if outcome is Outcome.HANDED_BACK:
-            await self._hand_back([job])
+            await self._hand_back([job], begun={job.run_id: claim.attempt})
         elif not log.isEnabledFor(logging.INFO):
             pass
         elif outcome is Outcome.CANCELLED and attempt.cancel_requested_at is not None:
@@ -579,7 +587,10 @@ class Worker:
         if self._jobs:
             await asyncio.wait(set(self._jobs), timeout=10.0)
         self._backlog.clear()
-        await self._hand_back(await self._pending_not_running())
+        orphans = await self._pending_not_running()
+        await self._hand_back(
+            orphans, begun=dict(self._unstarted.pop(j.job_id) for j in orphans if j.job_id in self._unstarted)
+        )
 
     async def _pending_not_running(self) -> list[Job]:
         """Jobs in this worker's PEL that no attempt runs (the backlog, a read cut short)."""
@@ -600,10 +611,15 @@ class Worker:
                     orphans.append(Job(queue.partition, queue.agent_key, job_id, ""))
         return orphans
 
-    async def _hand_back(self, jobs: Sequence[Job]) -> None:
-        """Leave the jobs pending but idle past the lease: the next XAUTOCLAIM takes them."""
+    async def _hand_back(self, jobs: Sequence[Job], begun: Mapping[str, int] | None = None) -> None:
+        """Leave the jobs pending but idle past the lease: the next XAUTOCLAIM takes them. The
+        attempts ``begun`` (run id -> attempt) are given back first, so that a deploy neither
+        spends one of their runs' attempts nor counts as a reclaim."""
         if not jobs:
             return
+        for run_id, attempt in (begun or {}).items():
+            with contextlib.suppress(Exception):  # at worst the attempt counts, as before
+                await self.store.hand_back(run_id, attempt)
         await self._claim_again(jobs, idle_ms=self.lease_ms * 10)
         for job in jobs:
             log.info("run %s handed back (job %s)", job.run_id or "?", job.job_id, extra=self._fields(job))

@@ -28,6 +28,7 @@ NAMES = (
     "dead_letter",
     "conversation",
     "owner_event",
+    "hand_back",
 )
 BATCH = "batch"
 # a batch reply's element for a call that raised (the call's own error, not the batch's)

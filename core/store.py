@@ -559,16 +559,26 @@ class EventStore:
     # -- the worker's side -----------------------------------------------------------------
 
     async def begin_attempt(
-        self, run_id: str, job_id: str, worker_id: str, agent_key: str
+        self, run_id: str, job_id: str, worker_id: str, agent_key: str, *, token: str = ""
     ) -> Claim | Dropped:
-        """Start the next attempt of a claimed job; its number fences every older attempt out."""
+        """Start the next attempt of a claimed job; its number fences every older attempt out.
+
+        ``token``, unique to this begin: the call sent again with it (its reply was lost) answers
+        with the attempt it began, instead of beginning another."""
         tag, keys = self.keys.run_keys(run_id)
         reply = await self._run_script(
             "begin_attempt",
             [*keys, self.keys.queue(self.keys.run_partition(run_id), agent_key)],
-            [tag, run_id, job_id, *self._begin_args(worker_id)],
+            [tag, run_id, job_id, *self._begin_args(worker_id), token],
         )
         return _begun(run_id, reply)
+
+    async def hand_back(self, run_id: str, attempt: int) -> bool:
+        """A stopping worker gives ``attempt`` back unfinished: the run's next attempt does not
+        count it against ``max_attempts``, nor as a reclaim. False: it had ended or been fenced."""
+        tag, (state_key, _) = self.keys.run_keys(run_id)
+        reply = await self._run_script("hand_back", [state_key], [tag, run_id, attempt])
+        return as_text(reply[0]) == "given"
 
     async def claim_jobs(
         self, queues: Sequence[tuple[int, str]], worker_id: str, count: int
@@ -673,9 +683,17 @@ class EventStore:
         return int(reply[1])
 
     async def schedule_retry(
-        self, run_id: str, attempt: int, delay_s: float, error: Mapping[str, Any]
-    ) -> RetryOutcome:
-        """Back to queued after ``delay_s``; or run.failed + dead letter when attempts ran out."""
+        self,
+        run_id: str,
+        attempt: int,
+        delay_s: float,
+        error: Mapping[str, Any],
+        *,
+        cancelled: Mapping[str, Any] | None = None,
+    ) -> RetryOutcome | CancelOutcome:
+        """Back to queued after ``delay_s``; or run.failed + dead letter when attempts ran out;
+        or, if a cancel was requested meanwhile, run.cancelled with payload ``cancelled``
+        (``CancelOutcome``)."""
         tag, keys = self.keys.run_keys(run_id)
         reply = await self._run_script(
             "schedule_retry",
@@ -690,6 +708,8 @@ class EventStore:
                 self.visibility(EventType.RUN_FAILED),
                 self._encode(EventType.RUN_FAILED, {"error": dict(error)}),
                 self._retention,
+                self.visibility(EventType.RUN_CANCELLED),
+                self._encode(EventType.RUN_CANCELLED, cancelled or {"reason": "cancel requested"}),
             ],
         )
         word = as_text(reply[0])
@@ -697,6 +717,8 @@ class EventStore:
             return RetryOutcome(True, int(reply[1]), int(reply[2]))
         if word == "failed":
             return RetryOutcome(False, int(reply[1]))
+        if word == "cancelled":
+            return CancelOutcome(True, int(reply[1]))
         self._raise_refusal(run_id, reply)
         raise AssertionError("unreachable")
 

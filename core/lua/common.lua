@@ -251,6 +251,12 @@ local function refuse_unless_current(st, attempt)
   return nil, f
 end
 
+-- The attempts that count against max_attempts: all begun but those handed back at a worker's
+-- shutdown (hand_back), which were no failure of the run. Read only when the cap is reached.
+local function attempts_spent(st, attempt)
+  return attempt - (tonumber(redis.call('HGET', st, 'given')) or 0)
+end
+
 -- The fields begin_job needs, in one HMGET (nil status: no such run here).
 local function read_for_begin(st)
   return redis.call('HMGET', st, 'status', 'attempt', 'max_attempts', 'job', 'timeout_ms', 'conv', 'cancel',
@@ -268,9 +274,13 @@ local function begin_job(run_id, job, queue, f, b, now, input)
     return { 'dropped', TERMINAL[f[1]] and f[1] or 'stale job entry' }
   end
   local attempt = tonumber(f[2])
-  -- still 'running': its worker's lease expired (crash, stall, or handed back at shutdown)
-  if f[1] == 'running' then redis.call('HINCRBY', stats_key(), 'reclaims', 1) end
-  if attempt >= tonumber(f[3]) then
+  local st = state_key(run_id)
+  -- still 'running': its worker's lease expired (crash, stall), or it handed the attempt back at
+  -- shutdown (hand_back: not a reclaim)
+  if f[1] == 'running' and redis.call('HGET', st, 'given_at') ~= f[2] then
+    redis.call('HINCRBY', stats_key(), 'reclaims', 1)
+  end
+  if attempt >= tonumber(f[3]) and attempts_spent(st, attempt) >= tonumber(f[3]) then
     -- every allowed attempt started and none finished: the job keeps killing its workers
     local seq = terminate(run_id, 'run.failed', b[5], b[4], b[6], now, {
       status = f[1], attempt = f[2], seq = tonumber(f[8]) or 0, conv = f[6] or '', job = job, agent = f[9] or '',
@@ -282,7 +292,6 @@ local function begin_job(run_id, job, queue, f, b, now, input)
   attempt = attempt + 1
   local seq = (tonumber(f[8]) or 0) + 1
   local a, s = text(attempt), text(seq)
-  local st = state_key(run_id)
   if attempt == 1 then
     redis.call('HSET', st, 'status', 'running', 'attempt', a, 'worker', b[1], 'seq', s, 'emitted', '0',
       'started', now_text())

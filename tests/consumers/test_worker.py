@@ -351,6 +351,8 @@ async def test_a_claim_in_flight_when_the_worker_stops_hands_its_jobs_back_for_a
         await burst(store, agent_keys=["echo"])  # takes it at once: handed back, not left to the lease
         events = await store.read_run(run_id)
         assert types(events).count("run.started") == 2 and events[-1].type == "run.succeeded"
+        stats = store.keys.stats(store.keys.run_partition(run_id))
+        assert await store.redis.hget(stats, "reclaims") is None  # given back, not reclaimed
     finally:
         await delete_prefix(redis_client, long_lease.KEY_PREFIX)
 
@@ -380,6 +382,48 @@ async def test_stop_past_the_grace_hands_the_run_back_and_another_worker_finishe
         state = await wait_terminal(wstore, run_id)
     assert state.status is RunStatus.SUCCEEDED and state.attempt == 2
     assert time.monotonic() - handed_back < 5  # reclaimed at once, not after a full lease
+
+
+async def test_an_attempt_handed_back_at_shutdown_spends_none_of_the_runs_attempts(
+    wstore: EventStore,
+) -> None:
+    """Deploys are no failure of the run: one attempt allowed, handed back twice, still runs."""
+    run_id = await submit(wstore, "sleeper", params={"sleep_s": 1.0}, max_attempts=1)
+    for _ in range(2):
+        worker = Worker(wstore, agents.registry(), handle_signals=False, block_ms=100, grace_s=0.05)
+        task = asyncio.create_task(worker.run())
+        await wait_until(lambda w=worker: run_id in w.attempts, 10, "the attempt began")
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+        assert (await wstore.run_state(run_id)).status is RunStatus.RUNNING  # type: ignore[union-attr]
+    async with running_worker(wstore):
+        state = await wait_terminal(wstore, run_id)
+    assert state.status is RunStatus.SUCCEEDED and state.attempt == 3
+    stats = wstore.keys.stats(wstore.keys.run_partition(run_id))
+    assert await wstore.redis.hget(stats, "reclaims") is None  # nor did it count as a reclaim
+
+
+async def test_a_begin_whose_reply_is_lost_is_sent_again_and_begins_one_attempt(
+    wstore: EventStore,
+) -> None:
+    original = wstore.begin_attempt
+    lost: list[str] = []
+
+    async def reply_lost(*args: Any, **kw: Any) -> Any:
+        begun = await original(*args, **kw)  # Redis ran it...
+        if not lost:
+            lost.append(args[0])
+            raise ConnectionError("connection reset")  # ...and the reply never came back
+        return begun
+
+    wstore.begin_attempt = reply_lost  # type: ignore[method-assign]
+    async with running_worker(wstore, agent_keys=["echo"]) as worker:
+        await asyncio.sleep(0.2)  # idle: the job comes through the blocking read, then begin_attempt
+        run_id = await submit(wstore, "echo", max_attempts=1)
+        state = await wait_terminal(wstore, run_id)
+    assert lost == [run_id], "the begin was not retried through a lost reply"
+    assert state.status is RunStatus.SUCCEEDED and state.attempt == 1, worker.worker_id
+    assert types(await wstore.read_run(run_id)).count("run.started") == 1
 
 
 async def test_a_job_whose_run_already_ended_is_acked_and_dropped(wstore: EventStore) -> None:
@@ -448,8 +492,8 @@ async def test_a_cancel_broadcast_while_the_attempt_is_beginning_still_cancels_i
         async with running_worker(store) as worker:
             original = store.begin_attempt
 
-            async def begin_then_cancel(run_id: str, *args: Any) -> Any:
-                claim = await original(run_id, *args)
+            async def begin_then_cancel(run_id: str, *args: Any, **kw: Any) -> Any:
+                claim = await original(run_id, *args, **kw)
                 await store.cancel(run_id)  # lands while this worker awaits begin_attempt's reply
                 await wait_until(lambda: run_id in worker._early_cancels, 5, "the broadcast arrived")
                 return claim
