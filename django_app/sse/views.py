@@ -10,7 +10,9 @@ Under WSGI the body is a generator fed by the process's store thread. Both drive
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.handlers.asgi import ASGIRequest
@@ -129,6 +131,26 @@ def frames_of(events: Sequence[Event]) -> list[Frame]:
     return [Frame.of(e) for e in events]
 
 
+@dataclass(slots=True)
+class Silence:
+    """Time since the stream last wrote. A keepalive is due after ``interval_s`` without a byte,
+    however many events arrived meanwhile: those the client's filter hides write nothing, and a
+    wait restarted by each of them let a busy tool loop starve the keepalive (proxies then cut
+    the idle-looking connection)."""
+
+    interval_s: float
+    since: float = field(default_factory=time.monotonic)
+
+    def left_s(self) -> float:
+        return max(0.0, self.since + self.interval_s - time.monotonic())
+
+    def is_over(self) -> bool:
+        return self.left_s() == 0.0
+
+    def restart(self) -> None:
+        self.since = time.monotonic()
+
+
 # -- ASGI: on the server's loop, through that loop's hub ------------------------------------------
 
 
@@ -206,14 +228,13 @@ async def _async_body(
             ).out
             if out:
                 yield out
+        quiet = Silence(settings.SSE_KEEPALIVE_SECONDS)
         while not cursor.done:
-            frames = await buffer.take(settings.SSE_KEEPALIVE_SECONDS)
-            if frames is None:
-                yield KEEPALIVE
-                continue
-            out = await _fill_async(cursor, cursor.feed(frames), read)
-            if out:
-                yield out
+            frames = await buffer.take(quiet.left_s())
+            out = b"" if frames is None else await _fill_async(cursor, cursor.feed(frames), read)
+            if out or quiet.is_over():
+                yield out or KEEPALIVE
+                quiet.restart()
             if buffer.closed and not cursor.done:
                 return  # overflowed: the client reconnects with Last-Event-ID
     finally:
@@ -221,6 +242,18 @@ async def _async_body(
 
 
 # -- WSGI: a worker thread, fed by the store thread's hub -----------------------------------------
+
+
+def _fill_sync(cursor: Cursor, step: Step, read: Callable[[int, int], list[Event]]) -> bytes:
+    """``_fill_async`` for a thread."""
+    out = [step.out]
+    while step.missing is not None:
+        after, before = step.missing
+        filled = read(after, before - after - 1)
+        out.append(cursor.feed(frames_of(filled), allow_gap=True).out)
+        step = cursor.feed(step.rest, allow_gap=not filled)
+        out.append(step.out)
+    return b"".join(out)
 
 
 def _sync_body(
@@ -250,20 +283,13 @@ def _sync_body(
         hub_seq = backend.call(lambda: hub.subscribe(run_id, cursor.last_seq, buffer))
         if hub_seq > cursor.last_seq:
             yield cursor.feed(frames_of(read(cursor.last_seq, hub_seq - cursor.last_seq)), allow_gap=True).out
+        quiet = Silence(settings.SSE_KEEPALIVE_SECONDS)
         while not cursor.done:
-            frames = buffer.take(settings.SSE_KEEPALIVE_SECONDS)
-            if frames is None:
-                yield KEEPALIVE
-                continue
-            step = cursor.feed(frames)
-            out = [step.out]
-            while step.missing is not None:
-                after, before = step.missing
-                filled = read(after, before - after - 1)
-                out.append(cursor.feed(frames_of(filled), allow_gap=True).out)
-                step = cursor.feed(step.rest, allow_gap=not filled)
-                out.append(step.out)
-            yield b"".join(out)
+            frames = buffer.take(quiet.left_s())
+            out = b"" if frames is None else _fill_sync(cursor, cursor.feed(frames), read)
+            if out or quiet.is_over():
+                yield out or KEEPALIVE
+                quiet.restart()
             if buffer.closed and not cursor.done:
                 return
     finally:

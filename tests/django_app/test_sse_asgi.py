@@ -204,6 +204,43 @@ async def test_retry_is_sent_first_and_a_keepalive_comment_while_idle(
     assert lines.count(": keepalive") == 2
 
 
+async def test_a_keepalive_is_sent_while_only_events_the_client_does_not_see_arrive(
+    settings: Any, agentstream: dict[str, Any], store: EventStore
+) -> None:
+    settings.AGENTSTREAM = {**agentstream, "SSE_KEEPALIVE_SECONDS": 0.5}
+    caller = Caller()
+    claim = await running(store, caller.owner)
+
+    async def tool_loop() -> None:  # debug events, hidden by the default filter, faster than keepalives
+        while True:
+            await store.append_many(
+                claim.run_id, claim.attempt, [NewEvent("tool.call", {"id": "t", "name": "clock"})]
+            )
+            await asyncio.sleep(0.05)
+
+    keepalives = 0
+    with LiveServer() as server:
+        producer = asyncio.create_task(tool_loop())
+        try:
+            async with (
+                httpx.AsyncClient(timeout=TIMEOUT) as client,
+                client.stream(
+                    "GET", f"{server.url}/api/agents/runs/{claim.run_id}/events/", headers=caller.headers()
+                ) as response,
+                asyncio.timeout(5),  # a backstop: two keepalives take about a second
+            ):
+                async for line in response.aiter_lines():
+                    assert not line.startswith("id:"), line
+                    if line == ": keepalive":
+                        keepalives += 1
+                    if keepalives == 2:
+                        break
+        finally:
+            producer.cancel()
+            await asyncio.gather(producer, return_exceptions=True)
+    assert keepalives == 2
+
+
 async def test_disconnect_frees_the_client_at_once_and_never_cancels_the_run(
     live_server_asgi: LiveServer, store: EventStore
 ) -> None:

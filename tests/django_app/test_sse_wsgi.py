@@ -3,8 +3,10 @@ when the run's stream has expired."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -70,6 +72,51 @@ def test_the_sync_view_replays_and_tails_a_live_run_under_wsgi(agentstream: dict
     assert [int(f["id"]) for f in got] == [1, 2, 3, 4]
     assert got[-1]["event"] == "run.succeeded"
     wait_until(lambda: backend.api_backend().hub.clients == 0, what="the WSGI client freed")
+
+
+def test_the_sync_view_sends_a_keepalive_while_only_hidden_events_arrive(
+    settings: Any, agentstream: dict[str, Any]
+) -> None:
+    settings.AGENTSTREAM = {**agentstream, "SSE_KEEPALIVE_SECONDS": 0.5}
+    client, session_id = anon_client()
+    stop = threading.Event()
+
+    async def start() -> Any:
+        store = store_for(agentstream)
+        try:
+            return await running(store, anonymous_owner(session_id))
+        finally:
+            await store.redis.aclose()
+
+    claim = run(start)
+
+    def tool_loop() -> None:  # debug events, hidden by the default filter, faster than keepalives
+        async def go() -> None:
+            store = store_for(agentstream)
+            try:
+                while not stop.is_set():
+                    await store.append_many(claim.run_id, claim.attempt, [NewEvent("tool.call", {"id": "t"})])
+                    await asyncio.sleep(0.05)
+            finally:
+                await store.redis.aclose()
+
+        run(go)
+
+    response = client.get(f"/api/agents/runs/{claim.run_id}/events/")
+    producer = threading.Thread(target=tool_loop)
+    producer.start()
+    keepalives, deadline = 0, time.monotonic() + 5  # a backstop: two keepalives take about a second
+    try:
+        for chunk in response.streaming_content:
+            assert b"id: " not in chunk
+            keepalives += chunk.count(b": keepalive")
+            if keepalives >= 2 or time.monotonic() > deadline:
+                break
+    finally:
+        stop.set()
+        producer.join(10)
+        response.close()
+    assert keepalives >= 2
 
 
 def test_an_expired_stream_is_replayed_from_the_event_archive(agentstream: dict[str, Any]) -> None:
