@@ -92,6 +92,11 @@ def event_stream(
 
         rows = ArchivedEvent.objects.filter(run_id=run_id, seq__gt=after).order_by("seq")[:ARCHIVE_LIMIT]
         archive = [archived_as_stream_event(r) for r in rows]
+        if not archive:
+            # Ended or not (a row the projector never finished, a Redis that lost the run), a run
+            # without its Redis state can append nothing more (every script needs the state): a
+            # stream without a terminal event would have EventSource reconnect forever.
+            return _over()
     elif state.owner != owner:
         raise NotFound(f"no such run {run_id!r}")
     elif state.status.is_terminal and after >= state.seq:
@@ -123,7 +128,8 @@ class ResumeAhead(APIException):
 
 
 def _over() -> HttpResponse:
-    """Resuming after the terminal event: 204 tells EventSource to stop reconnecting."""
+    """Nothing more will come (resuming after the terminal event, or the archive of a run whose
+    Redis state is gone): 204 tells EventSource to stop reconnecting."""
     return HttpResponse(status=204)
 
 

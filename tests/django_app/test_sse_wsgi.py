@@ -142,6 +142,24 @@ def test_an_expired_stream_is_replayed_from_the_event_archive(agentstream: dict[
     assert other.get(f"/api/agents/runs/{run_id}/events/").status_code == 404
 
 
+def test_an_expired_stream_of_a_run_that_never_ended_tells_the_browser_to_stop_reconnecting(
+    agentstream: dict[str, Any],
+) -> None:
+    client, session_id = anon_client()
+    run_id = uuid.uuid4()
+    now = dt.datetime.now(dt.UTC)
+    Run.objects.create(
+        id=run_id, owner=anonymous_owner(session_id), agent_key="echo", status="running", last_seq=2
+    )
+    for seq, kind in [(1, "run.queued"), (2, "run.started")]:
+        Event.objects.create(run_id=run_id, seq=seq, type=kind, payload={}, ts=now, visibility="internal")
+    url = f"/api/agents/runs/{run_id}/events/?include_all=1"
+    assert [int(f["id"]) for f in frames(list(client.get(url).streaming_content))] == [1, 2]
+    # no terminal event, but with its Redis state gone the run can append nothing more: EventSource
+    # reconnects once, and 204 stops it (it reconnected forever to an empty stream)
+    assert client.get(url, HTTP_LAST_EVENT_ID="2").status_code == 204
+
+
 def test_a_bad_last_event_id_is_400(agentstream: dict[str, Any]) -> None:
     client, _ = anon_client()
     response = client.get(f"/api/agents/runs/{uuid.uuid4()}/events/?from_seq=-3")
