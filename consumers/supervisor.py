@@ -1,4 +1,4 @@
-"""Run N worker processes and keep them running.
+"""Run N worker (or projector) processes and keep them running.
 
 Given modules to preload (``worker_main`` does), children come from a *forkserver* where the
 platform has one: a clean process, started once, that imports those modules and then forks
@@ -9,7 +9,10 @@ Otherwise children are *spawned*.
 
 A child that dies unexpectedly is restarted (with a short backoff, so a crash loop does not
 spin); SIGTERM/SIGINT are forwarded to every child, which drain as a single worker does, and
-the supervisor returns when all have exited. In burst mode children are not restarted.
+the supervisor returns when all have exited. In burst mode children are not restarted. A child
+that exits with ``CONFIGURATION_ERROR`` (2: it printed why, e.g. an unknown agent key) is not
+restarted either: every restart would fail the same way. The others are stopped and the
+supervisor returns 2. A child killed by a signal counts as ``128 + signal`` (as a shell says).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from typing import Any
 
 log = logging.getLogger("agentstream.worker")
 
+CONFIGURATION_ERROR = 2  # a child's exit code for "fix the configuration": restarting cannot help
+
 
 def supervise(
     target: Callable[..., Any],
@@ -36,8 +41,10 @@ def supervise(
     *,
     restart: bool = True,
     preload: Sequence[str] = (),
+    name: str = "worker",
 ) -> int:
     """Run ``target(*args)`` in ``processes`` children; returns the worst exit code.
+    ``name``: what the log calls a child ("worker process 1 exited ...").
     ``preload``: the modules a forkserver imports once for all children (an ImportError there
     is ignored: the child imports the module again and reports it); none: children are
     spawned (a Django child sets itself up, nothing to share)."""
@@ -52,18 +59,22 @@ def supervise(
 
     def start(slot: int) -> None:
         proc = ctx.Process(
-            target=_child, args=(target, args), name=f"agentstream-worker-{slot}", daemon=False
+            target=_child, args=(target, args), name=f"agentstream-{name}-{slot}", daemon=False
         )
         proc.start()
         children[slot] = proc
-        log.info("worker process %d started (pid %s)", slot, proc.pid)
+        log.info("%s process %d started (pid %s)", name, slot, proc.pid)
 
-    def forward(signum: int, _frame: FrameType | None) -> None:
+    def stop_all(signum: int) -> None:
         nonlocal stopping
         stopping = True
         for proc in children.values():
             if proc.is_alive() and proc.pid is not None:
-                os.kill(proc.pid, signum)
+                with contextlib.suppress(ProcessLookupError):  # it exited since is_alive()
+                    os.kill(proc.pid, signum)
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        stop_all(signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     worst = 0
@@ -79,11 +90,16 @@ def supervise(
                 code = proc.exitcode or 0
                 if stopping and code in (-signal.SIGTERM, -signal.SIGINT):
                     code = 0  # our forwarded signal reached it before its handlers: nothing was claimed
+                elif code < 0:
+                    code = 128 - code  # killed by a signal: never 0, and what a shell would say
                 del children[slot]
+                if code == CONFIGURATION_ERROR and not stopping:
+                    log.error("%s process %d exited with a configuration error; stopping", name, slot)
+                    stop_all(signal.SIGTERM)
                 if stopping or not restart or code == 0:
-                    worst = max(worst, abs(code))
+                    worst = max(worst, code)
                     continue
-                log.error("worker process %d exited with %s; restarting it", slot, code)
+                log.error("%s process %d exited with %s; restarting it", name, slot, code)
                 since = time.monotonic() - restarts.get(slot, 0.0)
                 if since < 5.0:
                     time.sleep(1.0)  # a crash loop: do not spin
