@@ -116,3 +116,19 @@ async def test_runagent_in_debug_reloads_on_a_code_change_and_keeps_serving(
     assert (await wait_terminal(rstore, second, timeout_s=20)).status is RunStatus.SUCCEEDED
     assert proc.poll() is None
     assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--agent-keys", "nope"), "no runtime is registered for agent key 'nope'"),
+        (("--concurrency", "-1"), "--concurrency -1: it must be at least 1"),
+    ],
+)
+def test_runagent_with_processes_refuses_a_bad_configuration_once_instead_of_restarting(
+    runagent: Any, args: tuple[str, ...], message: str
+) -> None:
+    proc, log = runagent("--processes", "2", *args)
+    assert proc.wait(30) == 2, log.read_text()  # a supervisor restarting in a loop never exits
+    assert log.read_text().count(message) == 1, log.read_text()
+    assert "Traceback" not in log.read_text()

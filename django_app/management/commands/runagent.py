@@ -15,10 +15,12 @@ from django.conf import settings as django_settings
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import autoreload
 
-from agentstream.consumers.supervisor import supervise
+from agentstream.consumers.errors import RegistryError
+from agentstream.consumers.supervisor import CONFIGURATION_ERROR, supervise
 from agentstream.consumers.worker_main import (
     WorkerConfig,
     add_worker_arguments,
+    load_registry,
     run_worker_process,
     split_keys,
 )
@@ -53,6 +55,7 @@ class Command(BaseCommand):
         processes = options["processes"] or settings.DEFAULT_PROCESSES
         if processes > 1 and config.metrics_port is not None:
             raise CommandError("--metrics-port serves one process; use --processes 1 per port")
+        check_worker_config(config)
         if processes > 1:
             code = supervise(django_worker_process, (config,), processes, restart=not config.burst)
             if code:
@@ -63,6 +66,25 @@ class Command(BaseCommand):
             autoreload.run_with_reloader(run_worker_process, threaded)
             return
         run_worker_process(config)
+
+
+def check_worker_config(config: WorkerConfig) -> None:
+    """Refuse here, once, what every worker would refuse at its start (an unknown agent key, a
+    concurrency below 1): N supervised children would each print it and exit 2."""
+    registry = load_registry([*config.settings.RUNTIME_REGISTRY, *config.registry_paths])
+    try:
+        keys = config.agent_keys or registry.keys()
+        if not keys:
+            raise RegistryError("no agent keys to serve: register a runtime or pass --agent-keys")
+        for key in keys:
+            registry.get(key)
+    except RegistryError as exc:
+        raise CommandError(str(exc), returncode=CONFIGURATION_ERROR) from None
+    concurrency = config.concurrency or config.settings.DEFAULT_CONCURRENCY
+    if concurrency < 1:
+        raise CommandError(
+            f"--concurrency {concurrency}: it must be at least 1", returncode=CONFIGURATION_ERROR
+        )
 
 
 def django_worker_process(config: WorkerConfig) -> None:
