@@ -6,18 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
-import subprocess
-import sys
 import threading
 from typing import Any
 
-from django.conf import settings as django_settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from agentstream.consumers.supervisor import CONFIGURATION_ERROR, supervise
 from agentstream.core.errors import ConfigurationError
-from agentstream.core.eviction import ensure_noeviction_when_reachable
+from agentstream.core.eviction import ensure_noeviction_at_start, ensure_noeviction_when_reachable
 from agentstream.core.gctune import freeze_startup_heap
 from agentstream.core.logfmt import configure_logging
 from agentstream.core.store import redis_from_url
@@ -64,51 +61,38 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **opts: Any) -> None:
-        if opts["processes"] > 1:
-            sys.exit(self._supervise(opts["processes"]))
+        if opts["processes"] > 1 and not opts["lag"]:
+            code = self._supervise(opts)
+            if code:
+                raise SystemExit(code)
+            return
         try:
             configure_logging(logging.INFO, runtime_settings().LOG_FORMAT)
             freeze_startup_heap()  # full collections of Django's start-up heap stalled batches
             asyncio.run(self._main(opts))
+        except ConfigurationError as exc:  # 2: a supervisor does not restart what cannot start
+            raise CommandError(str(exc), returncode=CONFIGURATION_ERROR) from None
+
+    def _supervise(self, opts: dict[str, Any]) -> int:
+        """N children, each a one-process projector on the same groups, restarted when they
+        crash, as ``runagent``'s workers are; SIGTERM reaches them all."""
+        settings = runtime_settings()
+        try:  # here, not N times in the children
+            load_projections(settings, _names(opts))
+            ensure_noeviction_at_start(settings)
         except ConfigurationError as exc:
-            raise CommandError(str(exc)) from None
-
-    def _supervise(self, processes: int) -> int:
-        """N children, each a one-process projector on the same groups; SIGTERM reaches them all."""
-        argv = sys.argv[sys.argv.index("runprojector") + 1 :]
-        if "--processes" in argv:
-            i = argv.index("--processes")
-            argv = argv[:i] + argv[i + 2 :]
-        argv = [a for a in argv if not a.startswith("--processes=")]
-        # children run as `python -m django`: the settings module is in the inherited environment
-        # (manage.py sets it), and the directory of manage.py goes on their path
-        env = dict(os.environ)
-        # (not when we run as `-m django` ourselves: django's own folder would shadow modules)
-        script_dir = (
-            "" if sys.argv[0].endswith("__main__.py") else os.path.dirname(os.path.abspath(sys.argv[0]))
+            raise CommandError(str(exc), returncode=CONFIGURATION_ERROR) from None
+        configure_logging(logging.INFO, settings.LOG_FORMAT)
+        # the parsed options, not sys.argv (which holds `projector` under the CLI, nothing
+        # under call_command); the output streams stay behind
+        child = {k: v for k, v in opts.items() if k not in ("stdout", "stderr")} | {"processes": 1}
+        return supervise(
+            projector_process, (child,), opts["processes"], restart=not opts["burst"], name="projector"
         )
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (script_dir, os.getcwd(), env.get("PYTHONPATH", "")) if p
-        )
-        if django_settings.SETTINGS_MODULE:
-            env.setdefault("DJANGO_SETTINGS_MODULE", django_settings.SETTINGS_MODULE)
-        cmd = [sys.executable, "-m", "django", "runprojector", *argv, "--processes", "1"]
-        children = [subprocess.Popen(cmd, env=env) for _ in range(processes)]
-
-        def forward(signum: int, _: Any) -> None:
-            for child in children:
-                with contextlib.suppress(ProcessLookupError):
-                    child.send_signal(signum)
-
-        signal.signal(signal.SIGTERM, forward)
-        signal.signal(signal.SIGINT, forward)
-        codes = [child.wait() for child in children]
-        return max(codes, default=0)
 
     async def _main(self, opts: dict[str, Any]) -> None:
         settings = runtime_settings()
-        names = [n.strip() for n in opts["projections"].split(",") if n.strip()] or None
-        projections = load_projections(settings, names)
+        projections = load_projections(settings, _names(opts))
         all_groups = [p.group for p in load_projections(settings)]
         redis = redis_from_url(settings.REDIS_URL)
         keys = settings.keys
@@ -168,3 +152,20 @@ class Command(BaseCommand):
                 log.warning("trimming the logs failed: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=opts["trim_every_s"])
+
+
+def _names(opts: dict[str, Any]) -> list[str] | None:
+    return [n.strip() for n in opts["projections"].split(",") if n.strip()] or None
+
+
+def projector_process(opts: dict[str, Any]) -> None:
+    """A spawned child: set Django up (settings come through the environment), then project."""
+    import django
+
+    django.setup()
+    command = Command()
+    try:
+        command.handle(**opts)
+    except CommandError as exc:  # one line, as manage.py prints it, and its exit code
+        command.stderr.write(f"CommandError: {exc}")
+        raise SystemExit(exc.returncode) from None
