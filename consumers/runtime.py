@@ -27,10 +27,11 @@ class RunResult:
 class ErrorInfo:
     """An error as runs record it (``run.failed``/``run.retrying`` payloads); ``retriable`` decides."""
 
+    # django-agent-runtime's field order: ErrorInfo("T", "msg", traceback, False) means what it did there
     type: str
     message: str
-    retriable: bool = True
     stack: str | None = None
+    retriable: bool = True
     details: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
