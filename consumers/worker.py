@@ -37,6 +37,8 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import redis.exceptions
+
 from agentstream.consumers.cancel_listener import CancelListener
 from agentstream.consumers.errors import RegistryError
 from agentstream.consumers.execution import TRANSIENT, Attempt, AttemptOptions, ride_out_redis
@@ -60,6 +62,23 @@ CLAIMS_IN_FLIGHT = 2
 # (a cluster bus hiccup) delays a run by this much at most.
 PROMOTE_IDLE_S = 5.0
 PROMOTE_LIMIT = 500  # runs per partition per scan; a full scan looks again at once
+# XAUTOCLAIM calls per queue per reclaim pass: each looks at up to 10 x the free slots pending
+# entries, going on from the last; an idle queue's first call reaches the end.
+RECLAIM_CALLS = 8
+# Refusals a Redis takes back by itself: out of memory (noeviction), a replica promoted or a
+# slot moving, a script running past its time limit. The worker waits them out.
+_REFUSED_FOR_NOW = (
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+)
+
+
+def refused_for_now(exc: BaseException) -> bool:
+    return isinstance(exc, _REFUSED_FOR_NOW) or (
+        isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith("BUSY")
+    )
 
 
 def new_worker_id() -> str:
@@ -130,6 +149,7 @@ class Worker:
         self.reclaims = 0  # jobs taken over from an expired lease (for --metrics-port)
         # job id -> (run id, attempt): begun by a claim that came back after stop(grace=False)
         self._unstarted: dict[str, tuple[str, int]] = {}
+        self._reclaim_cursors: dict[str, str] = {}  # queue key -> where the next XAUTOCLAIM goes on
         self._jobs: set[asyncio.Task[None]] = set()
         self._ending: set[asyncio.Task[None]] = set()  # jobs whose last write is on its way
         self._backlog: deque[Job] = deque()  # read but not started (a blocking read over-delivered)
@@ -276,7 +296,11 @@ class Worker:
             await asyncio.sleep(1.0)
             return
         except Exception as exc:
-            self._claim_failure = exc
+            if refused_for_now(exc):
+                log.warning("Redis refused to hand out jobs (%s); retrying in 1s", exc)
+                await asyncio.sleep(1.0)
+            else:
+                self._claim_failure = exc
             return
         finally:
             self._claiming -= free
@@ -467,8 +491,12 @@ class Worker:
             )
             for (p, key), held in groups.items()
         ]
-        answers = await asyncio.gather(*calls)
+        # one failed partition (a moving slot, a node down) keeps the others' answers
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+        failed = [a for a in answers if isinstance(a, BaseException)]
         for held, statuses in zip(groups.values(), answers, strict=True):
+            if isinstance(statuses, BaseException):
+                continue
             for (job, attempt), status in zip(held, statuses, strict=True):
                 if status == "cancel":
                     attempt.request_cancel("cancel requested")
@@ -484,6 +512,8 @@ class Worker:
                     attempt.stop(Outcome.GONE)
         if self._backlog:
             await self._renew([j for j in self._backlog])
+        if failed:
+            raise failed[0]  # _every logs it and tries again
 
     async def _renew(self, jobs: Iterable[Job]) -> None:
         """Reset the idle time of jobs read but not started yet, so nobody reclaims them."""
@@ -494,26 +524,41 @@ class Worker:
         if self._stopping.is_set():
             return
         for queue in self.queues:
-            free = self._free
-            if free <= 0:
-                return
-            reply: Any = await self.store.redis.xautoclaim(
-                queue.key, WORKERS_GROUP, self.worker_id, self.lease_ms, "0-0", count=free
+            for _ in range(RECLAIM_CALLS):
+                free = self._free
+                if free <= 0:
+                    return
+                if not await self._reclaim_from(queue, free):
+                    break
+
+    async def _reclaim_from(self, queue: Queue, free: int) -> bool:
+        """One XAUTOCLAIM on ``queue``, from where the last one stopped: a call looks at no more
+        than ten times ``free`` pending entries, so expired jobs behind many live ones are reached
+        by going on, not by starting over. False: the queue's pending list was scanned to its end."""
+        start = self._reclaim_cursors.get(queue.key, "0-0")
+        reply: Any = await self.store.redis.xautoclaim(
+            queue.key, WORKERS_GROUP, self.worker_id, self.lease_ms, start, count=free
+        )
+        cursor = as_text(reply[0])
+        self._reclaim_cursors[queue.key] = cursor
+        self._take_reclaimed(queue, reply[1])
+        return cursor != "0-0"
+
+    def _take_reclaimed(self, queue: Queue, entries: Any) -> None:
+        for entry_id, fields in entries:
+            if fields is None:
+                continue  # deleted meanwhile; XAUTOCLAIM drops it from the PEL
+            job = job_from(queue, as_text(entry_id), fields)
+            if job.run_id in self.attempts:
+                continue  # ours already (a late heartbeat); the claim just renewed it
+            log.info(
+                "run %s reclaimed from an expired lease (job %s)",
+                job.run_id,
+                job.job_id,
+                extra=self._fields(job),
             )
-            for entry_id, fields in reply[1]:
-                if fields is None:
-                    continue  # deleted meanwhile; XAUTOCLAIM drops it from the PEL
-                job = job_from(queue, as_text(entry_id), fields)
-                if job.run_id in self.attempts:
-                    continue  # ours already (a late heartbeat); the claim just renewed it
-                log.info(
-                    "run %s reclaimed from an expired lease (job %s)",
-                    job.run_id,
-                    job.job_id,
-                    extra=self._fields(job),
-                )
-                self.reclaims += 1
-                self._start(job)
+            self.reclaims += 1
+            self._start(job)
 
     def _on_due(self, message: str) -> None:
         """The due channel: a delayed run is due in ``message`` ms, maybe before our next scan."""

@@ -11,6 +11,8 @@ import pytest
 
 from agentstream.consumers.worker import Worker
 from agentstream.core.events import EventType
+from agentstream.core.ids import idempotency_partition
+from agentstream.core.keys import WORKERS_GROUP
 from agentstream.core.state import RunStatus
 from agentstream.core.store import Claim, EventStore, SubmitRequest, now_ms
 from tests.conftest import WITH_CLUSTER, backend_url
@@ -424,6 +426,51 @@ async def test_a_begin_whose_reply_is_lost_is_sent_again_and_begins_one_attempt(
     assert lost == [run_id], "the begin was not retried through a lost reply"
     assert state.status is RunStatus.SUCCEEDED and state.attempt == 1, worker.worker_id
     assert types(await wstore.read_run(run_id)).count("run.started") == 1
+
+
+async def test_an_expired_job_behind_many_live_ones_is_reclaimed_with_one_free_slot(
+    redis_client: Any, worker_settings: Any
+) -> None:
+    """XAUTOCLAIM looks at 10 x COUNT pending entries a call: the reclaim goes on from where it
+    stopped instead of looking at the same first ten live jobs again and again."""
+    from tests.conftest import delete_prefix
+
+    long_lease = worker_settings.with_overrides(LEASE_TTL_SECONDS=60.0)  # the live jobs stay live
+    store = EventStore(redis_client, long_lease)
+    parts = long_lease.PARTITIONS
+    try:
+        keys = [k for k in (f"k{i}" for i in range(2000)) if idempotency_partition("user:1", k, parts) == 0]
+        run_ids = [await submit(store, "echo", idempotency_key=key) for key in keys[:31]]
+        await store.ensure_groups(["echo"])
+        queue = store.keys.queue(0, "echo")
+        [(_, entries)] = await redis_client.xreadgroup(WORKERS_GROUP, "gone", {queue: ">"}, count=100)
+        assert len(entries) == 31
+        expired = entries[-1][0]  # the last in the pending list, behind 30 live jobs
+        await redis_client.xclaim(queue, WORKERS_GROUP, "gone", 0, [expired], idle=600_000, justid=True)
+        async with running_worker(store, agent_keys=["echo"], concurrency=1, reclaim_interval_s=0.05):
+            state = await wait_terminal(store, run_ids[-1], timeout_s=5)
+        assert state.status is RunStatus.SUCCEEDED
+        assert [s.status for s in [await store.run_state(r) for r in run_ids[:-1]]] == [RunStatus.QUEUED] * 30
+    finally:
+        await delete_prefix(redis_client, long_lease.KEY_PREFIX)
+
+
+async def test_a_redis_out_of_memory_pauses_the_claims_and_the_worker_serves_on(wstore: EventStore) -> None:
+    import redis.exceptions
+
+    original = wstore.claim_jobs
+    refusals = [redis.exceptions.OutOfMemoryError("OOM command not allowed when used memory > 'maxmemory'")]
+
+    async def refusing(*args: Any, **kw: Any) -> Any:
+        if refusals:
+            raise refusals.pop()
+        return await original(*args, **kw)
+
+    wstore.claim_jobs = refusing  # type: ignore[method-assign]
+    run_id = await submit(wstore, "echo")
+    async with running_worker(wstore, agent_keys=["echo"]):
+        state = await wait_terminal(wstore, run_id)
+    assert state.status is RunStatus.SUCCEEDED and not refusals
 
 
 async def test_a_job_whose_run_already_ended_is_acked_and_dropped(wstore: EventStore) -> None:
