@@ -18,7 +18,7 @@ from agentstream.consumers.errors import AgentFailure, ConsumerError, PermanentF
 from agentstream.consumers.llm import LLMClient, get_llm_client, stream_completion
 from agentstream.consumers.registry import RuntimeRegistry, default_registry, get_runtime, register_runtime
 from agentstream.consumers.runtime import AgentRuntime, ErrorInfo, RunResult
-from agentstream.consumers.tools import Tool, ToolRegistry, run_tool_loop
+from agentstream.consumers.tools import Tool, ToolDefinition, ToolRegistry, run_tool_loop
 from agentstream.consumers.worker import Worker
 from agentstream.core.events import EventType
 
@@ -36,6 +36,7 @@ __all__ = [
     "RunResult",
     "RuntimeRegistry",
     "Tool",
+    "ToolDefinition",
     "ToolRegistry",
     "Worker",
     "default_registry",

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from agentstream.consumers.errors import StoresNotConfigured
 from agentstream.consumers.stores import Knowledge, Memory, Preferences, StoreBackend, Tasks
 from agentstream.consumers.timers import Cancellable, Scheduler
+from agentstream.consumers.tools import ToolRegistry
 from agentstream.core.codec import pack_payload
 from agentstream.core.errors import FencedOut
 from agentstream.core.events import LIFECYCLE_TYPES, Event, EventType, NewEvent, Visibility
@@ -337,3 +338,14 @@ class RunContext:
             self._pending_text.clear()
         elif kind == EventType.ASSISTANT_DELTA and isinstance(payload.get("delta"), str):
             self._pending_text.append(payload["delta"])
+
+    # -- django-agent-runtime's RunContext Protocol ----------------------------------------------
+
+    @property
+    def tool_registry(self) -> ToolRegistry:
+        """This attempt's own registry, empty until the agent registers tools into it (the seed's
+        runner gave each run an empty one too)."""
+        found: ToolRegistry | None = getattr(self, "_tool_registry", None)
+        if found is None:
+            found = self._tool_registry = ToolRegistry()
+        return found

@@ -4,13 +4,16 @@
   schema of the parameters from their type hints (str, int, float, bool, None, Optional/unions,
   Literal, Enum, list/tuple/set, dict[str, X], TypedDict, dataclass, Any); a parameter with a
   default is not required; ``Args:`` entries of the docstring describe the parameters.
-- ``ToolRegistry.execute(name, arguments)`` takes the model's JSON text (or a dict), validates it
-  against the same type hints (and converts: Enum members, dataclass instances), runs sync
+- ``ToolRegistry.execute_call(name, arguments)`` takes the model's JSON text (or a dict), validates
+  it against the same type hints (and converts: Enum members, dataclass instances), runs sync
   functions in a thread and awaits async ones, under a per-tool timeout. Whatever goes wrong
   becomes a ``ToolResult`` with an ``error`` the model can read and act on, never a crashed run.
   The runtime's own decisions (``Retry``, ``PermanentFailure``, core's ``RetryableError`` /
   ``PermanentError``) and cancellation pass
   through on purpose: they are decisions about the run, not answers for the model.
+- ``ToolRegistry.execute(name, arguments)`` is django-agent-runtime's: the same validation and
+  timeout, but it returns the tool's value and raises (``KeyError`` for an unknown tool).
+  ``ToolDefinition`` is its way to declare a tool: a hand-written schema and a ``handler``.
 - ``run_tool_loop(ctx, llm, tools, messages)``: ask the model, run the calls it makes, feed the
   results back, until it answers without tools or ``max_steps`` model calls were made.
 
@@ -331,6 +334,16 @@ class Tool:
     timeout_s: float | None = None
     hints: Mapping[str, Any] = field(default_factory=dict, repr=False)
     required: frozenset[str] = frozenset()
+    # django-agent-runtime's flags, kept for your code (a confirmation step, an audit); the runtime
+    # does not act on them, as the seed did not
+    has_side_effects: bool = False
+    requires_confirmation: bool = False
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def handler(self) -> Callable[..., Any]:
+        """``fn`` under the seed's name."""
+        return self.fn
 
     @classmethod
     def from_function(
@@ -410,7 +423,44 @@ class Tool:
                 ) from None
         else:
             decoded = dict(arguments)
+        if not self.hints and self.parameters.get("properties"):
+            # a hand-written schema (ToolDefinition): no hints to convert by; the function checks its own
+            passed = dict.fromkeys(decoded, Any) if isinstance(decoded, dict) else {}
+            return _convert_object(decoded, passed, self._schema_required(), "arguments")
         return _convert_object(decoded, self.hints, set(self.required), "arguments")
+
+    def _schema_required(self) -> set[str]:
+        required = self.parameters.get("required")
+        return {str(name) for name in required} if isinstance(required, list) else set()
+
+
+class ToolDefinition(Tool):
+    """django-agent-runtime's tool declaration: ``ToolDefinition(name, description, parameters,
+    handler)`` with a hand-written JSON schema. It is a ``Tool`` (``fn`` is the ``handler``);
+    arguments are checked against the schema's ``required`` only, so prefer ``Tool.from_function``
+    for new tools: it validates every argument's type."""
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        name: str,
+        description: str,
+        parameters: Mapping[str, Any],
+        handler: Callable[..., Any],
+        has_side_effects: bool = False,
+        requires_confirmation: bool = False,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            name=name,
+            description=description,
+            parameters=parameters,
+            fn=handler,
+            has_side_effects=has_side_effects,
+            requires_confirmation=requires_confirmation,
+            metadata=dict(metadata or {}),
+        )
 
 
 _NO_DEFAULT = object()
@@ -477,9 +527,23 @@ class ToolRegistry:
     def to_openai_format(self) -> list[JSON]:
         return [tool.to_openai_format() for tool in self._tools.values()]
 
-    async def execute(
+    def get_tool_definitions(self) -> list[JSON]:
+        """``to_openai_format()`` under the name django-agent-runtime also had."""
+        return self.to_openai_format()
+
+    async def execute(self, name: str, arguments: str | Mapping[str, Any] | None = None) -> Any:
+        """Run a tool and return its value, as django-agent-runtime did; raises ``KeyError`` for an
+        unknown tool, ``ArgumentError`` for arguments that do not fit, ``TimeoutError``, or what the
+        tool raised. ``execute_call`` answers the model instead of raising."""
+        tool = self._tools.get(name)
+        if tool is None:
+            raise KeyError(f"Tool not found: {name}")
+        return await self._invoke(tool, tool.bind(arguments))
+
+    async def execute_call(
         self, name: str, arguments: str | Mapping[str, Any] | None, *, call_id: str | None = None
     ) -> ToolResult:
+        """Run one call the model made; every failure is a ``ToolResult.error`` for the model to read."""
         tool = self._tools.get(name)
         if tool is None:
             known = ", ".join(self._tools) or "none"
@@ -488,20 +552,10 @@ class ToolRegistry:
             kwargs = tool.bind(arguments)
         except ArgumentError as exc:
             return ToolResult(name, error=f"invalid arguments: {exc}", call_id=call_id)
-        timeout_s = tool.timeout_s if tool.timeout_s is not None else self.default_timeout_s
         try:
-            tracer = current_tracer()
-            with tracer.span(f"tool {name}", kind="tool", attributes={"agentstream.tool": name}) as span:
-                try:
-                    async with asyncio.timeout(timeout_s):
-                        value = await _call(tool.fn, kwargs)
-                except Exception as exc:
-                    span.record_error(type(exc).__name__)
-                    raise
-                if tracer.capture_content:
-                    span.record_content(input=dict(kwargs), output=value)
-        except TimeoutError:
-            return ToolResult(name, error=f"the tool did not finish within {timeout_s:g} s", call_id=call_id)
+            value = await self._invoke(tool, kwargs)
+        except TimeoutError as exc:
+            return ToolResult(name, error=str(exc), call_id=call_id)
         except (AgentFailure, RetryableError, PermanentError):
             raise
         except Exception as exc:
@@ -511,6 +565,26 @@ class ToolRegistry:
         except (TypeError, ValueError) as exc:
             return ToolResult(name, error=f"the tool's result is not JSON data: {exc}", call_id=call_id)
         return ToolResult(name, result=result, call_id=call_id)
+
+    async def _invoke(self, tool: Tool, kwargs: Mapping[str, Any]) -> Any:
+        """Call the tool in a span, under its timeout."""
+        timeout_s = tool.timeout_s if tool.timeout_s is not None else self.default_timeout_s
+        tracer = current_tracer()
+        with tracer.span(
+            f"tool {tool.name}", kind="tool", attributes={"agentstream.tool": tool.name}
+        ) as span:
+            try:
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        value = await _call(tool.fn, kwargs)
+                except TimeoutError:
+                    raise TimeoutError(f"the tool did not finish within {timeout_s:g} s") from None
+            except Exception as exc:
+                span.record_error(type(exc).__name__)
+                raise
+            if tracer.capture_content:
+                span.record_content(input=dict(kwargs), output=value)
+        return value
 
 
 async def _call(fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> Any:
@@ -579,7 +653,7 @@ async def _run_calls(
 ) -> list[Message]:
     for call in calls:
         await ctx.emit("tool.call", {"id": call.id, "name": call.name, "arguments": _arguments_payload(call)})
-    tasks = [asyncio.ensure_future(registry.execute(c.name, c.arguments, call_id=c.id)) for c in calls]
+    tasks = [asyncio.ensure_future(registry.execute_call(c.name, c.arguments, call_id=c.id)) for c in calls]
     try:
         results = await asyncio.gather(*tasks)
     except BaseException:

@@ -33,6 +33,21 @@ class ToolCall:
             "function": {"name": self.name, "arguments": self.arguments},
         }
 
+    def __getitem__(self, key: str) -> Any:
+        """The OpenAI dict's keys (``call["function"]["name"]``), as django-agent-runtime's README reads them."""
+        return self.to_openai()[key]
+
+    @property
+    def parsed_arguments(self) -> dict[str, Any]:
+        """The arguments as a dict (django-agent-runtime's ``arguments``); ``ValueError`` when the
+        model wrote no JSON object (the seed made that ``{}``, which hid the model's mistake)."""
+        decoded = json.loads(self.arguments or "{}")
+        if not isinstance(decoded, dict):
+            raise ValueError(
+                f"tool call {self.name!r}: arguments are not a JSON object: {self.arguments[:80]!r}"
+            )
+        return decoded
+
     @classmethod
     def from_openai(cls, raw: Mapping[str, Any]) -> ToolCall:
         function = raw.get("function") or {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import json
 import threading
 import time
 from typing import Annotated, Any, Literal, TypedDict
@@ -13,8 +14,11 @@ import pytest
 
 from agentstream.consumers.errors import Retry
 from agentstream.consumers.llm.fake import FakeLLMClient, FakeReply, FakeToolCall
+from agentstream.consumers.llm.types import ToolCall
 from agentstream.consumers.tools import (
+    ArgumentError,
     Tool,
+    ToolDefinition,
     ToolDefinitionError,
     ToolRegistry,
     parse_docstring,
@@ -192,9 +196,9 @@ def place(point: Point, address: Address, color: Color, priority: Priority = Pri
     return {"point": point, "zip": address["zip"], "color": color, "priority": priority}
 
 
-async def test_execute_converts_arguments_to_dataclasses_and_enums_and_results_to_json() -> None:
+async def test_execute_call_converts_arguments_to_dataclasses_and_enums_and_results_to_json() -> None:
     registry = ToolRegistry([place])
-    result = await registry.execute(
+    result = await registry.execute_call(
         "place", '{"point": {"x": 1, "y": 2.5}, "address": {"street": "Main", "zip": 1000}, "color": "green"}'
     )
     assert result.ok, result.error
@@ -215,25 +219,25 @@ async def test_execute_converts_arguments_to_dataclasses_and_enums_and_results_t
         ('{"query": "x", "tags": ["a", 1]}', "arguments.tags"),
     ],
 )
-async def test_execute_turns_bad_arguments_into_an_error_the_model_can_read(
+async def test_execute_call_turns_bad_arguments_into_an_error_the_model_can_read(
     arguments: str, error: str
 ) -> None:
     registry = ToolRegistry([search])
-    result = await registry.execute("search", arguments, call_id="call_1")
+    result = await registry.execute_call("search", arguments, call_id="call_1")
     assert not result.ok
     assert result.error is not None and error in result.error
     assert result.event_payload() == {"id": "call_1", "name": "search", "error": result.error}
     assert '"error"' in result.content()
 
 
-async def test_execute_accepts_a_dict_or_json_and_applies_defaults() -> None:
+async def test_execute_call_accepts_a_dict_or_json_and_applies_defaults() -> None:
     registry = ToolRegistry([search])
-    assert (await registry.execute("search", {"query": "a", "limit": 2})).result == ["a-0", "a-1"]
-    assert (await registry.execute("search", '{"query": "b"}')).result == [f"b-{i}" for i in range(5)]
+    assert (await registry.execute_call("search", {"query": "a", "limit": 2})).result == ["a-0", "a-1"]
+    assert (await registry.execute_call("search", '{"query": "b"}')).result == [f"b-{i}" for i in range(5)]
 
 
 async def test_an_unknown_tool_is_an_error_listing_the_known_ones() -> None:
-    result = await ToolRegistry([search]).execute("serach", "{}")
+    result = await ToolRegistry([search]).execute_call("serach", "{}")
     assert result.error == "unknown tool 'serach'; available tools: search"
 
 
@@ -241,7 +245,7 @@ async def test_a_raising_tool_becomes_an_error_result_not_a_crash() -> None:
     def divide(a: int, b: int) -> float:
         return a / b
 
-    result = await ToolRegistry([divide]).execute("divide", {"a": 1, "b": 0})
+    result = await ToolRegistry([divide]).execute_call("divide", {"a": 1, "b": 0})
     assert result.error == "ZeroDivisionError: division by zero"
 
 
@@ -250,7 +254,7 @@ async def test_a_runtime_decision_raised_by_a_tool_reaches_the_engine() -> None:
         raise Retry("upstream busy", delay_s=3)
 
     with pytest.raises(Retry):
-        await ToolRegistry([rate_limited]).execute("rate_limited", {})
+        await ToolRegistry([rate_limited]).execute_call("rate_limited", {})
 
 
 async def test_a_hanging_async_tool_times_out() -> None:
@@ -260,7 +264,7 @@ async def test_a_hanging_async_tool_times_out() -> None:
 
     registry = ToolRegistry()
     registry.register(hang, timeout_s=0.05)
-    result = await registry.execute("hang", {})
+    result = await registry.execute_call("hang", {})
     assert result.error == "the tool did not finish within 0.05 s"
 
 
@@ -284,7 +288,7 @@ async def test_a_hanging_sync_tool_times_out_without_blocking_the_event_loop() -
 
     ticking = asyncio.create_task(ticker())
     try:
-        result = await registry.execute("block", {})
+        result = await registry.execute_call("block", {})
     finally:
         ticking.cancel()
         release.set()  # let the worker thread finish
@@ -303,8 +307,8 @@ async def test_sync_tools_run_in_a_thread_and_async_tools_are_awaited() -> None:
         return threading.get_ident() == loop_thread
 
     registry = ToolRegistry([where_sync, where_async])
-    assert (await registry.execute("where_sync", {})).result is False
-    assert (await registry.execute("where_async", {})).result is True
+    assert (await registry.execute_call("where_sync", {})).result is False
+    assert (await registry.execute_call("where_async", {})).result is True
 
 
 def test_registry_lists_gets_and_refuses_duplicates() -> None:
@@ -391,3 +395,80 @@ async def test_run_tool_loop_cancels_sibling_calls_when_one_raises_a_runtime_err
         await run_tool_loop(ctx, llm, [slow, busy], ctx.input_messages)
     await asyncio.wait_for(sibling_cancelled.wait(), 5)
     assert time.monotonic() - started < 5
+
+
+# -- django-agent-runtime's tool API (0.3.6 runtime/interfaces.py) ------------------------------
+
+
+async def test_execute_returns_the_tools_own_value_as_the_seed_did() -> None:
+    registry = ToolRegistry([search, place])
+    assert await registry.execute("search", {"query": "a", "limit": 2}) == ["a-0", "a-1"]
+    assert await registry.execute("search", '{"query": "b", "limit": 1}') == ["b-0"]  # the model's text too
+    placed = await registry.execute(
+        "place", {"point": {"x": 1}, "address": {"street": "Main", "zip": 1}, "color": "red"}
+    )
+    assert placed["point"] == Point(1.0) and placed["color"] is Color.RED  # not made JSON: the value itself
+
+
+async def test_execute_raises_what_the_seed_raised() -> None:
+    def divide(a: int, b: int) -> float:
+        return a / b
+
+    async def hang() -> None:
+        await asyncio.Event().wait()
+
+    registry = ToolRegistry([divide, Tool.from_function(hang, timeout_s=0.05)])
+    with pytest.raises(KeyError, match="Tool not found: nope"):
+        await registry.execute("nope", {})
+    with pytest.raises(ZeroDivisionError):
+        await registry.execute("divide", {"a": 1, "b": 0})
+    with pytest.raises(ArgumentError, match="missing required field"):
+        await registry.execute("divide", {"a": 1})
+    with pytest.raises(TimeoutError, match=r"did not finish within 0\.05 s"):
+        await registry.execute("hang", {})
+
+
+async def test_a_seed_tool_definition_registers_executes_and_keeps_its_schema_and_flags() -> None:
+    async def calculate(expression: str) -> str:
+        return str(sum(int(term) for term in expression.split("+")))
+
+    schema = {
+        "type": "object",
+        "properties": {"expression": {"type": "string", "description": "The math expression"}},
+        "required": ["expression"],
+    }
+    definition = ToolDefinition(
+        name="calculate",
+        description="Evaluate a mathematical expression",
+        parameters=schema,
+        handler=calculate,
+        has_side_effects=True,
+        metadata={"owner": "maths"},
+    )
+    registry = ToolRegistry()
+    registry.register(definition)
+
+    assert isinstance(definition, Tool) and definition.handler is calculate is definition.fn
+    assert (definition.has_side_effects, definition.requires_confirmation) == (True, False)
+    assert definition.metadata == {"owner": "maths"}
+    assert registry.get("calculate") is definition and registry.list_tools() == [definition]
+    assert registry.get_tool_definitions() == registry.to_openai_format()
+    assert registry.to_openai_format()[0]["function"]["parameters"] == schema
+    assert await registry.execute("calculate", {"expression": "2+3"}) == "5"
+    with pytest.raises(ArgumentError, match="missing required field"):
+        await registry.execute("calculate", {})
+    # what the schema does not declare is the handler's to refuse, as in the seed
+    wrong = await registry.execute_call("calculate", {"expression": "1", "precision": 2})
+    assert wrong.error is not None and wrong.error.startswith("TypeError")
+
+
+def test_a_tool_call_reads_as_the_seed_did_by_key_and_as_a_dict_of_arguments() -> None:
+    call = ToolCall("call_1", "get_weather", '{"location": "Paris"}')
+    assert call["id"] == "call_1"
+    assert call["function"] == {"name": "get_weather", "arguments": '{"location": "Paris"}'}
+    assert call.parsed_arguments == {"location": "Paris"}
+    assert ToolCall("c", "f", "").parsed_arguments == {}
+    with pytest.raises(ValueError, match="not a JSON object"):
+        _ = ToolCall("c", "f", "[1]").parsed_arguments
+    with pytest.raises(json.JSONDecodeError):  # a ValueError; the seed made it {}
+        _ = ToolCall("c", "f", '{"location": ').parsed_arguments

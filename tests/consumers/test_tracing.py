@@ -40,8 +40,8 @@ class Traced(AgentRuntime):
         llm = get_llm_client("fake", settings=Settings())
         await stream_completion(ctx, llm, [{"role": "user", "content": "hi"}])  # type: ignore[arg-type]
         await llm.generate([{"role": "user", "content": "again"}])
-        result = await ToolRegistry([add]).execute("add", {"a": 1, "b": 2})
-        return RunResult(final_output={"sum": result.result})
+        total = await ToolRegistry([add]).execute("add", {"a": 1, "b": 2})
+        return RunResult(final_output={"sum": total})
 
 
 @pytest.fixture
