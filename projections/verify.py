@@ -2,7 +2,10 @@
 
 Drift is reported per row: ``missing`` (in the history, not in the table), ``extra`` (in the
 table, not in the history although the history reaches back to its creation), ``different``
-(the fields that disagree). Runs whose beginning was trimmed from the logs are not judged.
+(the fields that disagree). Runs whose beginning was trimmed from the logs are not judged. Each
+partition log is trimmed on its own, so a row is judged "extra" only against its own partition's
+oldest entry (``LogFloors``; a run's or conversation's partition follows from its id), and not at
+all when that log is empty: nothing there to judge it against.
 
 Two sources of truth are used on purpose, neither of them the projector's own code: the state
 fields come from ``core.state``'s fold; what the fold does not track (a run's input, metadata,
@@ -22,8 +25,10 @@ from typing import Any
 from django.apps import apps
 from django.db.models import Count
 
+from agentstream.core.codec import as_text
 from agentstream.core.errors import AgentStreamError, CorruptEntry
 from agentstream.core.events import TERMINAL_TYPES, Event, EventType, Visibility
+from agentstream.core.ids import partition_of
 from agentstream.core.keys import Keys
 from agentstream.core.state import (
     ConversationState,
@@ -33,6 +38,7 @@ from agentstream.core.state import (
 )
 from agentstream.core.store import Redis
 from agentstream.projections.entries import decode_log_entry
+from agentstream.projections.logs import parse_id
 from agentstream.projections.rows import CONVERSATION_TYPES
 
 
@@ -164,7 +170,7 @@ class Expected:
     facts: dict[str, RunFacts]
     conversations: dict[str, ConversationState]
     problems: list[Drift]  # histories that do not fold
-    oldest_ms: int  # the oldest event seen: rows created before it are not judged "extra"
+    oldest_ms: int  # the oldest event seen: with the whole history, rows created before it are not judged
 
 
 def expected_state(events: Iterable[Event]) -> Expected:
@@ -305,9 +311,35 @@ def conversation_differences(
     return {k: (v, found[k]) for k, v in expected.items() if found[k] != v}
 
 
-def compare(events: Iterable[Event], database: str) -> Report:
-    """Drift between a fold of ``events`` and the read-model rows in ``database``."""
+@dataclass(frozen=True, slots=True)
+class LogFloors:
+    """Per partition, the time of the oldest entry its log still holds (none: the log is empty)."""
+
+    partitions: int
+    oldest_ms: Mapping[int, int]
+
+    def judges(self, row_id: str, created_ms: int) -> bool:
+        """Whether the log reaches back to the row's creation. Strictly after the oldest entry:
+        an entry trimmed in that same millisecond may have created it."""
+        floor = self.oldest_ms.get(partition_of(row_id, self.partitions))
+        return floor is not None and created_ms > floor
+
+
+async def log_floors(redis: Redis, keys: Keys) -> LogFloors:
+    oldest: dict[int, int] = {}
+    for partition in range(keys.partitions):
+        first: Any = await redis.xrange(keys.log(partition), count=1)
+        if first:
+            oldest[partition] = parse_id(as_text(first[0][0]))[0]
+    return LogFloors(keys.partitions, oldest)
+
+
+def compare(events: Iterable[Event], database: str, floors: LogFloors | None = None) -> Report:
+    """Drift between a fold of ``events`` and the read-model rows in ``database``. ``floors``:
+    where each partition log starts (``events`` are the logs'); None: ``events`` are the whole
+    history (the archive), every row created since the oldest of them is judged."""
     want = expected_state(events)
+    judges = floors.judges if floors is not None else lambda _, created_ms: created_ms >= want.oldest_ms
     drift = want.problems
     run_model = apps.get_model("agentstream", "Run")
     conv_model = apps.get_model("agentstream", "Conversation")
@@ -334,7 +366,7 @@ def compare(events: Iterable[Event], database: str) -> Report:
         if diff:
             drift.append(Drift("different", "run", run_id, _describe(diff)))
     for run_id, row in sorted(run_rows.items()):
-        if run_id not in want.runs and _ms(row["created_at"]) >= want.oldest_ms:
+        if run_id not in want.runs and judges(run_id, _ms(row["created_at"])):
             drift.append(Drift("extra", "run", run_id, f"{row['status']} in the table, not in the history"))
     for conv_id, cstate in sorted(want.conversations.items()):
         crow = conv_rows.get(conv_id)
@@ -350,7 +382,7 @@ def compare(events: Iterable[Event], database: str) -> Report:
         if (
             conv_id not in want.conversations
             and crow["created_at"] is not None
-            and _ms(crow["created_at"]) >= want.oldest_ms
+            and judges(conv_id, _ms(crow["created_at"]))
         ):
             drift.append(Drift("extra", "conversation", conv_id))
     return Report(len(want.runs), len(want.conversations), tuple(drift))
@@ -365,13 +397,15 @@ async def verify_log(redis: Redis, keys: Keys, database: str) -> Report:
     import asyncio
 
     events = [e async for e in log_events(redis, keys)]
-    return await asyncio.to_thread(_compare_and_close, events, database)
+    # after the events: a trim in between only raises a floor (fewer rows judged), never lowers it
+    floors = await log_floors(redis, keys)
+    return await asyncio.to_thread(_compare_and_close, events, database, floors)
 
 
-def _compare_and_close(events: list[Event], database: str) -> Report:
+def _compare_and_close(events: list[Event], database: str, floors: LogFloors) -> Report:
     from django.db import connections
 
     try:
-        return compare(events, database)
+        return compare(events, database, floors)
     finally:
         connections[database].close()

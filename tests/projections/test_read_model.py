@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import random
+import uuid
+from typing import Any
 
 import pytest
 from django.db import connections, transaction
 
 from agentstream.core.events import Event
-from agentstream.core.store import EventStore
+from agentstream.core.ids import partition_of, user_owner
+from agentstream.core.store import EventStore, SubmitRequest
 from agentstream.projections.projection import ReadModelProjection
 from agentstream.projections.verify import compare, log_events, verify_log
-from tests.projections.conftest import in_thread, make_workload, projector_for, rows
+from tests.projections.conftest import AGENT, in_thread, make_workload, projector_for, rows
 
 pytestmark = pytest.mark.django_db(databases=["default", "embedded"], transaction=True)
 
@@ -185,3 +189,43 @@ async def test_a_batch_committed_twice_archives_each_event_once_and_keeps_the_re
     runs = await in_thread(lambda: Run.objects.using(database).count())
     assert runs == len(work.run_ids)
     assert (await in_thread(compare, events, database)).drift == ()
+
+
+async def test_verify_judges_a_row_only_against_its_own_partitions_log_once_the_logs_are_trimmed(
+    store: EventStore, database: str
+) -> None:
+    from agentstream.django_app.models import Run
+
+    work = await make_workload(store, runs=8)
+    keys = store.keys
+    while not all([await store.redis.xlen(keys.log(p)) for p in range(keys.partitions)]):
+        await store.submit(SubmitRequest(agent_key=AGENT, owner=user_owner(1)))  # a run in every log
+    await projector_for(store, database).run(burst=True)
+    kept = keys.run_partition(work.conversation_ids[0])  # its log starts with the workload
+    empty, *short = [p for p in range(keys.partitions) if p != kept]
+    # each log is trimmed on its own: one kept whole, one emptied, the rest keep their newest entry
+    await store.redis.xtrim(keys.log(empty), maxlen=0, approximate=False)
+    for p in short:
+        newest: Any = await store.redis.xrevrange(keys.log(p), count=1)
+        await store.redis.xtrim(keys.log(p), minid=newest[0][0], approximate=False)
+
+    assert (await verify_log(store.redis, store.keys, database)).ok
+
+    # rows no history explains, created after their partition log's oldest entry: still drift
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+    strays = {p: run_id_in(keys.partitions, p) for p in (kept, empty, short[0])}
+    for run_id in strays.values():
+        await in_thread(lambda r=run_id: Run.objects.using(database).create(id=r, created_at=later))
+
+    report = await verify_log(store.redis, store.keys, database)
+
+    assert {(d.kind, d.id) for d in report.drift} == {("extra", strays[kept]), ("extra", strays[short[0]])}
+    for p in range(keys.partitions):  # nothing left to judge against
+        await store.redis.xtrim(keys.log(p), maxlen=0, approximate=False)
+    assert (await verify_log(store.redis, store.keys, database)).ok
+
+
+def run_id_in(partitions: int, partition: int) -> str:
+    while partition_of(run_id := str(uuid.uuid4()), partitions) != partition:
+        pass
+    return run_id
