@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from agentstream.core.cluster import SlotRouting, cluster_from_url, is_cluster_u
 from agentstream.core.codec import as_text, decode_entry, decode_payload, encode_payload, json_default
 from agentstream.core.errors import (
     ConversationBusy,
+    CorruptEntry,
     EventEncodingError,
     FencedOut,
     IdempotencyConflict,
@@ -46,6 +48,8 @@ from agentstream.core.script_channel import ScriptChannel
 from agentstream.core.settings import POLICIES, Settings
 from agentstream.core.state import RunState, RunStatus
 from agentstream.core.tracing import TRACEPARENT
+
+log = logging.getLogger("agentstream.store")
 
 # A single Redis (or fakeredis) or a Redis Cluster: the commands used here exist on both, and
 # the reads that differ are grouped in ``core/cluster.py``.
@@ -817,10 +821,18 @@ class EventStore:
         return _state_from_hash(run_id, raw) if raw else None
 
     async def read_run(self, run_id: str, after_seq: int = 0, count: int | None = None) -> list[Event]:
-        """The run's events with seq > ``after_seq``, in order."""
+        """The run's events with seq > ``after_seq``, in order. An entry that does not decode
+        (written by hand into the stream) is logged and left out: the run's other events, and
+        every reader of them (SSE, the API, the agent's history), go on."""
         key = self.keys.run_stream(run_id)
         entries = cast(Entries, await self.redis.xrange(key, min=f"({after_seq_id(after_seq)}", count=count))
-        return [decode_entry(fields, run_id) for _, fields in entries]
+        events: list[Event] = []
+        for entry_id, fields in entries:
+            try:
+                events.append(decode_entry(fields, run_id))
+            except CorruptEntry as exc:
+                log.error("run %s: left out undecodable stream entry %s: %s", run_id, as_text(entry_id), exc)
+        return events
 
     async def tail(
         self, cursors: Mapping[str, int], *, block_ms: int = 5000, count: int = 500

@@ -532,3 +532,13 @@ async def test_scripts_are_reloaded_after_redis_forgets_them(store: EventStore, 
     await store.redis.script_flush()  # what a Redis restart does to the script cache
     second = (await store.submit(request())).run_id
     assert await statuses(store, first, second) == ["queued", "queued"]
+
+
+async def test_an_undecodable_entry_in_a_run_stream_is_left_out_of_its_reads(
+    store: EventStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    run_id = (await store.submit(request())).run_id
+    await store.redis.xadd(store.keys.run_stream(run_id), {"t": "x", "p": b"\xc1 not msgpack"}, id="0-2")
+    await store.redis.xadd(store.keys.run_stream(run_id), {"junk": "1"}, id="0-3")
+    assert [e.seq for e in await store.read_run(run_id)] == [1]
+    assert caplog.text.count("undecodable stream entry") == 2
