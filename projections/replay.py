@@ -30,7 +30,7 @@ from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils.dateparse import parse_datetime
 
-from agentstream.core.errors import CorruptEntry, RetryableError
+from agentstream.core.errors import CorruptEntry
 from agentstream.core.events import LIFECYCLE_TYPES, TERMINAL_TYPES, Event, EventType, Visibility
 from agentstream.core.settings import Settings
 from agentstream.core.state import RunStatus
@@ -267,15 +267,14 @@ def unarchived_events(projections: Sequence[Projection], settings: Settings, pag
         finally:
             await redis.aclose()
 
-    names = ", ".join(p.name for p in projections)
     try:
         found = asyncio.run(read())
     except REDIS_UNAVAILABLE as exc:
-        # the error rolls the reset back: refusing loses nothing
-        raise RetryableError(
-            f"replaying {names} from the archive also reads the partition logs (what its group "
-            f"applied that the archive has yet to get), and Redis did not answer ({exc}); try again"
-        ) from exc
+        # raised as it is (the commands say "cannot reach Redis" in one line); it rolls the
+        # reset back, so refusing loses nothing
+        names = ", ".join(p.name for p in projections)
+        exc.add_note(f"replaying {names} from the archive also reads the partition logs; nothing changed")
+        raise
     events: list[Event] = []
     for _, entries in found:
         for _, fields in entries:
