@@ -1,5 +1,5 @@
 """The SSE response of ``runs/{id}/events/``: replay from the run stream after ``Last-Event-ID``
-(or ``?from_seq=``), then tail it through the hub, and end after the terminal event.
+(or from ``?from_seq=``), then tail it through the hub, and end after the terminal event.
 
 The caller (a DRF action) has already authenticated and checked ownership. Under ASGI the body is
 an async generator on the server's loop, served by Django together with a watch for disconnect
@@ -52,7 +52,7 @@ class EventStreamRenderer(BaseRenderer):
 
 def stream_parameters() -> list[OpenApiParameter]:
     return [
-        OpenApiParameter("from_seq", OpenApiTypes.INT, description="resume after this seq"),
+        OpenApiParameter("from_seq", OpenApiTypes.INT, description="start at this seq (included)"),
         OpenApiParameter(
             "Last-Event-ID", OpenApiTypes.STR, location=OpenApiParameter.HEADER, description="resume after it"
         ),
@@ -61,12 +61,15 @@ def stream_parameters() -> list[OpenApiParameter]:
 
 
 def resume_after(request: Request) -> int:
-    raw = str(request.META.get("HTTP_LAST_EVENT_ID") or request.query_params.get("from_seq") or "0").strip()
+    """The seq the stream goes on after: ``Last-Event-ID`` (the last event the client has), else
+    ``?from_seq=`` less one (the first it wants, as django-agent-runtime reads it)."""
+    last_id = request.META.get("HTTP_LAST_EVENT_ID")
+    raw = str(last_id or request.query_params.get("from_seq") or "0").strip()
     # ASCII digits only: int() would also take "٣", "1_0" and "+3", which no SSE id of ours is
     value = int(raw) if raw.isascii() and raw.isdigit() else -1
     if not 0 <= value <= MAX_SEQ:
         raise ValidationError({"from_seq": ["must be a non-negative event seq (the SSE id)"]})
-    return value
+    return value if last_id else max(0, value - 1)
 
 
 def event_stream(

@@ -89,8 +89,9 @@ async def test_resume_with_last_event_id_at_every_position_has_no_gap_and_no_dup
     for position in range(total):
         events = await collect(live_server_asgi, caller, run_id, last=position)
         assert [e[0] for e in events] == list(range(position + 1, total + 1)), position
+    # from_seq names the first event wanted, as django-agent-runtime's did (Last-Event-ID the last had)
     by_query = await collect(live_server_asgi, caller, run_id, query="include_all=true&from_seq=4")
-    assert [e[0] for e in by_query] == list(range(5, total + 1))
+    assert [e[0] for e in by_query] == list(range(4, total + 1))
     async with httpx.AsyncClient(timeout=TIMEOUT) as client:  # after the terminal event: 204, stop
         response = await client.get(
             f"{live_server_asgi.url}/api/agents/runs/{run_id}/events/", headers=caller.headers(total)
@@ -104,7 +105,7 @@ async def test_a_resume_id_ahead_of_a_live_run_is_400_and_the_runs_streams_go_on
     caller = Caller()
     claim = await running(store, caller.owner)
     url = f"{live_server_asgi.url}/api/agents/runs/{claim.run_id}/events/"
-    ahead = [(caller.headers(claim.seq + 1000), ""), (caller.headers(), f"?from_seq={claim.seq + 1}")]
+    ahead = [(caller.headers(claim.seq + 1000), ""), (caller.headers(), f"?from_seq={claim.seq + 2}")]
     async with httpx.AsyncClient(timeout=TIMEOUT) as client:
         for headers, query in ahead:
             async with client.stream("GET", url + query, headers=headers) as response:
