@@ -10,9 +10,11 @@ import pytest
 from django.core.management import call_command
 from django.db import connections, transaction
 from django.test import override_settings
+from django.utils import timezone
 
 from agentstream.core.events import Event
 from agentstream.core.store import EventStore
+from agentstream.projections.logs import ensure_groups, group_info
 from agentstream.projections.projection import ReadModelProjection
 from tests.projections import user_projection
 from tests.projections.conftest import in_thread, make_workload, rows
@@ -116,3 +118,41 @@ async def test_a_projection_in_the_projections_setting_runs_and_replays_through_
 
     assert ran[0] == 0 and live and archived == []
     assert replayed[0] == 0 and after == live
+
+
+async def test_drop_projection_lists_the_log_groups_and_drops_only_a_removed_projections_group(
+    store: EventStore, redis_url: str, key_prefix: str, database: str
+) -> None:
+    from django.core.management.base import CommandError
+
+    from agentstream.django_app.models import ProjectionCheckpoint
+
+    await make_workload(store, runs=2)
+    keys = store.keys
+    await ensure_groups(store.redis, keys, ["projection:removed", "projection:busy"])
+    for p in range(keys.partitions):  # an old-version projector still reads this one
+        await store.redis.xreadgroup("projection:busy", "old-host", {keys.log(p): ">"}, count=1)
+    checkpoints = ProjectionCheckpoint.objects.using(database)
+    await in_thread(lambda: checkpoints.create(projection="removed", partition=0, updated_at=timezone.now()))
+    settings = {"REDIS_URL": redis_url, "KEY_PREFIX": key_prefix, "PARTITIONS": 4}
+    with override_settings(AGENTSTREAM=settings):
+        await in_thread(command, "runprojector", "--burst", "--database", database)
+        listed = await in_thread(command, "drop_projection")
+        refusals = []
+        for name in ("read_model", "busy", "nope"):
+            with pytest.raises(CommandError) as refused:
+                await in_thread(command, "drop_projection", name, "--database", database)
+            refusals.append(str(refused.value))
+        dropped = await in_thread(command, "drop_projection", "removed", "--database", database)
+        forced = await in_thread(command, "drop_projection", "busy", "--force", "--database", database)
+
+    lines = {line.split()[0]: line for line in listed[1].splitlines()}
+    assert "configured" in lines["projection:read_model"] and "stale" in lines["projection:removed"]
+    assert "holds trimming" in lines["projection:busy"]
+    assert "is configured" in refusals[0] and "stop that projector" in refusals[1]
+    assert "no group projection:nope" in refusals[2]
+    assert dropped == (0, "dropped projection:removed from 4 partition logs, and its checkpoints\n")
+    assert forced[0] == 0
+    left = {g for p in range(keys.partitions) for g in await group_info(store.redis, keys.log(p))}
+    assert "projection:removed" not in left and "projection:busy" not in left
+    assert not await in_thread(lambda: checkpoints.filter(projection="removed").exists())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from django.db import connections
 
 from agentstream.core.store import EventStore
-from agentstream.projections.logs import lag, trim_logs
+from agentstream.projections.logs import ensure_groups, lag, trim_logs
 from agentstream.projections.projection import ReadModelProjection
 from agentstream.projections.projector import Projector, ProjectorOptions
 from agentstream.projections.verify import verify_log
@@ -204,3 +205,38 @@ async def test_trimming_keeps_the_history_of_a_configured_projection_that_never_
     )
 
     assert removed == 0 and await log_length(store) == total
+
+
+async def test_a_group_no_configured_projection_owns_and_nobody_reads_stops_holding_trimming(
+    store: EventStore, database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await make_workload(store, runs=4)
+    await projector_for(store, database).run(burst=True)
+    total = await log_length(store)
+    # a projection removed from PROJECTIONS (or RUN_COMPLETED_HOOK unset): its group stays behind
+    await ensure_groups(store.redis, store.keys, ["projection:removed"])
+    configured = [ReadModelProjection().group]
+
+    with caplog.at_level(logging.WARNING, logger="agentstream.projections"):
+        removed = await trim_logs(store.redis, store.keys, configured, retention_s=0)
+        await trim_logs(store.redis, store.keys, configured, retention_s=0)
+
+    assert removed == total > 0 and await log_length(store) == 0
+    warnings = [r.getMessage() for r in caplog.records if "projection:removed" in r.getMessage()]
+    assert len(warnings) == 1 and "drop_projection" in warnings[0]  # once, not every pass
+
+
+async def test_a_group_an_old_projector_still_reads_holds_trimming_until_its_consumers_go_quiet(
+    store: EventStore, database: str
+) -> None:
+    await make_workload(store, runs=4)
+    await projector_for(store, database).run(burst=True)
+    total = await log_length(store)
+    old = "projection:old_version"  # not configured here, still run by the previous release
+    for p in range(store.keys.partitions):
+        await store.redis.xgroup_create(store.keys.log(p), old, id="0")
+        await store.redis.xreadgroup(old, "old-host", {store.keys.log(p): ">"}, count=1)  # pending
+    configured = [ReadModelProjection().group]
+
+    assert await trim_logs(store.redis, store.keys, configured, retention_s=0) == 0
+    assert await trim_logs(store.redis, store.keys, configured, retention_s=0, stale_after_s=0) == total
