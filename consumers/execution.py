@@ -30,7 +30,7 @@ from agentstream.consumers.tracing import current_tracer
 from agentstream.core.errors import FencedOut, IllegalTransition, NotFound, RetryableError
 from agentstream.core.events import EventType
 from agentstream.core.logfmt import run_fields
-from agentstream.core.store import Claim, EventStore
+from agentstream.core.store import CancelOutcome, Claim, EventStore
 from agentstream.core.tracing import TRACEPARENT, NoopTracer, Tracer
 
 log = logging.getLogger("agentstream.worker")
@@ -260,6 +260,8 @@ class Attempt:
 
     async def _end_failed(self, exc: BaseException) -> Outcome:
         classified = await self._hook(self.runtime.on_error(self.ctx, exc), "on_error")
+        if self.cancel_reason is not None:  # asked while on_error ran: a retry would only be cancelled
+            return await self._end_cancelled()
         decision = decide_failure(
             exc,
             classified if isinstance(classified, ErrorInfo) else None,
@@ -278,15 +280,21 @@ class Attempt:
         if not await self._flush_or_stop():
             return self.stop_reason or Outcome.FENCED
         self._ending()
+        cancelled = self._cancelled_payload()  # if a cancel this worker has not heard of yet came first
         try:
             outcome = await ride_out_redis(
-                lambda: self.store.schedule_retry(self.run_id, self.claim.attempt, decision.delay_s, error),
+                lambda: self.store.schedule_retry(
+                    self.run_id, self.claim.attempt, decision.delay_s, error, cancelled=cancelled
+                ),
                 log_fields=lambda: self.log_fields,
             )
         except FencedOut:
             return Outcome.FENCED
         except IllegalTransition:
             return Outcome.GONE
+        if isinstance(outcome, CancelOutcome):
+            self.ending = str(cancelled["reason"])
+            return Outcome.CANCELLED
         if outcome.retrying:
             log.info(
                 "run %s retrying in %.2fs after attempt %d: %s",
@@ -303,14 +311,17 @@ class Attempt:
         if self._agent_started:
             await self._hook(self.runtime.cancel(self.ctx), "cancel")
         self.ending = self.cancel_reason or ""
-        payload: dict[str, Any] = {"reason": self.ending}
+        return await self._finish(EventType.RUN_CANCELLED, self._cancelled_payload(), Outcome.CANCELLED)
+
+    def _cancelled_payload(self) -> dict[str, Any]:
+        payload: dict[str, Any] = {"reason": self.cancel_reason or "cancel requested"}
         if self.ctx.partial_text:
             payload["partial_output"] = {"content": self.ctx.partial_text}
         if self.ctx.emitted_messages:
             payload["final_messages"] = self.ctx.emitted_messages
         if self.ctx.usage:
             payload["usage"] = self.ctx.usage
-        return await self._finish(EventType.RUN_CANCELLED, payload, Outcome.CANCELLED)
+        return payload
 
     async def _end_timed_out(self) -> Outcome:
         error = ErrorInfo(
