@@ -3,8 +3,10 @@
 Emitting is the hot path (many ``assistant.delta`` per second), so events are coalesced into
 ``append_many`` calls: a batch leaves after ``flush_interval_s``, at ``max_batch`` events, or
 before any lifecycle transition (the engine flushes before it finishes the run). Order is kept:
-one flush at a time. A flush the store refuses with ``FencedOut`` (this attempt was superseded)
-is remembered, raised from the next ``emit`` and reported to the engine, which stops the task.
+one flush at a time. A flush the store refuses for good (``FencedOut``: this attempt was
+superseded; ``RunTerminal`` / ``NotFound`` / another ``IllegalTransition``: the run ended elsewhere
+or is gone) is remembered, raised from the next ``emit`` and reported to the engine, which stops
+the task; nothing is sent again. Once the attempt is over (``detach``) what is left is dropped.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from agentstream.consumers.stores import Knowledge, Memory, Preferences, StoreBa
 from agentstream.consumers.timers import Cancellable, Scheduler
 from agentstream.consumers.tools import ToolRegistry
 from agentstream.core.codec import pack_payload
-from agentstream.core.errors import FencedOut
+from agentstream.core.errors import FencedOut, IllegalTransition, NotFound
 from agentstream.core.events import LIFECYCLE_TYPES, Event, EventType, NewEvent, Visibility
 from agentstream.core.logfmt import run_fields
 from agentstream.core.records import STORE_TYPES
@@ -28,6 +30,8 @@ from agentstream.core.store import AppendResult, Claim, EventStore
 log = logging.getLogger("agentstream.worker")
 
 Usage = Mapping[str, int | float]
+# The store's refusals that no retry can change: fenced out, or the run ended or is gone.
+Refusal = IllegalTransition | NotFound
 T = TypeVar("T", Memory, Preferences, Tasks, Knowledge)
 
 
@@ -43,7 +47,7 @@ class RunContext:
         flush_interval_s: float = 0.02,
         max_batch: int = 200,
         on_cancel_requested: Callable[[], None] | None = None,
-        on_fenced: Callable[[FencedOut], None] | None = None,
+        on_refused: Callable[[Refusal], None] | None = None,
         stores: StoreBackend | None = None,
         timers: Scheduler | None = None,
     ) -> None:
@@ -60,13 +64,14 @@ class RunContext:
         self._flush_interval_s = flush_interval_s
         self._max_batch = max_batch
         self._on_cancel_requested = on_cancel_requested
-        self._on_fenced = on_fenced
+        self._on_refused = on_refused
         self._buffer: list[NewEvent] = []
         self._flush_lock: asyncio.Lock | None = None  # made by the first flush: most runs never flush
         self._timers = timers  # the flush timer's (None: the event loop's)
         self._timer: Cancellable | None = None
         self._background: set[asyncio.Task[None]] = set()
-        self._fenced: FencedOut | None = None
+        self._refused: Refusal | None = None
+        self._detached = False  # the attempt is over: nothing is sent any more
         self._cancel_requested = claim.cancel_requested
         self._usage: dict[str, int | float] = {}
         self._state: dict[str, Any] | None = None
@@ -88,8 +93,8 @@ class RunContext:
 
         ``visibility``: ``internal`` | ``debug`` | ``user``; default: EVENT_VISIBILITY's.
         """
-        if self._fenced is not None:
-            raise self._fenced
+        if self._refused is not None:
+            raise self._refused
         kind = str(event_type)
         if kind in LIFECYCLE_TYPES:
             raise ValueError(
@@ -179,8 +184,8 @@ class RunContext:
             self._timer.cancel()
             self._timer = None
         async with self._lock():
-            if self._fenced is not None:
-                raise self._fenced
+            if self._refused is not None:
+                raise self._refused
             self._buffer.append(NewEvent(event_type, packed))
             batch, self._buffer = self._buffer, []
             result = await self._send(batch)
@@ -210,24 +215,29 @@ class RunContext:
 
     @property
     def fenced(self) -> FencedOut | None:
-        return self._fenced
+        return self._refused if isinstance(self._refused, FencedOut) else None
 
     def detach(self) -> None:
-        """The attempt is over: drop the engine's callbacks (they would keep it alive in a cycle)."""
+        """The attempt is over: drop the engine's callbacks (they would keep it alive in a cycle)
+        and what it left unsent (a stopped attempt writes nothing; a flush timer would keep
+        this context alive and sending)."""
         self._on_cancel_requested = None
-        self._on_fenced = None
+        self._on_refused = None
+        self._detached = True
+        self.discard_buffer()
 
     def mark_cancel_requested(self) -> None:
         self._cancel_requested = True
 
     async def flush(self) -> None:
-        """Send every buffered event, in order; raises ``FencedOut`` if the attempt was superseded."""
+        """Send every buffered event, in order; raises the store's refusal (``FencedOut``,
+        ``RunTerminal``...) if the attempt may write no more."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         async with self._lock():
-            if self._fenced is not None:
-                raise self._fenced
+            if self._refused is not None:
+                raise self._refused
             if not self._buffer:
                 return
             batch, self._buffer = self._buffer, []
@@ -243,13 +253,11 @@ class RunContext:
         except asyncio.CancelledError:
             # The agent was cancelled mid-flush: the batch is on its way; let it land (so it
             # is neither lost nor sent twice by the final flush), then honour the cancel.
-            await asyncio.wait({sending})
+            await _landed(sending)
             self._after_cancelled_send(sending, batch)
             raise
-        except FencedOut as exc:
-            self._fenced = exc
-            if self._on_fenced is not None:
-                self._on_fenced(exc)
+        except (IllegalTransition, NotFound) as exc:
+            self._refuse(exc)
             raise
         except BaseException:
             self._buffer[:0] = batch  # maybe not written: send them again, numbered as before
@@ -270,7 +278,8 @@ class RunContext:
     async def take_buffer(self) -> list[NewEvent]:
         """The events not sent yet, for the engine's last write (``finish`` carries them).
 
-        Waits for a flush in flight first, so the order holds; ``FencedOut`` if one failed so.
+        Waits for a flush in flight first, so the order holds; the store's refusal if one was
+        refused for good.
         """
         if self._timer is not None:
             self._timer.cancel()
@@ -281,8 +290,8 @@ class RunContext:
             return self._take_buffer_now()
 
     def _take_buffer_now(self) -> list[NewEvent]:
-        if self._fenced is not None:
-            raise self._fenced
+        if self._refused is not None:
+            raise self._refused
         batch, self._buffer = self._buffer, []
         return batch
 
@@ -292,12 +301,17 @@ class RunContext:
             self._flush_lock = asyncio.Lock()
         return self._flush_lock
 
+    def _refuse(self, exc: Refusal) -> None:
+        """The store refused this attempt for good: remember it, stop sending, tell the engine."""
+        self._refused = exc
+        self.discard_buffer()
+        if self._on_refused is not None:
+            self._on_refused(exc)
+
     def _after_cancelled_send(self, sending: asyncio.Future[AppendResult], batch: list[NewEvent]) -> None:
         exc = sending.exception()
-        if isinstance(exc, FencedOut):
-            self._fenced = exc
-            if self._on_fenced is not None:
-                self._on_fenced(exc)
+        if isinstance(exc, IllegalTransition | NotFound):
+            self._refuse(exc)
         elif exc is None:
             self._written += len(batch)
             self.last_seq = sending.result().last_seq
@@ -319,8 +333,8 @@ class RunContext:
     async def _quiet_flush(self) -> None:
         try:
             await self.flush()
-        except FencedOut:
-            pass  # reported through on_fenced; the engine stops the attempt
+        except (IllegalTransition, NotFound):
+            pass  # final, reported through on_refused; the engine stops the attempt
         except Exception as exc:  # Redis unreachable: the events stay buffered, try again soon
             log.warning(
                 "run %s: could not append events yet (%s); retrying",
@@ -328,7 +342,7 @@ class RunContext:
                 exc,
                 extra=run_fields(self.run_id, attempt=self.attempt, agent_key=self.agent_key),
             )
-            if self._timer is None and self._buffer:
+            if self._timer is None and self._buffer and not self._detached:
                 timers = self._timers or asyncio.get_running_loop()
                 self._timer = timers.call_later(0.5, self._flush_in_background)
 
@@ -349,3 +363,15 @@ class RunContext:
         if found is None:
             found = self._tool_registry = ToolRegistry()
         return found
+
+
+async def _landed(sending: asyncio.Future[Any]) -> None:
+    """Wait until ``sending`` is done, whatever cancels this task meanwhile (the heartbeat's, the
+    timeout's again, the drain's): cut short, the batch would be neither counted nor sent again.
+    Each ``cancel()`` stays counted by the task (``Task.cancelling``), so the one the caller
+    re-raises stands for them all and the attempt takes back exactly the ones it sent."""
+    while not sending.done():
+        try:
+            await asyncio.wait({sending})
+        except asyncio.CancelledError:
+            continue

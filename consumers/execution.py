@@ -79,7 +79,7 @@ class Attempt:
             agent_key=agent_key,
             flush_interval_s=options.flush_interval_s,
             on_cancel_requested=lambda: self.request_cancel("cancel requested"),
-            on_fenced=lambda exc: self.stop(Outcome.FENCED),
+            on_refused=lambda exc: self.stop(Outcome.FENCED if isinstance(exc, FencedOut) else Outcome.GONE),
             stores=stores,
             timers=timers,  # its flush timer shares the worker's loop timer too
         )
@@ -341,6 +341,8 @@ class Attempt:
             last = await self.ctx.take_buffer()  # written by the same call, just before the end
         except FencedOut:
             return Outcome.FENCED
+        except (IllegalTransition, NotFound):
+            return Outcome.GONE
         first_index = self.ctx.next_index
         self._ending()
         try:
