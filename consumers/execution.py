@@ -27,8 +27,9 @@ from agentstream.consumers.runtime import AgentRuntime, ErrorInfo, RunResult
 from agentstream.consumers.stores import StoreBackend
 from agentstream.consumers.timers import Cancellable, Scheduler
 from agentstream.consumers.tracing import current_tracer
-from agentstream.core.errors import FencedOut, IllegalTransition, NotFound, RetryableError
-from agentstream.core.events import EventType
+from agentstream.core.codec import encode_payload
+from agentstream.core.errors import EventEncodingError, FencedOut, IllegalTransition, NotFound, RetryableError
+from agentstream.core.events import EventType, NewEvent
 from agentstream.core.logfmt import run_fields
 from agentstream.core.store import CancelOutcome, Claim, EventStore
 from agentstream.core.tracing import TRACEPARENT, NoopTracer, Tracer
@@ -36,6 +37,12 @@ from agentstream.core.tracing import TRACEPARENT, NoopTracer, Tracer
 log = logging.getLogger("agentstream.worker")
 
 HOOK_TIMEOUT_S = 5.0
+# An error's message is capped like its stack (ErrorInfo.from_exception keeps 8,000 characters):
+# a huge one would make the run's ending too large to write.
+ERROR_MESSAGE_MAX_CHARS = 8000
+# What run.failed says when the attempt's own ending could not be encoded: small enough for
+# any MAX_EVENT_BYTES (at least 1,024).
+UNWRITABLE_MESSAGE_BYTES = 600
 TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError, RetryableError)
 T = TypeVar("T")
 
@@ -272,8 +279,9 @@ class Attempt:
         return await self._retry_or_fail(decision)
 
     async def _retry_or_fail(self, decision: FailureDecision) -> Outcome:
-        self.ending = f"{decision.error.type}: {decision.error.message}"
         error = decision.error.to_payload()
+        error["message"] = _capped(decision.error.message, ERROR_MESSAGE_MAX_CHARS)
+        self.ending = f"{decision.error.type}: {error['message']}"
         error_usage = {"usage": self.ctx.usage} if self.ctx.usage else {}
         if not decision.retry:
             return await self._finish(EventType.RUN_FAILED, {"error": error, **error_usage}, Outcome.FAILED)
@@ -288,6 +296,8 @@ class Attempt:
                 ),
                 log_fields=lambda: self.log_fields,
             )
+        except EventEncodingError as exc:  # nothing written: fail rather than crash into a re-run
+            return await self._finish(EventType.RUN_FAILED, self._unwritable(exc), Outcome.FAILED)
         except FencedOut:
             return Outcome.FENCED
         except IllegalTransition:
@@ -346,22 +356,47 @@ class Attempt:
         first_index = self.ctx.next_index
         self._ending()
         try:
-            await ride_out_redis(
-                lambda: self.store.finish(
-                    self.run_id,
-                    self.claim.attempt,
-                    event_type,
-                    payload,
-                    events=last,
-                    first_index=first_index,
-                ),
-                log_fields=lambda: self.log_fields,
-            )
+            try:
+                await self._write_end(event_type, payload, last, first_index)
+            except EventEncodingError as exc:
+                # Nothing was written (the store encodes before it sends). Crashing here would
+                # leave the run running until its lease ran out, then run the agent again.
+                await self._write_end(EventType.RUN_FAILED, self._unwritable(exc), last, first_index)
+                return Outcome.FAILED
         except FencedOut:
             return Outcome.FENCED
         except (IllegalTransition, NotFound):
             return Outcome.GONE
         return outcome
+
+    async def _write_end(
+        self, event_type: EventType, payload: dict[str, Any], last: list[NewEvent], first_index: int
+    ) -> None:
+        await ride_out_redis(
+            lambda: self.store.finish(
+                self.run_id, self.claim.attempt, event_type, payload, events=last, first_index=first_index
+            ),
+            log_fields=lambda: self.log_fields,
+        )
+
+    def _unwritable(self, exc: EventEncodingError) -> dict[str, Any]:
+        """The attempt's ending could not be encoded: run.failed's payload instead, one that can
+        always be (the codec's message says what could not be encoded and what to do)."""
+        message = _cut_bytes(
+            f"the run's ending could not be written, so it failed: {exc}", UNWRITABLE_MESSAGE_BYTES
+        )
+        self.ending, self.output = f"EventEncodingError: {message}", None
+        payload: dict[str, Any] = {
+            "error": ErrorInfo("EventEncodingError", message, retriable=False).to_payload()
+        }
+        if self.ctx.usage:
+            with_usage = {**payload, "usage": self.ctx.usage}
+            try:  # the usage may be what could not be encoded: then fail without it
+                encode_payload(EventType.RUN_FAILED, with_usage, self.store.settings.MAX_EVENT_BYTES)
+                return with_usage
+            except EventEncodingError:
+                pass
+        return payload
 
     def _ending(self) -> None:
         on_ending, self._on_ending = self._on_ending, None
@@ -413,6 +448,21 @@ async def ride_out_redis(
             log.warning("redis unavailable (%s); retrying in %.2fs", exc, delay_s, extra=fields)
             await asyncio.sleep(delay_s)
             n += 1
+
+
+def _capped(text: str, max_chars: int) -> str:
+    """``text`` cut to ``max_chars``, saying so (the head holds what the error is)."""
+    if len(text) <= max_chars:
+        return text
+    return f"{text[:max_chars]}... ({len(text) - max_chars} more characters cut)"
+
+
+def _cut_bytes(text: str, max_bytes: int) -> str:
+    """``text`` cut to ``max_bytes`` of UTF-8 (never inside a character), saying so."""
+    data = text.encode()
+    if len(data) <= max_bytes:
+        return text
+    return data[: max_bytes - 20].decode(errors="ignore") + "... (cut)"
 
 
 def _merge_usage(*parts: Any) -> dict[str, int | float]:
