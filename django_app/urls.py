@@ -6,11 +6,12 @@ The default viewsets here use session and anonymous-token authentication; for yo
 
 from __future__ import annotations
 
-from django.urls import URLPattern, URLResolver, path
+from django.urls import URLPattern, URLResolver, path, re_path
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
 
 from agentstream.django_app.api import BaseAgentConversationViewSet, BaseAgentRunViewSet
+from agentstream.django_app.api.notfound import UNKNOWN_PATH, routes_pattern, unknown_path
 from agentstream.django_app.api.schema import ENUM_NAME_OVERRIDES
 from agentstream.django_app.api.sessions import AnonymousSessionViewSet
 from agentstream.django_app.api.stores import (
@@ -47,6 +48,7 @@ class AgentKnowledgeViewSet(BaseAgentKnowledgeViewSet):
 
 router = DefaultRouter(trailing_slash=True)
 router.include_root_view = False
+router.include_format_suffixes = False  # runs/{id}.json: the views answer JSON without it
 router.register("runs", AgentRunViewSet, basename="agentstream-run")
 router.register("conversations", AgentConversationViewSet, basename="agentstream-conversation")
 router.register("memory", AgentMemoryViewSet, basename="agentstream-memory")
@@ -70,3 +72,5 @@ urlpatterns: list[URLPattern | URLResolver] = [
     ),
     *router.urls,
 ]
+ROUTES = (*(prefix for prefix, _, _ in router.registry), "schema")
+urlpatterns.append(re_path(routes_pattern(list(ROUTES)), unknown_path, {"routes": ROUTES}, name=UNKNOWN_PATH))

@@ -34,6 +34,15 @@ class AgentViewSet(viewsets.GenericViewSet):  # type: ignore[type-arg]
     pagination_class = AgentPagination
     schema = AgentAutoSchema()
     lookup_value_regex = "[^/.]+"
+    # the body POST on the list route takes (OPTIONS describes it); None: serializer_class
+    create_serializer_class: Any = None
+
+    def get_serializer_class(self) -> Any:
+        request = getattr(self, "request", None)
+        creating = self.action in ("create", "metadata") and request is not None and request.method == "POST"
+        if creating and self.create_serializer_class is not None:
+            return self.create_serializer_class
+        return super().get_serializer_class()
 
     def get_parsers(self) -> list[Any]:
         # the project's parser list, with DRF's JSON parser swapped for the hostile-input-proof one

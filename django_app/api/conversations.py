@@ -40,6 +40,7 @@ class BaseAgentConversationViewSet(AgentViewSet):
 
     noun = "conversation"
     serializer_class = ConversationSerializer
+    create_serializer_class = ConversationCreateSerializer
 
     def get_queryset(self) -> Any:
         if getattr(self, "swagger_fake_view", False):  # schema generation: no caller
@@ -184,6 +185,7 @@ class BaseAgentConversationViewSet(AgentViewSet):
             "params": data["params"],
             "metadata": data["metadata"],
             "parent_message_id": target["parent"] or ROOT,
+            "idempotency_key": data["idempotency_key"],
         }
         return submit_run(self, request, body)  # the runs endpoint's own checks and hooks
 

@@ -1,4 +1,5 @@
-"""Query filters of the run list: ``status``, ``agent_key``, ``conversation`` (validated: 400)."""
+"""Query filters of the run list: ``status``, ``agent_key``, ``conversation`` (or
+``conversation_id``), validated: 400."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from agentstream.django_app.models import Run
 RUN_FILTERS = [
     OpenApiParameter("status", OpenApiTypes.STR, enum=[s.value for s in RunStatus]),
     OpenApiParameter("agent_key", OpenApiTypes.STR),
-    OpenApiParameter("conversation", OpenApiTypes.UUID),
+    OpenApiParameter("conversation", OpenApiTypes.UUID, description="also spelled conversation_id"),
 ]
 
 
@@ -31,7 +32,8 @@ def filter_runs(queryset: QuerySet[Run], params: Mapping[str, str]) -> QuerySet[
     if agent_key:
         # PostgreSQL text cannot hold NUL: no agent key has one, so nothing matches
         queryset = queryset.none() if "\x00" in agent_key else queryset.filter(agent_key=agent_key)
-    conversation = params.get("conversation")
+    # ``conversation_id`` is the field's name on a run: the filter takes it too
+    conversation = params.get("conversation") or params.get("conversation_id")
     if conversation:
         try:
             queryset = queryset.filter(conversation_id=uuid.UUID(conversation))

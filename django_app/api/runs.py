@@ -10,7 +10,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from rest_framework import status
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -44,6 +44,7 @@ from agentstream.django_app.sse.framing import VisibilityFilter, event_data
 from agentstream.django_app.sse.views import EventStreamRenderer, event_stream, stream_parameters
 
 EVENTS_LIMIT = 5000  # ?events=true on one run: more than this, use the stream
+EVENTS_PAGE = 1000  # stream entries or archive rows read at a time to find them
 
 TRUE = ("1", "true", "yes", "on")
 
@@ -72,6 +73,7 @@ class BaseAgentRunViewSet(AgentViewSet):
 
     noun = "run"
     serializer_class = RunSerializer
+    create_serializer_class = RunCreateSerializer
 
     def get_queryset(self) -> Any:
         if getattr(self, "swagger_fake_view", False):  # schema generation: no caller
@@ -129,18 +131,38 @@ class BaseAgentRunViewSet(AgentViewSet):
             raise NotFound(f"no such run {run_id!r}")
         body: dict[str, Any] = dict(RunSerializer(run).data)
         if flag(request, "events"):
-            body["events"] = self._events(run_id, visibility_filter(request), from_stream=state is not None)
+            events, more = self._events(run_id, visibility_filter(request), from_stream=state is not None)
+            body["events"], body["events_truncated"] = events, more
         return Response(body)
 
-    def _events(self, run_id: str, wanted: VisibilityFilter, *, from_stream: bool) -> list[dict[str, Any]]:
+    def _events(
+        self, run_id: str, wanted: VisibilityFilter, *, from_stream: bool
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Up to EVENTS_LIMIT events the caller sees, in order, and whether more follow (the
+        limit counts what is shown: hidden events, deltas, do not use it up)."""
+        shown: list[dict[str, Any]] = []
         if from_stream:  # the stream has every event, deltas included, until it expires
             store = self.backend.store
-            events = self.backend.call(lambda: store.read_run(run_id, 0, EVENTS_LIMIT))
-            return [event_data(e) for e in events if wanted.wants(e)]
+            after = 0
+            while True:
+                page = self.backend.call(lambda after=after: store.read_run(run_id, after, EVENTS_PAGE))
+                for event in page:
+                    if wanted.wants(event):
+                        if len(shown) == EVENTS_LIMIT:
+                            return shown, True
+                        shown.append(event_data(event))
+                if len(page) < EVENTS_PAGE:
+                    return shown, False
+                after = page[-1].seq
         from agentstream.django_app.api.reads import archived_as_stream_event
 
-        rows = Event.objects.filter(run_id=run_id).order_by("seq")[:EVENTS_LIMIT]
-        return [archived_event_data(r) for r in rows if wanted.wants(archived_as_stream_event(r))]
+        rows = Event.objects.filter(run_id=run_id).order_by("seq").iterator(chunk_size=EVENTS_PAGE)
+        for row in rows:
+            if wanted.wants(archived_as_stream_event(row)):
+                if len(shown) == EVENTS_LIMIT:
+                    return shown, True
+                shown.append(archived_event_data(row))
+        return shown, False
 
     # -- cancel -------------------------------------------------------------------------------
 
@@ -220,6 +242,8 @@ def submit_run(view: AgentViewSet, request: Request, payload: Any) -> Response:
         raise QuotaExceeded(f"quota exceeded for agent {data['agent_key']!r}; try again later")
     run_at = data["run_at"]
     parent = data["parent_message_id"]
+    if parent:
+        _check_parent(backend, owner, str(data["conversation_id"]), parent)
     shown = None if parent else _shown_branch_end(owner, data["conversation_id"])
     submit = SubmitRequest(
         agent_key=data["agent_key"],
@@ -241,11 +265,32 @@ def submit_run(view: AgentViewSet, request: Request, payload: Any) -> Response:
     if state is None:  # expired between the two calls: only an idempotent replay can see this
         raise NotFound(f"run {result.run_id} has expired")
     body = RunSerializer(run_from_state(state, queued, None)).data
+    location = _location(view, request, result.run_id)
     return Response(
         body,
         status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
-        headers={"Location": _location(request, result.run_id)},
+        headers={"Location": location} if location else None,
     )
+
+
+def _check_parent(backend: Any, owner: str, conversation_id: str, parent: str) -> None:
+    """``parent_message_id`` names a message of a run of this conversation (or ``root``): a
+    parent the tree cannot find would silently continue the newest branch instead."""
+    from agentstream.projections.history import ROOT
+
+    if parent == ROOT:
+        return
+    run_id = parent.rpartition(":")[0]
+    store = backend.store
+    state = backend.call(lambda: store.run_state(run_id))
+    if state is not None:
+        found = state.owner == owner and state.conversation_id == conversation_id
+    else:  # expired from Redis: the read-model remembers
+        found = Run.objects.filter(id=run_id, owner=owner, conversation_id=conversation_id).exists()
+    if not found:
+        raise ValidationError(
+            {"parent_message_id": [f"no message {parent!r} in conversation {conversation_id}"]}
+        )
 
 
 def _shown_branch_end(owner: str, conversation_id: Any) -> str | None:
@@ -271,7 +316,9 @@ def _shown_branch_end(owner: str, conversation_id: Any) -> str | None:
     return str(path[-1]["id"]) if path else None
 
 
-def _location(request: Request, run_id: str) -> str:
+def _location(view: AgentViewSet, request: Request, run_id: str) -> str | None:
+    """The run's URL: reversed by name, else (a router with another basename) next to the runs
+    list this request was made to. None when neither is known (``edit/`` on such a router)."""
     name = (
         f"{request.resolver_match.namespace}:"
         if request.resolver_match and request.resolver_match.namespace
@@ -280,4 +327,10 @@ def _location(request: Request, run_id: str) -> str:
     try:
         return str(reverse(f"{name}agentstream-run-detail", kwargs={"pk": run_id}, request=request))
     except NoReverseMatch:
-        return request.build_absolute_uri(f"{run_id}/")
+        pass
+    if isinstance(view, BaseAgentRunViewSet) and view.basename:
+        try:
+            return str(reverse(f"{name}{view.basename}-detail", kwargs={"pk": run_id}, request=request))
+        except NoReverseMatch:
+            return request.build_absolute_uri(f"{run_id}/")
+    return None

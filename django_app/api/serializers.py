@@ -132,6 +132,10 @@ class EventSerializer(serializers.Serializer):  # type: ignore[type-arg]
 
 class RunWithEventsSerializer(RunSerializer):
     events = EventSerializer(many=True, required=False)
+    events_truncated = serializers.BooleanField(
+        required=False,
+        help_text="more events follow the ones listed: read the rest from the stream (?from_seq=)",
+    )
 
 
 class CancelSerializer(StrictInputSerializer):
@@ -186,11 +190,11 @@ class MessagesSerializer(serializers.Serializer):  # type: ignore[type-arg]
     branches = BranchSerializer(many=True)
 
 
-class SwitchBranchSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class SwitchBranchSerializer(StrictInputSerializer):
     branch_id = serializers.CharField(max_length=64)
 
 
-class EditMessageSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class EditMessageSerializer(StrictInputSerializer):
     """Edit a user message (``content``) or regenerate the answer to it (no ``content``): either
     way a new run, on a new branch, from the message's parent."""
 
@@ -199,6 +203,9 @@ class EditMessageSerializer(serializers.Serializer):  # type: ignore[type-arg]
     agent_key = serializers.CharField(max_length=100, required=False)
     params = serializers.DictField(required=False, default=dict)
     metadata = serializers.DictField(required=False, default=dict)
+    idempotency_key = serializers.CharField(
+        required=False, allow_null=True, default=None, max_length=255, allow_blank=False
+    )
 
 
 class AnonymousSessionSerializer(serializers.Serializer):  # type: ignore[type-arg]

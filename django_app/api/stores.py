@@ -34,6 +34,7 @@ from agentstream.core.records import (
 from agentstream.django_app import hooks
 from agentstream.django_app.api.base import AgentViewSet
 from agentstream.django_app.api.schema import extend_schema
+from agentstream.django_app.api.serializers import StrictInputSerializer
 from agentstream.django_app.stores import apply_events, owned, search
 
 MAX_DIMENSIONS = 16_384
@@ -58,11 +59,11 @@ class TaskSerializer(serializers.Serializer):  # type: ignore[type-arg]
     updated_at = serializers.DateTimeField()
 
 
-class ValueSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class ValueSerializer(StrictInputSerializer):
     value = serializers.JSONField(allow_null=True)
 
 
-class TaskUpdateSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class TaskUpdateSerializer(StrictInputSerializer):
     title = serializers.CharField(required=False, max_length=10_000)
     status = serializers.ChoiceField(choices=[s.value for s in TaskStatus], required=False)
     priority = serializers.IntegerField(required=False, min_value=-(2**31), max_value=2**31 - 1)
@@ -83,7 +84,7 @@ class KnowledgeItemSerializer(serializers.Serializer):  # type: ignore[type-arg]
     updated_at = serializers.DateTimeField()
 
 
-class KnowledgeSearchSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class KnowledgeSearchSerializer(StrictInputSerializer):
     embedding = serializers.ListField(
         child=serializers.FloatField(), min_length=1, max_length=MAX_DIMENSIONS, help_text="the query vector"
     )
