@@ -16,7 +16,7 @@ if r.cancel == '1' then
   return { 'cancelled', terminate(run_id, 'run.cancelled', ARGV[11], ARGV[10], ARGV[9], now, r) }
 end
 local f = redis.call('HMGET', st, 'attempt', 'max_attempts', 'conv', 'job')
-if tonumber(f[1]) >= tonumber(f[2]) then
+if tonumber(f[1]) >= tonumber(f[2]) and attempts_spent(st, tonumber(f[1])) >= tonumber(f[2]) then
   local seq = terminate(run_id, 'run.failed', ARGV[8], ARGV[7], ARGV[9], now)
   redis.call('XADD', dead_key(), '*', 'r', run_id, 'job', f[4] or '', 'reason', 'retries exhausted', 'attempts', f[1], 'ts', now_text())
   redis.call('HINCRBY', stats_key(), 'dead_letters', 1)

@@ -14,10 +14,11 @@ from agentstream.core.events import EventType
 from agentstream.core.ids import idempotency_partition
 from agentstream.core.keys import WORKERS_GROUP
 from agentstream.core.state import RunStatus
-from agentstream.core.store import Claim, EventStore, SubmitRequest, now_ms
+from agentstream.core.store import Claim, EventStore, RetryOutcome, SubmitRequest, now_ms
 from tests.conftest import WITH_CLUSTER, backend_url
 from tests.consumers import agents
 from tests.consumers.helpers import burst, running_worker, types, wait_for_event, wait_terminal, wait_until
+from tests.core.storetools import job_of
 
 
 @pytest.fixture(params=WITH_CLUSTER)
@@ -403,6 +404,22 @@ async def test_an_attempt_handed_back_at_shutdown_spends_none_of_the_runs_attemp
     assert state.status is RunStatus.SUCCEEDED and state.attempt == 3
     stats = wstore.keys.stats(wstore.keys.run_partition(run_id))
     assert await wstore.redis.hget(stats, "reclaims") is None  # nor did it count as a reclaim
+
+
+async def test_an_attempt_handed_back_leaves_the_run_its_retries(wstore: EventStore) -> None:
+    """Two attempts allowed; the first handed back at a deploy: a failure after it still retries."""
+    run_id = await submit(wstore, "sleeper", params={"sleep_s": 1.0}, max_attempts=2)
+    worker = Worker(wstore, agents.registry(), handle_signals=False, block_ms=100, grace_s=0.05)
+    task = asyncio.create_task(worker.run())
+    await wait_until(lambda: run_id in worker.attempts, 10, "the attempt began")
+    worker.stop()
+    await asyncio.wait_for(task, 10)
+    claim = await wstore.begin_attempt(run_id, await job_of(wstore, run_id), "w2", "sleeper")
+    assert isinstance(claim, Claim) and claim.attempt == 2
+    outcome = await wstore.schedule_retry(
+        run_id, claim.attempt, 0, {"error": {"type": "Boom", "message": "x"}}
+    )
+    assert isinstance(outcome, RetryOutcome) and outcome.retrying, outcome  # attempt 2 of 2; one spent
 
 
 async def test_a_begin_whose_reply_is_lost_is_sent_again_and_begins_one_attempt(
