@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from agentstream.core.errors import ConfigurationError
 from agentstream.core.settings import Settings
 
 DEMO_DIR = Path(os.environ.get("AGENTSTREAM_DEMO_DIR", Path.cwd() / ".agentstream-demo")).resolve()
@@ -80,7 +81,11 @@ def _database(url: str | None) -> dict[str, object]:
         }
     parsed = urlparse(url)
     if parsed.scheme not in ("postgres", "postgresql"):
-        raise ValueError(f"DATABASE_URL={url!r}: use postgres://user:password@host:port/name")
+        # a ConfigurationError is one line from `agentstream`; the scheme only: URLs hold passwords
+        raise ConfigurationError(
+            f"DATABASE_URL is a {parsed.scheme or 'schemeless'} URL; use postgres://user:password@host:port/name "
+            "(the bundled project's SQLite is for `agentstream demo`, with DATABASE_URL unset)"
+        )
     return {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": parsed.path.lstrip("/") or "postgres",

@@ -10,7 +10,9 @@ from django.core.management import CommandError, call_command
 
 from agentstream.core.keys import WORKERS_GROUP
 from agentstream.core.store import Claim, SubmitRequest
+from agentstream.django_app.management.operator_errors import redact_url
 from tests.django_app.conftest import run, store_for
+from tests.services import free_port
 
 pytestmark = pytest.mark.django_db
 
@@ -74,3 +76,22 @@ def test_deadletters_retry_without_an_id_says_what_to_pass(agentstream: dict[str
         command("deadletters", "retry")
     with pytest.raises(CommandError, match="agentstream dead list"):
         command("deadletters", "retry", "00000000-0000-4000-8000-000000000000")
+
+
+@pytest.mark.parametrize(
+    "args", [("verify_projections", "--source", "log"), ("replay_projections", "--source", "log")]
+)
+def test_commands_reading_the_logs_say_in_one_line_that_redis_is_unreachable(
+    settings: Any, args: tuple[str, ...]
+) -> None:
+    settings.AGENTSTREAM = {"REDIS_URL": f"redis://ops:s3cret@127.0.0.1:{free_port()}/0", "PARTITIONS": 4}
+    with pytest.raises(CommandError) as raised:
+        command(*args)
+    message = str(raised.value)
+    assert message.startswith("cannot reach Redis at redis://***@127.0.0.1:"), message
+    assert message.endswith("Connection refused; is it running? set REDIS_URL") and "s3cret" not in message
+
+
+def test_a_url_in_a_message_shows_no_credentials() -> None:
+    assert redact_url("redis+cluster://u:p@h1:1,h2:2?password=p") == "redis+cluster://***@h1:1,h2:2"
+    assert redact_url("rediss://h:6380/1") == "rediss://h:6380/1"

@@ -13,8 +13,15 @@ from django.db.models import Count
 from agentstream.core.inspect import DeploymentStatus, deployment_status
 from agentstream.core.store import EventStore, redis_from_url
 from agentstream.django_app.conf import runtime_settings
+from agentstream.django_app.management.operator_errors import operator_errors
 from agentstream.django_app.models import Run
 from agentstream.projections.similarity import search_backend
+
+# A fakeredis lives in one process: this command's is empty, whatever a running demo holds.
+FAKEREDIS_NOTE = (
+    "note: {url} is an empty fakeredis in this process, not a running demo's; "
+    "set REDIS_URL to see a Redis server"
+)
 
 
 def render(status: DeploymentStatus, runs_by_status: dict[str, int], search: str = "") -> str:
@@ -57,16 +64,26 @@ class Command(BaseCommand):
         parser.add_argument("--interval", type=float, default=2.0)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            with operator_errors():
+                self._show(watch=options["watch"], interval_s=options["interval"])
+        except KeyboardInterrupt:
+            if not options["watch"]:
+                raise
+            self.stdout.write("")  # Ctrl-C is how --watch ends: a success (0), not a traceback
+
+    def _show(self, *, watch: bool, interval_s: float) -> None:
+        url = runtime_settings().REDIS_URL
+        note = FAKEREDIS_NOTE.format(url=url) + "\n" if url.startswith("fakeredis://") else ""
         while True:
             status = asyncio.run(self._status())
             runs = dict(Run.objects.values_list("status").annotate(n=Count("id")).order_by())
-            text = render(status, runs, search_backend(connection))
-            if options["watch"]:
-                self.stdout.write("\x1b[2J\x1b[H" + time.strftime("%H:%M:%S") + "\n" + text)
-                time.sleep(options["interval"])
-            else:
+            text = note + render(status, runs, search_backend(connection))
+            if not watch:
                 self.stdout.write(text)
                 return
+            self.stdout.write("\x1b[2J\x1b[H" + time.strftime("%H:%M:%S") + "\n" + text)
+            time.sleep(interval_s)
 
     async def _status(self) -> DeploymentStatus:
         settings = runtime_settings()

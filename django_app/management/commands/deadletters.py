@@ -13,6 +13,7 @@ from agentstream.core.deadletters import list_dead, purge_dead, retry_dead
 from agentstream.core.errors import NotFound
 from agentstream.core.store import EventStore, redis_from_url
 from agentstream.django_app.conf import runtime_settings
+from agentstream.django_app.management.operator_errors import operator_errors
 
 T = TypeVar("T")
 
@@ -34,6 +35,10 @@ class Command(BaseCommand):
         parser.add_argument("run_id", nargs="?", help="with retry: the dead run to replay")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        with operator_errors():
+            self._act(options)
+
+    def _act(self, options: dict[str, Any]) -> None:
         action = options["action"]
         if action == "list":
             letters = asyncio.run(_with_store(list_dead))

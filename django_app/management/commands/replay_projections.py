@@ -13,6 +13,7 @@ from agentstream.core.errors import ConfigurationError
 from agentstream.core.events import Event
 from agentstream.core.store import redis_from_url
 from agentstream.django_app.conf import runtime_settings
+from agentstream.django_app.management.operator_errors import operator_errors
 from agentstream.projections.projection import load_projections
 from agentstream.projections.replay import Progress, replay_archive, replay_events
 from agentstream.projections.verify import log_events
@@ -44,11 +45,12 @@ class Command(BaseCommand):
                 self.stderr.flush()
 
         started = time.perf_counter()
-        if opts["source"] == "archive":
-            done = replay_archive(projections, opts["database"], page=opts["page"], progress=show)
-        else:
-            pages = asyncio.run(self._log_pages(opts["page"]))
-            done = replay_events(projections, pages, opts["database"], progress=show)
+        with operator_errors(opts["database"]):
+            if opts["source"] == "archive":
+                done = replay_archive(projections, opts["database"], page=opts["page"], progress=show)
+            else:
+                pages = asyncio.run(self._log_pages(opts["page"]))
+                done = replay_events(projections, pages, opts["database"], progress=show)
         self.stderr.write("")
         elapsed = time.perf_counter() - started
         rate = done / elapsed if elapsed else 0.0

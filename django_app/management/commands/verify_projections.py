@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from agentstream.core.store import redis_from_url
 from agentstream.django_app.conf import runtime_settings
+from agentstream.django_app.management.operator_errors import operator_errors
 from agentstream.projections.verify import Report, archive_events, compare, verify_log
 
 
@@ -23,10 +24,11 @@ class Command(BaseCommand):
         parser.add_argument("--limit", type=int, default=50, help="print at most this many drifted rows")
 
     def handle(self, *args: Any, **opts: Any) -> None:
-        if opts["source"] == "archive":
-            report = compare(archive_events(opts["database"]), opts["database"])
-        else:
-            report = asyncio.run(self._from_log(opts["database"]))
+        with operator_errors(opts["database"]):
+            if opts["source"] == "archive":
+                report = compare(archive_events(opts["database"]), opts["database"])
+            else:
+                report = asyncio.run(self._from_log(opts["database"]))
         self._print(report, opts["limit"])
         if not report.ok:
             sys.exit(1)
