@@ -41,7 +41,7 @@ class Command(BaseCommand):
         try:
             ensure_noeviction_at_start(settings)
         except ConfigurationError as exc:
-            raise CommandError(str(exc)) from None
+            raise CommandError(str(exc), returncode=CONFIGURATION_ERROR) from None
         config = WorkerConfig(
             settings=settings,
             agent_keys=split_keys(options["agent_keys"]),
