@@ -37,6 +37,10 @@ from agentstream.core.tracing import TRACEPARENT, NoopTracer, Tracer
 log = logging.getLogger("agentstream.worker")
 
 HOOK_TIMEOUT_S = 5.0
+# An agent still running this long after its first cancel (the timeout's or the user's) ignores
+# cancellation (it catches CancelledError in a loop): the attempt writes the run's ending itself,
+# so the run ends and its lease is let go; the agent's task is left to return on its own.
+ABANDON_AFTER_S = 2 * HOOK_TIMEOUT_S
 # An error's message is capped like its stack (ErrorInfo.from_exception keeps 8,000 characters):
 # a huge one would make the run's ending too large to write.
 ERROR_MESSAGE_MAX_CHARS = 8000
@@ -53,6 +57,7 @@ class AttemptOptions:
     backoff_base: float
     backoff_max_s: float
     flush_interval_s: float = 0.02
+    abandon_after_s: float = ABANDON_AFTER_S
 
 
 class Attempt:
@@ -97,6 +102,8 @@ class Attempt:
         self._cancels_sent = 0  # task.cancel() calls of ours, taken back when the agent returns
         self._timed_out = False
         self._timer: Cancellable | None = None  # the run's timeout
+        self._abandon_timer: Cancellable | None = None  # armed by the first cancel sent
+        self._abandoned: asyncio.Task[Outcome] | None = None  # the ending written without the agent
         self.cancel_reason: str | None = "cancel requested" if claim.cancel_requested else None
         self.stop_reason: Outcome | None = None
         self.cancel_requested_at: float | None = None  # monotonic, for the log line
@@ -146,6 +153,35 @@ class Attempt:
             return
         self._cancels_sent += 1
         task.cancel()
+        if self._abandon_timer is None:
+            self._abandon_timer = (self._timers or task.get_loop()).call_later(
+                self.options.abandon_after_s, self._abandon
+            )
+
+    def _abandon(self) -> None:
+        """The agent ignored its cancels: end the run from here (run.timed_out or run.cancelled),
+        so it does not stay running, its lease renewed, for as long as the agent loops. Its
+        task keeps its slot until it returns; its writes after the ending are refused."""
+        task = self.task
+        if task is None or not self._agent_running or self._abandoned is not None:
+            return
+        if self.stop_reason is not None:
+            return  # fenced out, gone or handed back: this attempt writes nothing more
+        log.error(
+            "run %s: the agent ignored its cancellation for %gs (it catches CancelledError?); "
+            "ending the run without it, its task holds a slot until it returns",
+            self.run_id,
+            self.options.abandon_after_s,
+            extra=self.log_fields,
+        )
+        self.stop_reason = Outcome.TIMED_OUT if self._timed_out else Outcome.CANCELLED
+        self._abandoned = task.get_loop().create_task(self._end_abandoned(self.stop_reason))
+
+    async def _end_abandoned(self, outcome: Outcome) -> Outcome:
+        if outcome is Outcome.TIMED_OUT:
+            return await self._end_timed_out()
+        self.ending = self.cancel_reason or ""
+        return await self._finish(EventType.RUN_CANCELLED, self._cancelled_payload(), Outcome.CANCELLED)
 
     def _time_out(self) -> None:
         """The run's timeout: cancel the agent; again every HOOK_TIMEOUT_S if it ignores that."""
@@ -193,6 +229,8 @@ class Attempt:
         if self.cancel_reason is not None:  # requested before this attempt began
             return await self._end_cancelled()
         result, exc = await self._run_agent()
+        if self._abandoned is not None:  # the ending was written without the agent
+            return await self._abandoned
         if self._timed_out:
             if self.stop_reason is not None:
                 return self.stop_reason
@@ -244,6 +282,8 @@ class Attempt:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
+            if self._abandon_timer is not None:
+                self._abandon_timer.cancel()
             for _ in range(self._cancels_sent):
                 task.uncancel()
             self._cancels_sent = 0

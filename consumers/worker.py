@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -703,4 +704,4 @@ class Worker:
 def _with_timeout(options: AttemptOptions, timeout_s: float | None) -> AttemptOptions:
     if not timeout_s:
         return options
-    return AttemptOptions(timeout_s, options.backoff_base, options.backoff_max_s, options.flush_interval_s)
+    return dataclasses.replace(options, timeout_s=timeout_s)
