@@ -117,8 +117,13 @@ class RunContext:
     async def emit_user_message(self, content: str) -> None:
         await self.emit(EventType.ASSISTANT_MESSAGE, {"role": "assistant", "content": content})
 
-    async def emit_error(self, message: str, **details: Any) -> None:
-        await self.emit(EventType.ERROR, {"message": message, **details})
+    async def emit_error(self, message: str, details: Mapping[str, Any] | None = None, **more: Any) -> None:
+        """An ``error`` event: ``{"message", "details"?, **more}`` (the seed's ``emit_error(msg,
+        {...})`` and ``emit_error(msg, details={...})`` write the same payload)."""
+        payload: dict[str, Any] = {"message": message, **more}
+        if details is not None:
+            payload["details"] = dict(details)
+        await self.emit(EventType.ERROR, payload)
 
     async def checkpoint(self, state: Mapping[str, Any]) -> None:
         """Save state a retried attempt resumes from (``get_state``); written before returning."""

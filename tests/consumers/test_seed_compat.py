@@ -307,3 +307,21 @@ async def test_a_positional_do_not_retry_error_info_fails_the_run_at_once(wstore
         False,
     )
     assert "raise ValueError" in error["stack"]
+
+
+class ReportsErrors(AgentRuntime):
+    key = "reports-errors"
+
+    async def run(self, ctx: RunContext) -> RunResult:
+        await ctx.emit_error("Rate limited", {"code": 429})  # the seed's positional details
+        await ctx.emit_error("Rate limited", details={"code": 429})
+        await ctx.emit_error("Rate limited", code=429)
+        return RunResult()
+
+
+async def test_emit_error_takes_the_seeds_positional_details(wstore: EventStore) -> None:
+    events = await run_agent(wstore, ReportsErrors(), "go")
+    errors = [e.payload for e in events if e.type == EventType.ERROR]
+    assert errors == [{"message": "Rate limited", "details": {"code": 429}}] * 2 + [
+        {"message": "Rate limited", "code": 429}
+    ]
