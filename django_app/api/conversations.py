@@ -17,6 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from agentstream.django_app import hooks
+from agentstream.django_app.api.agent_keys import known_agent_keys
 from agentstream.django_app.api.base import AgentViewSet
 from agentstream.django_app.api.reads import conversation_from_row, conversation_read
 from agentstream.django_app.api.runs import submit_run
@@ -73,7 +74,10 @@ class BaseAgentConversationViewSet(AgentViewSet):
     @extend_schema(request=ConversationCreateSerializer, responses={201: ConversationSerializer})
     def create(self, request: Request) -> Response:
         owner = self.owner
-        serializer = ConversationCreateSerializer(data=request.data)
+        backend = self.backend
+        serializer = ConversationCreateSerializer(
+            data=request.data, known_agent_keys=lambda: known_agent_keys(backend)
+        )
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         if not hooks.authorize(request.user, "create_conversation", data):

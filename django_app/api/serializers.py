@@ -50,7 +50,23 @@ class StrictInputSerializer(serializers.Serializer):  # type: ignore[type-arg]
         return super().to_internal_value(data)
 
 
-class RunCreateSerializer(StrictInputSerializer):
+class AgentKeyChecked(StrictInputSerializer):
+    """A body whose ``agent_key`` must name an agent some worker or registry knows (a blank one,
+    where allowed, names none)."""
+
+    def __init__(self, *args: Any, known_agent_keys: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._known = known_agent_keys
+
+    def validate_agent_key(self, value: str) -> str:
+        known = self._known() if callable(self._known) else self._known
+        if value and known is not None and value not in known:
+            listing = ", ".join(sorted(known)) or "none (no runtime is registered and no worker has started)"
+            raise serializers.ValidationError(f"unknown agent_key {value!r}; known agent keys: {listing}")
+        return value
+
+
+class RunCreateSerializer(AgentKeyChecked):
     agent_key = serializers.CharField(max_length=100)
     messages = MessageSerializer(many=True, required=False, default=list)
     conversation_id = serializers.UUIDField(required=False, allow_null=True, default=None)
@@ -79,17 +95,6 @@ class RunCreateSerializer(StrictInputSerializer):
         if attrs.get("parent_message_id") is not None and not attrs.get("conversation_id"):
             raise serializers.ValidationError({"parent_message_id": "only a run in a conversation has one"})
         return attrs
-
-    def __init__(self, *args: Any, known_agent_keys: Any = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._known = known_agent_keys
-
-    def validate_agent_key(self, value: str) -> str:
-        known = self._known() if callable(self._known) else self._known
-        if known is not None and value not in known:
-            listing = ", ".join(sorted(known)) or "none (no runtime is registered and no worker has started)"
-            raise serializers.ValidationError(f"unknown agent_key {value!r}; known agent keys: {listing}")
-        return value
 
     def validate_idempotency_key(self, value: str | None) -> str | None:
         if value is not None and not value.isprintable():
@@ -148,7 +153,7 @@ class CancelResultSerializer(serializers.Serializer):  # type: ignore[type-arg]
     seq = serializers.IntegerField()
 
 
-class ConversationCreateSerializer(StrictInputSerializer):
+class ConversationCreateSerializer(AgentKeyChecked):
     agent_key = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
     title = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
     metadata = serializers.DictField(required=False, default=dict)

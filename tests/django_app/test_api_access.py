@@ -65,6 +65,7 @@ def test_a_conversation_reads_back_as_written_before_and_after_projection(
 ) -> None:
     """Title, metadata and times come from what was written (Redis's clock), not the web server's
     clock, and a read before the projector has applied a create or an update already shows it."""
+    announce_sync(agentstream)
     client, _ = anon_client()
     created = J(client, "post", CONV, {"agent_key": "echo", "title": "first", "metadata": {"a": [1, "x"]}})
     assert created.status_code == 201

@@ -163,3 +163,14 @@ def test_events_true_lists_what_the_caller_sees_up_to_the_limit_and_says_when_mo
     assert body["events_truncated"] is False
     every = client.get(f"{RUNS}{run_id}/", {"events": "true", "include_all": "true"}).json()
     assert [e["seq"] for e in every["events"]] == [1, 2, 3, 4, 5] and every["events_truncated"] is True
+
+
+def test_a_conversation_for_an_agent_no_one_knows_is_400_listing_the_known_ones(
+    agentstream: dict[str, Any],
+) -> None:
+    announce_sync(agentstream)
+    client, _ = anon_client()
+    unknown = post(client, CONV, {"agent_key": "nope"})
+    assert unknown.status_code == 400 and "echo" in unknown.json()["error"]["details"]["agent_key"][0]
+    assert post(client, CONV, {"agent_key": ""}).status_code == 201  # none named: any agent later
+    assert post(client, CONV, {}).status_code == 201
