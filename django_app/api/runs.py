@@ -78,7 +78,12 @@ class BaseAgentRunViewSet(AgentViewSet):
     def get_queryset(self) -> Any:
         if getattr(self, "swagger_fake_view", False):  # schema generation: no caller
             return Run.objects.none()
-        return Run.objects.filter(owner=self.owner).order_by("-created_at", "-id")
+        # the runs of a deleted conversation went with it (as the seed's cascade took them)
+        return (
+            Run.objects.filter(owner=self.owner)
+            .exclude(conversation__deleted_at__isnull=False)
+            .order_by("-created_at", "-id")
+        )
 
     # -- submit -------------------------------------------------------------------------------
 
@@ -117,11 +122,13 @@ class BaseAgentRunViewSet(AgentViewSet):
         if state is not None and state.owner != owner:
             raise NotFound(f"no such run {run_id!r}")
         try:
-            row = Run.objects.filter(id=run_id, owner=owner).first()
+            row = Run.objects.filter(id=run_id, owner=owner).select_related("conversation").first()
         except OperationalError:
             if state is None:
                 raise  # 503: only the database knows this run
             row = None  # the database is down: a run still in Redis is answered from its state
+        if row is not None and row.conversation is not None and row.conversation.deleted_at is not None:
+            raise NotFound(f"no such run {run_id!r} (its conversation was deleted)")
         if state_is_ahead(state, row):
             assert state is not None
             run = run_from_state(state, queued, row)

@@ -36,12 +36,12 @@ def test_conversation_lifecycle_create_rename_messages_delete(agentstream: dict[
     assert client.get(f"{CONV}{conv}/").status_code == 200  # before projection: from Redis
     renamed = J(client, "patch", f"{CONV}{conv}/", {"title": "renamed", "metadata": {"b": 2}})
     assert renamed.status_code == 200 and renamed.json()["title"] == "renamed"
-    J(
+    run_id = J(
         client,
         "post",
         "/api/agents/runs/",
         {"agent_key": "echo", "messages": [{"role": "user", "content": "hi"}], "conversation_id": conv},
-    )
+    ).json()["id"]
     work(agentstream)
     project(agentstream)
     body = client.get(f"{CONV}{conv}/").json()
@@ -56,6 +56,9 @@ def test_conversation_lifecycle_create_rename_messages_delete(agentstream: dict[
     assert client.get(f"{CONV}{conv}/").status_code == 404  # at once, before projection
     project(agentstream)
     assert client.get(CONV).json()["results"] == []
+    # its runs went with it, as the seed's cascade took them
+    assert client.get("/api/agents/runs/").json()["results"] == []
+    assert client.get(f"/api/agents/runs/{run_id}/").status_code == 404
     gone = J(client, "post", "/api/agents/runs/", {"agent_key": "echo", "conversation_id": conv})
     assert gone.status_code == 404
 
