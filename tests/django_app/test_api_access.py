@@ -143,6 +143,8 @@ class _Manager:
     rows = (_Session("s-live", "tok-live", False), _Session("s-old", "tok-old", True))
 
     def filter(self, token: str) -> Any:
+        if "\x00" in token:  # as PostgreSQL text does
+            raise ValueError("A string literal cannot contain NUL (0x00) characters.")
         found = [r for r in self.rows if r.token == token]
 
         class Result:
@@ -163,6 +165,7 @@ def test_anonymous_session_model_tokens_are_looked_up_and_expiry_is_401(
     assert Client(HTTP_X_ANONYMOUS_TOKEN="tok-live").get("/api/agents/runs/").status_code == 200
     assert Client(HTTP_X_ANONYMOUS_TOKEN="tok-old").get("/api/agents/runs/").status_code == 401
     assert Client(HTTP_X_ANONYMOUS_TOKEN="nope").get("/api/agents/runs/").status_code == 401
+    assert Client().get("/api/agents/runs/", {"anonymous_token": "tok\x00"}).status_code == 401
     monkeypatch.setattr("agentstream.django_app.api.sessions.session_model", lambda: _SessionModel)
     assert Client().post("/api/agents/anonymous-session/").status_code == 404  # sessions come from the model
 
