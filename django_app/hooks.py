@@ -4,8 +4,9 @@
   ``cancel_run``, ``create_conversation``, ``update_conversation``, ``delete_conversation``.
 * ``QUOTA_HOOK(user, agent_key) -> bool``: False answers 429 (on ``create_run``).
 
-``user`` is ``request.user`` (an ``AnonymousUser`` for anonymous sessions; the session is
-``request.auth``). A hook may also raise a DRF exception of its own.
+``user`` is ``request.user``: for an anonymous session an ``AnonymousUser`` whose
+``anonymous_session`` (``.id``; ``.obj``, the ``ANONYMOUS_SESSION_MODEL`` row) tells sessions
+apart, e.g. to give each its own quota. A hook may also raise a DRF exception of its own.
 """
 
 from __future__ import annotations

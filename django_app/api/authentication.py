@@ -87,18 +87,27 @@ def token_of(request: Request) -> str | None:
 
 
 class AnonymousSessionAuthentication(BaseAuthentication):
-    """``request.user`` stays anonymous; ``request.auth`` is the ``AnonymousSession``."""
+    """``request.user`` stays anonymous (an ``AnonymousUser`` whose ``anonymous_session`` is the
+    session, so AUTHZ_HOOK and QUOTA_HOOK can tell callers apart); ``request.auth`` is the
+    ``AnonymousSession`` too."""
 
     def authenticate(self, request: Request) -> tuple[Any, AnonymousSession] | None:
         token = token_of(request)
         if not token:
             return None
-        from django.contrib.auth.models import AnonymousUser
-
-        return AnonymousUser(), resolve_token(token)
+        session = resolve_token(token)
+        return session_user(session), session
 
     def authenticate_header(self, request: Request) -> str:
         return 'AnonymousToken header="X-Anonymous-Token"'
+
+
+def session_user(session: AnonymousSession) -> Any:
+    from django.contrib.auth.models import AnonymousUser
+
+    user = AnonymousUser()
+    user.anonymous_session = session  # type: ignore[attr-defined]
+    return user
 
 
 def owner_of(request: Request) -> str | None:

@@ -206,6 +206,26 @@ def test_authz_hook_refusal_is_403_and_quota_hook_refusal_is_429(
     assert client.get("/api/agents/runs/").json()["count"] == 0
 
 
+QUOTA_USED: dict[str, int] = {}
+
+
+def one_run_per_session(user: Any, agent_key: str) -> bool:
+    """A quota per anonymous session: the hook tells sessions apart by user.anonymous_session."""
+    session = getattr(user, "anonymous_session", None)
+    assert session is not None and not user.is_authenticated
+    QUOTA_USED[session.id] = QUOTA_USED.get(session.id, 0) + 1
+    return QUOTA_USED[session.id] <= 1
+
+
+def test_quota_hooks_tell_anonymous_sessions_apart(agentstream: dict[str, Any], settings: Any) -> None:
+    settings.AGENTSTREAM = {**agentstream, "QUOTA_HOOK": f"{__name__}.one_run_per_session"}
+    announce_sync(settings.AGENTSTREAM)
+    body = {"agent_key": "echo", "messages": []}
+    first, second = anon_client()[0], anon_client()[0]
+    assert [J(c, "post", "/api/agents/runs/", body).status_code for c in (first, second)] == [201, 201]
+    assert J(first, "post", "/api/agents/runs/", body).status_code == 429
+
+
 def test_a_hook_that_does_not_import_is_a_500_that_says_what_to_fix(
     agentstream: dict[str, Any], settings: Any
 ) -> None:
