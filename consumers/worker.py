@@ -177,9 +177,13 @@ class Worker:
 
     async def run(self) -> None:
         """Serve until ``stop()``, a signal, or (``burst``) until the queues are drained."""
-        await ensure_noeviction(self.store.redis, self.store.settings)
-        await self.store.ensure_groups(self.agent_keys)
         self._install_signals()
+        try:
+            if not await self._redis_ready():
+                return  # stopped while Redis was away: nothing was claimed
+        except BaseException:
+            self._remove_signals()
+            raise
         timers = [
             asyncio.create_task(self.cancel_listener.run(), name="cancel-listener"),
             asyncio.create_task(self._every(self.lease_ms / 3000, self._heartbeat), name="heartbeat"),
@@ -217,6 +221,27 @@ class Worker:
             await asyncio.wait(timers, timeout=5.0)
             self._remove_signals()
             log.info("worker %s stopped: %s", self.worker_id, self._summary())
+
+    async def _redis_ready(self) -> bool:
+        """Check Redis (maxmemory-policy) and make the consumer groups, waiting for a Redis that
+        does not answer yet (started before it, or it restarts): False if stopped meanwhile."""
+        delay_s = 0.5
+        while True:
+            try:
+                await ensure_noeviction(self.store.redis, self.store.settings)
+                await self.store.ensure_groups(self.agent_keys)
+                return True
+            except TRANSIENT as exc:
+                log.warning(
+                    "cannot reach Redis (%s); the worker starts once it answers, trying again in %gs",
+                    exc,
+                    delay_s,
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay_s)
+            if self._stopping.is_set():
+                return False
+            delay_s = min(delay_s * 2, 5.0)
 
     def stop(self, *, grace: bool = True) -> None:
         """Stop claiming; running attempts get the grace period unless ``grace=False``."""

@@ -117,6 +117,9 @@ async def serve(config: WorkerConfig, registry: RuntimeRegistry) -> Worker:
         start_metrics(worker, config.metrics_port)
     try:
         await worker.run()
+    except ConfigurationError as exc:  # e.g. an evicting Redis found once it answered: no restart loop
+        print(f"agentstream: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     finally:
         await store.aclose()
         await client.aclose()
