@@ -53,3 +53,23 @@ async def test_a_worker_stopped_while_it_waits_for_redis_ends(tmp_path: Path) ->
     await asyncio.wait_for(task, 10)
     assert worker.outcomes == {} or not any(worker.outcomes.values())
     await store.redis.aclose()
+
+
+async def test_an_evicting_redis_found_once_it_answers_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agentstream.consumers.worker_main import WorkerConfig, serve
+
+    server = RedisServer(tmp_path / "redis", extra_args=("--maxmemory-policy", "allkeys-lru"))
+    server.directory.mkdir()
+    server.start()
+    try:
+        settings = Settings.from_mapping({"REDIS_URL": server.url, "KEY_PREFIX": "wait", "PARTITIONS": 2})
+        config = WorkerConfig(settings, agent_keys=("echo",), handle_signals=False, block_ms=100)
+        with pytest.raises(SystemExit) as exited:
+            await serve(config, agents.registry())
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("agentstream: ") and "maxmemory-policy" in err and "Traceback" not in err
+    finally:
+        server.stop()
