@@ -79,7 +79,12 @@ def test_deadletters_retry_without_an_id_says_what_to_pass(agentstream: dict[str
 
 
 @pytest.mark.parametrize(
-    "args", [("verify_projections", "--source", "log"), ("replay_projections", "--source", "log")]
+    "args",
+    [
+        ("verify_projections", "--source", "log"),
+        ("replay_projections", "--source", "log"),
+        ("runprojector", "--lag"),
+    ],
 )
 def test_commands_reading_the_logs_say_in_one_line_that_redis_is_unreachable(
     settings: Any, args: tuple[str, ...]

@@ -12,6 +12,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connections
 
 from agentstream.core.errors import ConfigurationError
+from agentstream.django_app.management.operator_errors import operator_errors
 from agentstream.projections.similarity import build_index, drop_index, forget_pgvector, search_backend
 
 
@@ -29,6 +30,10 @@ class Command(BaseCommand):
         parser.add_argument("--database", default="default")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        with operator_errors(options["database"]):
+            self._handle(options)
+
+    def _handle(self, options: dict[str, Any]) -> None:
         connection = connections[options["database"]]
         forget_pgvector(connection)  # report what is there now, not what a minute-old look-up saw
         for dimensions in options["dimensions"]:

@@ -19,6 +19,7 @@ from agentstream.core.gctune import freeze_startup_heap
 from agentstream.core.logfmt import configure_logging
 from agentstream.core.store import redis_from_url
 from agentstream.django_app.conf import runtime_settings
+from agentstream.django_app.management.operator_errors import operator_errors
 from agentstream.projections.logs import lag, trim_logs
 from agentstream.projections.projection import load_projections
 from agentstream.projections.projector import Projector, ProjectorOptions
@@ -69,7 +70,8 @@ class Command(BaseCommand):
         try:
             configure_logging(logging.INFO, runtime_settings().LOG_FORMAT)
             freeze_startup_heap()  # full collections of Django's start-up heap stalled batches
-            asyncio.run(self._main(opts))
+            with operator_errors(opts["database"]):
+                asyncio.run(self._main(opts))
         except ConfigurationError as exc:  # 2: a supervisor does not restart what cannot start
             raise CommandError(str(exc), returncode=CONFIGURATION_ERROR) from None
 
