@@ -7,6 +7,7 @@ stream or hash read. Works the same on Redis 7.0+, Redis Cluster (hash tags) and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import logging
@@ -357,9 +358,6 @@ class EventStore:
         else:
             partition = None
         run_id = new_run_id(s.PARTITIONS, partition)
-        reserved = ""
-        if conv and request.idempotency_key:
-            run_id, reserved = await self._reserve_idempotency_key(request, run_id)
         max_attempts = request.max_attempts or s.MAX_RETRIES
         timeout_s = request.timeout_s or s.RUN_TIMEOUT_SECONDS
         payload = self._encode(
@@ -383,6 +381,44 @@ class EventStore:
                 ),
             },
         )
+        reserved = ""  # encoded first: a request refused as too large claims no key
+        if conv and request.idempotency_key:
+            run_id, reserved = await self._reserve_idempotency_key(request, run_id)
+        try:
+            reply = await self._submit_script(request, run_id, conv, policy, max_attempts, timeout_s, payload)
+        except BaseException:
+            if reserved:
+                await self._release_reservation(reserved, request, run_id)
+            raise
+        word = as_text(reply[0])
+        if word == "created":
+            return SubmitResult(run_id, created=True)
+        if word == "existing":
+            return SubmitResult(as_text(reply[1]), created=False)
+        if word == "idem_conflict":
+            raise _idempotency_conflict(request, as_text(reply[1]))
+        if reserved:  # refused: the key names no run, so the next request may use it
+            await self._release_reservation(reserved, request, run_id)
+        if word == "busy":
+            raise ConversationBusy(
+                f"conversation {conv} has an active run {as_text(reply[1])} and the policy is "
+                "'reject'; wait for it, cancel it, or submit with 'enqueue' or 'interrupt'"
+            )
+        if word == "conversation_deleted":
+            raise NotFound(f"conversation {conv} was deleted")
+        raise NotFound(f"conversation {conv} does not exist")
+
+    async def _submit_script(
+        self,
+        request: SubmitRequest,
+        run_id: str,
+        conv: str,
+        policy: str,
+        max_attempts: int,
+        timeout_s: float,
+        payload: bytes,
+    ) -> Any:
+        s = self.settings
         tag, (state_key, stream_key) = self.keys.run_keys(run_id)
         idem_key = (
             self.keys.idempotency(self.keys.run_partition(run_id), request.owner, request.idempotency_key)
@@ -393,7 +429,7 @@ class EventStore:
         interrupt_payload = self._encode(
             EventType.RUN_CANCELLED, {"reason": "interrupted by a newer run", "by": run_id}
         )
-        reply = await self._run_script(
+        return await self._run_script(
             "submit",
             [state_key, stream_key, idem_key, conv_key],
             [
@@ -418,23 +454,12 @@ class EventStore:
                 self._retention,
             ],
         )
-        word = as_text(reply[0])
-        if word == "created":
-            return SubmitResult(run_id, created=True)
-        if word == "existing":
-            return SubmitResult(as_text(reply[1]), created=False)
-        if word == "idem_conflict":
-            raise _idempotency_conflict(request, as_text(reply[1]))
-        if reserved:  # refused: the key names no run, so the next request may use it
-            await self.redis.eval(_RELEASE_RESERVATION, 1, reserved, f"{run_id}|{request.fingerprint()}")
-        if word == "busy":
-            raise ConversationBusy(
-                f"conversation {conv} has an active run {as_text(reply[1])} and the policy is "
-                "'reject'; wait for it, cancel it, or submit with 'enqueue' or 'interrupt'"
-            )
-        if word == "conversation_deleted":
-            raise NotFound(f"conversation {conv} was deleted")
-        raise NotFound(f"conversation {conv} does not exist")
+
+    async def _release_reservation(self, key: str, request: SubmitRequest, run_id: str) -> None:
+        """Delete this request's claim of its idempotency key (only while it is still this
+        request's). At worst, Redis away, it stays: its retry then creates the run it names."""
+        with contextlib.suppress(Exception):
+            await self.redis.eval(_RELEASE_RESERVATION, 1, key, f"{run_id}|{request.fingerprint()}")
 
     async def _reserve_idempotency_key(self, request: SubmitRequest, run_id: str) -> tuple[str, str]:
         """A run of a conversation lives in the conversation's partition, which is seldom its
@@ -713,7 +738,7 @@ class EventStore:
                 self._encode(EventType.RUN_FAILED, {"error": dict(error)}),
                 self._retention,
                 self.visibility(EventType.RUN_CANCELLED),
-                self._encode(EventType.RUN_CANCELLED, cancelled or {"reason": "cancel requested"}),
+                self._cancel_instead(cancelled),
             ],
         )
         word = as_text(reply[0])
@@ -725,6 +750,16 @@ class EventStore:
             return CancelOutcome(True, int(reply[1]))
         self._raise_refusal(run_id, reply)
         raise AssertionError("unreachable")
+
+    def _cancel_instead(self, cancelled: Mapping[str, Any] | None) -> bytes:
+        """run.cancelled's payload, should a retry find the run's cancel flag set. Sent with
+        every retry and seldom used: one too large to encode (a long partial output) falls back
+        to its reason alone, so it never fails the retry it rides along with."""
+        payload = dict(cancelled or {"reason": "cancel requested"})
+        try:
+            return self._encode(EventType.RUN_CANCELLED, payload)
+        except EventEncodingError:
+            return self._encode(EventType.RUN_CANCELLED, {"reason": str(payload.get("reason", ""))[:1000]})
 
     async def cancel(self, run_id: str, *, owner: str | None = None, reason: str = "") -> CancelOutcome:
         """Cancel a run: at once if queued, through its worker if running (``RunTerminal`` if over)."""

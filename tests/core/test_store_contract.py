@@ -24,7 +24,7 @@ from agentstream.core.events import EventType, NewEvent
 from agentstream.core.ids import idempotency_partition, new_run_id, partition_of
 from agentstream.core.keys import WORKERS_GROUP
 from agentstream.core.state import RunStatus, fold
-from agentstream.core.store import Claim, Dropped, EventStore, SubmitRequest
+from agentstream.core.store import Claim, Dropped, EventStore, RetryOutcome, SubmitRequest
 from tests.core.storetools import begin_again, claim, job_of, read_jobs
 
 
@@ -216,6 +216,30 @@ async def test_a_refused_submit_leaves_its_idempotency_key_free(store: EventStor
         await store.submit(request(conversation_id=first, idempotency_key=key, policy="reject"))
     other_body = await store.submit(request(idempotency_key=key, messages=[{"role": "user", "content": "x"}]))
     assert other_body.created
+
+
+async def test_a_submit_too_large_to_write_leaves_its_idempotency_key_free(store: EventStore) -> None:
+    first, _, key = await two_conversations_and_a_key_elsewhere(store)
+    huge = [{"role": "user", "content": "x" * (store.settings.MAX_EVENT_BYTES + 1)}]
+    with pytest.raises(EventEncodingError):
+        await store.submit(request(conversation_id=first, idempotency_key=key, messages=huge))
+    corrected = await store.submit(request(conversation_id=first, idempotency_key=key))
+    assert corrected.created
+
+
+async def test_a_retry_whose_cancel_payload_is_too_large_still_retries(store: EventStore) -> None:
+    """The run.cancelled payload rides along with every retry, in case of a cancel: one too large
+    to write (a long partial output) falls back to its reason, never failing the retry."""
+    run_id = (await store.submit(request(max_attempts=3))).run_id
+    c = await claim(store, run_id)
+    partial = {
+        "reason": "cancel requested",
+        "partial_output": {"content": "x" * store.settings.MAX_EVENT_BYTES},
+    }
+    outcome = await store.schedule_retry(
+        run_id, c.attempt, 0, {"type": "E", "message": "m"}, cancelled=partial
+    )
+    assert outcome == RetryOutcome(True, outcome.seq, outcome.due_ms) and outcome.retrying
 
 
 async def test_cancelling_a_queued_run_cancels_it_at_once_and_it_never_starts(store: EventStore) -> None:
