@@ -16,8 +16,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
 
+from agentstream.core.codec import as_text
 from agentstream.core.errors import NotFound as StoreNotFound
 from agentstream.core.errors import RunTerminal
+from agentstream.core.state import RunState
 from agentstream.core.store import SubmitRequest
 from agentstream.core.tracing import TRACEPARENT
 from agentstream.django_app import hooks
@@ -127,7 +129,8 @@ class BaseAgentRunViewSet(AgentViewSet):
             if state is None:
                 raise  # 503: only the database knows this run
             row = None  # the database is down: a run still in Redis is answered from its state
-        if row is not None and row.conversation is not None and row.conversation.deleted_at is not None:
+        deleted = row is not None and row.conversation is not None and row.conversation.deleted_at is not None
+        if deleted or (row is None and state is not None and self._in_deleted_conversation(state)):
             raise NotFound(f"no such run {run_id!r} (its conversation was deleted)")
         if state_is_ahead(state, row):
             assert state is not None
@@ -141,6 +144,14 @@ class BaseAgentRunViewSet(AgentViewSet):
             events, more = self._events(run_id, visibility_filter(request), from_stream=state is not None)
             body["events"], body["events_truncated"] = events, more
         return Response(body)
+
+    def _in_deleted_conversation(self, state: RunState) -> bool:
+        """A run Redis knows and the read-model not yet: its conversation's hash says if deleted."""
+        if not state.conversation_id:
+            return False
+        store = self.backend.store
+        key = store.keys.conversation(state.conversation_id)
+        return as_text(self.backend.call(lambda: store.redis.hget(key, "deleted")) or b"") == "1"
 
     def _events(
         self, run_id: str, wanted: VisibilityFilter, *, from_stream: bool

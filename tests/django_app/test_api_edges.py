@@ -174,3 +174,16 @@ def test_a_conversation_for_an_agent_no_one_knows_is_400_listing_the_known_ones(
     assert unknown.status_code == 400 and "echo" in unknown.json()["error"]["details"]["agent_key"][0]
     assert post(client, CONV, {"agent_key": ""}).status_code == 201  # none named: any agent later
     assert post(client, CONV, {}).status_code == 201
+
+
+def test_a_run_of_a_deleted_conversation_is_404_before_the_projector_too(agentstream: dict[str, Any]) -> None:
+    announce_sync(agentstream)
+    client, _ = anon_client()
+    conv = post(client, CONV, {"agent_key": "echo"}).json()["id"]
+    run_id = post(client, RUNS, hello(conversation_id=conv)).json()["id"]
+    assert client.get(f"{RUNS}{run_id}/").status_code == 200  # from Redis: no row yet
+    assert client.delete(f"{CONV}{conv}/").status_code == 204
+    assert client.get(f"{RUNS}{run_id}/").status_code == 404
+    project(agentstream)
+    assert client.get(f"{RUNS}{run_id}/").status_code == 404
+    assert client.get(RUNS).json()["results"] == []
