@@ -1,12 +1,13 @@
 """The partition logs seen from the projection groups: lag per partition, and trimming.
 
-Trimming (``XTRIM MINID``) removes only entries older than ``LOG_RETENTION_SECONDS`` that every
-group holding the log has acknowledged. A configured projection's group always holds it (one
-that does not exist yet is created first, from the start of the log, so its history is kept for
-it). A group no configured projection owns holds it only while one of its consumers was seen
-within ``STALE_GROUP_S``: an old-version projector still running in a rolling upgrade keeps its
-history, a removed projection (or an unset ``RUN_COMPLETED_HOOK``) no longer stops trimming
-forever. Stale groups are named in one warning; ``manage.py drop_projection NAME`` removes them.
+Trimming (``XTRIM MINID``) removes only entries that EVERY group on the log has acknowledged
+and that are older than ``LOG_RETENTION_SECONDS``. A configured projection whose group does not
+exist yet gets it first (from the start of the log), so its history is kept for it. A group no
+configured projection owns holds trimming too, however long its consumers have been quiet: it
+may be a projection another service runs with its own settings, or an old-version projector
+held up by an outage, and an entry trimmed before it acknowledged it is lost for good. Such a
+group gone stale (``LogGroup.stale``) is named in one warning per process; only the operator
+releases it, with ``manage.py drop_projection NAME``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from agentstream.core.keys import Keys
 from agentstream.core.store import Redis
 
 log = logging.getLogger("agentstream.projections")
-# a projector reads (XREADGROUP) every block_ms, about a second: an hour of silence is no projector
+# a projector reads (XREADGROUP) every block_ms, about a second: a group whose consumers have been
+# silent for an hour is worth a warning (it still holds trimming) and may be dropped without --force
 STALE_GROUP_S = 3600.0
 
 
@@ -131,44 +133,64 @@ async def idle_ms(redis: Redis, log_key: str, group: str) -> int | None:
     return min((int(_info(c)["idle"]) for c in consumers), default=None)
 
 
-async def safe_trim_id(
-    redis: Redis,
-    log_key: str,
-    configured: Collection[str] | None = None,
-    *,
-    stale_after_s: float = STALE_GROUP_S,
-) -> tuple[str | None, list[str]]:
-    """The lowest id a holding group still needs (None: no group holds the log, trim nothing),
-    and the groups left out: not ``configured`` and no consumer seen for ``stale_after_s``.
-    ``configured`` None: every group holds."""
-    groups = await group_info(redis, log_key)
+async def safe_trim_id(redis: Redis, log_key: str) -> str | None:
+    """The lowest id some group on the log still needs (None: no group, trim nothing)."""
     floor: tuple[int, int] | None = None
-    stale: list[str] = []
-    for name, info in groups.items():
-        if configured is not None and name not in configured:
-            idle = await idle_ms(redis, log_key, name)
-            if idle is None or idle >= stale_after_s * 1000:
-                stale.append(name)
-                continue
+    for name, info in (await group_info(redis, log_key)).items():
         needed = await group_floor(redis, log_key, name, info)
         floor = needed if floor is None or needed < floor else floor
-    return (None if floor is None else f"{floor[0]}-{floor[1]}"), stale
+    return None if floor is None else f"{floor[0]}-{floor[1]}"
+
+
+@dataclass(frozen=True, slots=True)
+class LogGroup:
+    name: str
+    partitions: int  # how many partition logs it is on
+    idle_ms: int | None  # since any consumer of it last read or claimed (None: it has none)
+
+    def stale(self, after_s: float = STALE_GROUP_S) -> bool:
+        """No consumer of it has read or claimed for ``after_s`` (or it has none). A stale group
+        still holds trimming; this only decides what is said about it and what may drop it."""
+        return self.idle_ms is None or self.idle_ms >= after_s * 1000
+
+
+async def log_groups(redis: Redis, keys: Keys, *, excluding: Collection[str] = ()) -> dict[str, LogGroup]:
+    """Every consumer group on the partition logs (but ``excluding``), with when a consumer of it
+    was last seen."""
+    seen: dict[str, tuple[int, int | None]] = {}
+    for partition in range(keys.partitions):
+        log_key = keys.log(partition)
+        for name in await group_info(redis, log_key):
+            if name in excluding:
+                continue
+            count, least = seen.get(name, (0, None))
+            idles = [i for i in (least, await idle_ms(redis, log_key, name)) if i is not None]
+            seen[name] = (count + 1, min(idles, default=None))
+    return {name: LogGroup(name, count, idle) for name, (count, idle) in sorted(seen.items())}
 
 
 # trimming runs every minute: a stale group is named once per process, not in every pass
 _warned: set[tuple[str, str]] = set()
 
 
-def _warn_stale(keys: Keys, stale: Iterable[str], stale_after_s: float) -> None:
-    new = sorted({g for g in stale if (keys.prefix, g) not in _warned})
-    if not new:
-        return
-    _warned.update((keys.prefix, g) for g in new)
-    log.warning(
-        "log groups %s belong to no configured projection and none of their consumers was seen for "
-        "%.0fs: trimming no longer waits for them (manage.py drop_projection NAME removes a group)",
-        ", ".join(new), stale_after_s,
-    )  # fmt: skip
+async def warn_stale_groups(
+    redis: Redis, keys: Keys, configured: Collection[str], stale_after_s: float = STALE_GROUP_S
+) -> list[str]:
+    """Name, in one warning, the groups no ``configured`` projection owns that went stale since
+    the last warning of this process; returns them."""
+    unowned = await log_groups(redis, keys, excluding=configured)
+    stale = [g.name for g in unowned.values() if g.stale(stale_after_s)]
+    new = [name for name in stale if (keys.prefix, name) not in _warned]
+    if new:
+        _warned.update((keys.prefix, name) for name in new)
+        log.warning(
+            "log groups %s belong to no configured projection and none of their consumers was seen "
+            "for %.0fs: trimming of the partition logs waits for them, so the logs keep growing. If "
+            "another service or an old release still runs them, start it; if the projection was "
+            "removed for good, `manage.py drop_projection NAME` (the group less 'projection:') releases it",
+            ", ".join(new), stale_after_s,
+        )  # fmt: skip
+    return new
 
 
 async def trim_logs(
@@ -180,45 +202,25 @@ async def trim_logs(
     *,
     stale_after_s: float = STALE_GROUP_S,
 ) -> int:
-    """Trim every partition log below what all holding groups acknowledged (``groups``: the
-    configured ones) and the retention; returns the number of entries removed."""
+    """Trim every partition log below what every group on it acknowledged (``groups``, the
+    configured ones, are created first) and the retention; returns the number of entries removed.
+    Groups no configured projection owns hold it too; the stale ones are named once."""
     configured = set(groups)
     await ensure_groups(redis, keys, configured)
     now_ms = now_ms if now_ms is not None else time.time_ns() // 1_000_000
     retention_floor = (now_ms - int(retention_s * 1000), 0)
     removed = 0
-    stale: set[str] = set()
     for partition in range(keys.partitions):
         log_key = keys.log(partition)
-        acked_floor, left_out = await safe_trim_id(redis, log_key, configured, stale_after_s=stale_after_s)
-        stale.update(left_out)
+        acked_floor = await safe_trim_id(redis, log_key)
         if acked_floor is None:
             continue
         floor = min(parse_id(acked_floor), retention_floor)
         if floor <= (0, 0):
             continue
         removed += int(await redis.xtrim(log_key, minid=f"{floor[0]}-{floor[1]}", approximate=False))
-    _warn_stale(keys, stale, stale_after_s)
+    await warn_stale_groups(redis, keys, configured, stale_after_s)
     return removed
-
-
-@dataclass(frozen=True, slots=True)
-class LogGroup:
-    name: str
-    partitions: int  # how many partition logs it is on
-    idle_ms: int | None  # since any consumer of it last read or claimed (None: it has none)
-
-
-async def log_groups(redis: Redis, keys: Keys) -> dict[str, LogGroup]:
-    """Every consumer group on the partition logs, with when a consumer of it was last seen."""
-    seen: dict[str, tuple[int, int | None]] = {}
-    for partition in range(keys.partitions):
-        log_key = keys.log(partition)
-        for name in await group_info(redis, log_key):
-            count, least = seen.get(name, (0, None))
-            idles = [i for i in (least, await idle_ms(redis, log_key, name)) if i is not None]
-            seen[name] = (count + 1, min(idles, default=None))
-    return {name: LogGroup(name, count, idle) for name, (count, idle) in sorted(seen.items())}
 
 
 async def drop_group(redis: Redis, keys: Keys, group: str) -> int:

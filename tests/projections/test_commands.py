@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from agentstream.core.events import Event
 from agentstream.core.store import EventStore
-from agentstream.projections.logs import ensure_groups, group_info
+from agentstream.projections.logs import ensure_groups, group_info, trim_logs
 from agentstream.projections.projection import ReadModelProjection
 from tests.projections import user_projection
 from tests.projections.conftest import in_thread, make_workload, rows
@@ -29,6 +29,10 @@ def command(name: str, *args: str) -> tuple[int, str]:
     except SystemExit as exit_:
         return int(exit_.code or 0), out.getvalue()
     return 0, out.getvalue()
+
+
+async def log_length(store: EventStore) -> int:
+    return sum([int(await store.redis.xlen(store.keys.log(p))) for p in range(store.keys.partitions)])
 
 
 async def test_runprojector_burst_projects_everything_and_verify_then_reports_no_drift(
@@ -137,6 +141,9 @@ async def test_drop_projection_lists_the_log_groups_and_drops_only_a_removed_pro
     settings = {"REDIS_URL": redis_url, "KEY_PREFIX": key_prefix, "PARTITIONS": 4}
     with override_settings(AGENTSTREAM=settings):
         await in_thread(command, "runprojector", "--burst", "--database", database)
+        configured = [ReadModelProjection().group]  # the others acknowledged everything too
+        total = await log_length(store)
+        held = await trim_logs(store.redis, keys, configured, retention_s=0)
         listed = await in_thread(command, "drop_projection")
         refusals = []
         for name in ("read_model", "busy", "nope"):
@@ -145,10 +152,13 @@ async def test_drop_projection_lists_the_log_groups_and_drops_only_a_removed_pro
             refusals.append(str(refused.value))
         dropped = await in_thread(command, "drop_projection", "removed", "--database", database)
         forced = await in_thread(command, "drop_projection", "busy", "--force", "--database", database)
+        released = await trim_logs(store.redis, keys, configured, retention_s=0)
 
     lines = {line.split()[0]: line for line in listed[1].splitlines()}
-    assert "configured" in lines["projection:read_model"] and "stale" in lines["projection:removed"]
-    assert "holds trimming" in lines["projection:busy"]
+    assert held == 0 and total > 0  # neither unowned group had acknowledged: both held trimming
+    assert lines["projection:read_model"].endswith("  configured")
+    assert lines["projection:removed"].endswith("stale: holds trimming until drop_projection removed")
+    assert lines["projection:busy"].endswith("read lately: holds trimming")
     assert "is configured" in refusals[0] and "stop that projector" in refusals[1]
     assert "no group projection:nope" in refusals[2]
     assert dropped == (0, "dropped projection:removed from 4 partition logs, and its checkpoints\n")
@@ -156,3 +166,4 @@ async def test_drop_projection_lists_the_log_groups_and_drops_only_a_removed_pro
     left = {g for p in range(keys.partitions) for g in await group_info(store.redis, keys.log(p))}
     assert "projection:removed" not in left and "projection:busy" not in left
     assert not await in_thread(lambda: checkpoints.filter(projection="removed").exists())
+    assert released == total and await log_length(store) == 0  # dropped: trimming proceeds

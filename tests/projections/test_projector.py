@@ -12,7 +12,7 @@ import pytest
 from django.db import connections
 
 from agentstream.core.store import EventStore
-from agentstream.projections.logs import ensure_groups, lag, trim_logs
+from agentstream.projections.logs import drop_group, ensure_groups, lag, trim_logs
 from agentstream.projections.projection import ReadModelProjection
 from agentstream.projections.projector import Projector, ProjectorOptions
 from agentstream.projections.verify import verify_log
@@ -207,36 +207,51 @@ async def test_trimming_keeps_the_history_of_a_configured_projection_that_never_
     assert removed == 0 and await log_length(store) == total
 
 
-async def test_a_group_no_configured_projection_owns_and_nobody_reads_stops_holding_trimming(
+def stale_warnings(caplog: pytest.LogCaptureFixture, group: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if group in r.getMessage()]
+
+
+async def test_a_group_no_configured_projection_owns_holds_trimming_is_named_once_and_drop_releases_it(
     store: EventStore, database: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     await make_workload(store, runs=4)
     await projector_for(store, database).run(burst=True)
     total = await log_length(store)
-    # a projection removed from PROJECTIONS (or RUN_COMPLETED_HOOK unset): its group stays behind
-    await ensure_groups(store.redis, store.keys, ["projection:removed"])
+    # a projection removed from PROJECTIONS, or run by another service: nobody here reads its group
+    removed_group = "projection:removed"
+    await ensure_groups(store.redis, store.keys, [removed_group])
     configured = [ReadModelProjection().group]
 
     with caplog.at_level(logging.WARNING, logger="agentstream.projections"):
-        removed = await trim_logs(store.redis, store.keys, configured, retention_s=0)
-        await trim_logs(store.redis, store.keys, configured, retention_s=0)
+        held = [await trim_logs(store.redis, store.keys, configured, retention_s=0) for _ in range(2)]
 
-    assert removed == total > 0 and await log_length(store) == 0
-    warnings = [r.getMessage() for r in caplog.records if "projection:removed" in r.getMessage()]
-    assert len(warnings) == 1 and "drop_projection" in warnings[0]  # once, not every pass
+    assert held == [0, 0] and await log_length(store) == total > 0
+    warnings = stale_warnings(caplog, removed_group)
+    assert len(warnings) == 1 and "drop_projection NAME" in warnings[0]  # once, not every pass
+    assert ReadModelProjection().group not in warnings[0]
+
+    assert await drop_group(store.redis, store.keys, removed_group) == store.keys.partitions
+    assert await trim_logs(store.redis, store.keys, configured, retention_s=0) == total
+    assert await log_length(store) == 0
 
 
-async def test_a_group_an_old_projector_still_reads_holds_trimming_until_its_consumers_go_quiet(
-    store: EventStore, database: str
+async def test_a_group_an_old_projector_read_holds_trimming_after_its_consumers_go_quiet(
+    store: EventStore, database: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     await make_workload(store, runs=4)
     await projector_for(store, database).run(burst=True)
     total = await log_length(store)
-    old = "projection:old_version"  # not configured here, still run by the previous release
+    old = "projection:old_version"  # not configured here, run by the previous release
     for p in range(store.keys.partitions):
         await store.redis.xgroup_create(store.keys.log(p), old, id="0")
         await store.redis.xreadgroup(old, "old-host", {store.keys.log(p): ">"}, count=1)  # pending
     configured = [ReadModelProjection().group]
 
-    assert await trim_logs(store.redis, store.keys, configured, retention_s=0) == 0
-    assert await trim_logs(store.redis, store.keys, configured, retention_s=0, stale_after_s=0) == total
+    with caplog.at_level(logging.WARNING, logger="agentstream.projections"):
+        assert await trim_logs(store.redis, store.keys, configured, retention_s=0) == 0
+        assert stale_warnings(caplog, old) == []  # read lately: nothing to tell yet
+        # held up (a Postgres outage) past the stale limit: its entries are still kept
+        assert await trim_logs(store.redis, store.keys, configured, retention_s=0, stale_after_s=0) == 0
+
+    assert await log_length(store) == total
+    assert len(stale_warnings(caplog, old)) == 1

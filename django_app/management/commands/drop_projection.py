@@ -1,8 +1,10 @@
 """``python manage.py drop_projection [NAME ...] [--force]``: remove the log consumer groups (and
 checkpoints) of projections no longer configured; without a name, list the groups on the logs.
 
-A group no configured projection owns stops holding log trimming once none of its consumers was
-seen for ``STALE_GROUP_S`` (``projections/logs.py``); dropping it ends that at once, for good."""
+Log trimming waits for every group on the logs, configured or not (``projections/logs.py``): a
+removed projection's group holds it back forever, and dropping it is the one way to release it.
+A group one of whose consumers was seen within ``STALE_GROUP_S`` (``LogGroup.stale``) is refused
+without ``--force``: an old-version projector, or another service, may still run it."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from agentstream.core.settings import Settings
 from agentstream.core.store import redis_from_url
 from agentstream.django_app.conf import runtime_settings
 from agentstream.django_app.models import ProjectionCheckpoint
-from agentstream.projections.logs import STALE_GROUP_S, LogGroup, drop_group, log_groups
+from agentstream.projections.logs import LogGroup, drop_group, log_groups
 from agentstream.projections.projection import GROUP_PREFIX, load_projections
 
 
@@ -50,10 +52,6 @@ class Command(BaseCommand):
             )
 
 
-def _seen_lately(group: LogGroup) -> bool:
-    return group.idle_ms is not None and group.idle_ms < STALE_GROUP_S * 1000
-
-
 def _check(name: str, group: LogGroup | None, configured: set[str], force: bool) -> None:
     if name in configured:
         raise CommandError(
@@ -62,7 +60,7 @@ def _check(name: str, group: LogGroup | None, configured: set[str], force: bool)
         )
     if group is None:
         raise CommandError(f"no group {GROUP_PREFIX}{name} on the partition logs")
-    if _seen_lately(group) and not force:  # an old-version projector may still run it
+    if not group.stale() and not force:  # an old-version projector may still run it
         raise CommandError(
             f"a consumer of {group.name} was seen {(group.idle_ms or 0) / 1000:.0f}s ago: "
             "stop that projector first (or pass --force)"
@@ -74,10 +72,10 @@ def _describe(group: LogGroup, configured: set[str]) -> str:
     seen = "no consumer" if group.idle_ms is None else f"seen {group.idle_ms / 1000:.0f}s ago"
     if name in configured:
         state = "configured"
-    elif _seen_lately(group):
-        state = "not configured, still read: holds trimming"
+    elif not group.stale():
+        state = "not configured, read lately: holds trimming"
     else:
-        state = f"not configured, stale: drop_projection {name}"
+        state = f"not configured, stale: holds trimming until drop_projection {name}"
     return f"{group.name:<32} {seen:<20} {group.partitions:>4} logs  {state}"
 
 
