@@ -178,12 +178,15 @@ class Worker:
     async def run(self) -> None:
         """Serve until ``stop()``, a signal, or (``burst``) until the queues are drained."""
         self._install_signals()
+        ready = False
         try:
-            if not await self._redis_ready():
-                return  # stopped while Redis was away: nothing was claimed
-        except BaseException:
-            self._remove_signals()
-            raise
+            ready = await self._redis_ready()
+        finally:
+            if not ready:  # stopped (or failed) while Redis was away: nothing was claimed
+                self._remove_signals()
+                log.info("worker %s stopped before Redis answered", self.worker_id)
+        if not ready:
+            return
         timers = [
             asyncio.create_task(self.cancel_listener.run(), name="cancel-listener"),
             asyncio.create_task(self._every(self.lease_ms / 3000, self._heartbeat), name="heartbeat"),

@@ -437,7 +437,8 @@ async def test_a_begin_whose_reply_is_lost_is_sent_again_and_begins_one_attempt(
 
     wstore.begin_attempt = reply_lost  # type: ignore[method-assign]
     async with running_worker(wstore, agent_keys=["echo"]) as worker:
-        await asyncio.sleep(0.2)  # idle: the job comes through the blocking read, then begin_attempt
+        # idle: the job comes through the blocking read, then begin_attempt
+        await wait_until(lambda: worker.reader.found_nothing, 10, "the worker idles")
         run_id = await submit(wstore, "echo", max_attempts=1)
         state = await wait_terminal(wstore, run_id)
     assert lost == [run_id], "the begin was not retried through a lost reply"

@@ -15,7 +15,7 @@ from agentstream.core.settings import Settings
 from agentstream.core.state import RunStatus
 from agentstream.core.store import EventStore, SubmitRequest, redis_from_url
 from tests.consumers import agents
-from tests.consumers.helpers import wait_terminal
+from tests.consumers.helpers import wait_terminal, wait_until
 from tests.faults.topology import RedisServer
 
 pytestmark = [pytest.mark.faults]
@@ -29,8 +29,9 @@ async def test_a_worker_started_before_redis_waits_for_it_then_serves(tmp_path: 
     worker = Worker(store, agents.registry(), agent_keys=["echo"], handle_signals=False, block_ms=100)
     task = asyncio.create_task(worker.run())
     try:
-        await asyncio.sleep(1.0)  # nothing listens on the port yet
-        assert not task.done() and "the worker starts once it answers" in caplog.text
+        # nothing listens on the port yet: the worker says it waits
+        await wait_until(lambda: "the worker starts once it answers" in caplog.text, 10, "the warning")
+        assert not task.done()
         await asyncio.to_thread(server.start)
         run_id = (await store.submit(SubmitRequest("echo", "user:1"))).run_id
         state = await wait_terminal(store, run_id, timeout_s=15)
