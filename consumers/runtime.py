@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import traceback
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,17 @@ class ErrorInfo:
     stack: str | None = None
     retriable: bool = True
     details: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stack, bool):  # ErrorInfo("T", "m", False): agentstream's earlier order
+            warnings.warn(
+                "ErrorInfo's third field is the stack (django-agent-runtime's order): "
+                "pass retriable= by keyword",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            object.__setattr__(self, "retriable", self.stack)
+            object.__setattr__(self, "stack", None)
 
     @classmethod
     def from_exception(cls, exc: BaseException, *, retriable: bool | None = None) -> ErrorInfo:

@@ -325,3 +325,9 @@ async def test_emit_error_takes_the_seeds_positional_details(wstore: EventStore)
     assert errors == [{"message": "Rate limited", "details": {"code": 429}}] * 2 + [
         {"message": "Rate limited", "code": 429}
     ]
+
+
+def test_an_error_info_with_retriable_third_as_before_still_means_it_and_warns() -> None:
+    with pytest.warns(DeprecationWarning, match="pass retriable= by keyword"):
+        info = ErrorInfo("ValueError", "bad", False)  # type: ignore[arg-type]
+    assert (info.stack, info.retriable) == (None, False)
