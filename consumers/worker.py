@@ -82,6 +82,21 @@ def refused_for_now(exc: BaseException) -> bool:
     )
 
 
+def served(
+    registry: RuntimeRegistry, agent_keys: Sequence[str] | None, concurrency: int
+) -> tuple[list[str], int]:
+    """The agent keys and concurrency a worker serves, checked: ``RegistryError`` for no key or
+    an unknown one, ``ValueError`` for a concurrency below 1 (at start, not on the first job)."""
+    keys = list(agent_keys) if agent_keys else registry.keys()
+    if not keys:
+        raise RegistryError("no agent keys to serve: register a runtime or pass agent_keys")
+    for key in keys:
+        registry.get(key)
+    if concurrency < 1:
+        raise ValueError(f"concurrency {concurrency}: it must be at least 1")
+    return keys, concurrency
+
+
 def new_worker_id() -> str:
     """``<hostname>:<pid>:<random>``: unique per process and host, readable in XINFO."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -110,14 +125,9 @@ class Worker:
         self.stores = stores  # ctx.memory / tasks / ... of the runs (None: agents cannot use them)
         self.store = store
         self.registry = registry
-        self.agent_keys = list(agent_keys) if agent_keys else registry.keys()
-        if not self.agent_keys:
-            raise RegistryError("no agent keys to serve: register a runtime or pass agent_keys")
-        for key in self.agent_keys:
-            registry.get(key)  # fail at start, not on the first job
-        self.concurrency = concurrency or settings.DEFAULT_CONCURRENCY
-        if self.concurrency < 1:
-            raise ValueError(f"concurrency={self.concurrency}; it must be at least 1")
+        self.agent_keys, self.concurrency = served(
+            registry, agent_keys, concurrency or settings.DEFAULT_CONCURRENCY
+        )
         self.burst = burst
         self.handle_signals = handle_signals
         self.block_ms = block_ms

@@ -122,7 +122,7 @@ async def test_runagent_in_debug_reloads_on_a_code_change_and_keeps_serving(
     ("args", "message"),
     [
         (("--agent-keys", "nope"), "no runtime is registered for agent key 'nope'"),
-        (("--concurrency", "-1"), "--concurrency -1: it must be at least 1"),
+        (("--concurrency", "-1"), "concurrency -1: it must be at least 1"),
     ],
 )
 def test_runagent_with_processes_refuses_a_bad_configuration_once_instead_of_restarting(

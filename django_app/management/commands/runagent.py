@@ -17,6 +17,7 @@ from django.utils import autoreload
 
 from agentstream.consumers.errors import RegistryError
 from agentstream.consumers.supervisor import CONFIGURATION_ERROR, supervise
+from agentstream.consumers.worker import served
 from agentstream.consumers.worker_main import (
     WorkerConfig,
     add_worker_arguments,
@@ -73,18 +74,9 @@ def check_worker_config(config: WorkerConfig) -> None:
     concurrency below 1): N supervised children would each print it and exit 2."""
     registry = load_registry([*config.settings.RUNTIME_REGISTRY, *config.registry_paths])
     try:
-        keys = config.agent_keys or registry.keys()
-        if not keys:
-            raise RegistryError("no agent keys to serve: register a runtime or pass --agent-keys")
-        for key in keys:
-            registry.get(key)
-    except RegistryError as exc:
+        served(registry, config.agent_keys, config.concurrency or config.settings.DEFAULT_CONCURRENCY)
+    except (RegistryError, ValueError) as exc:
         raise CommandError(str(exc), returncode=CONFIGURATION_ERROR) from None
-    concurrency = config.concurrency or config.settings.DEFAULT_CONCURRENCY
-    if concurrency < 1:
-        raise CommandError(
-            f"--concurrency {concurrency}: it must be at least 1", returncode=CONFIGURATION_ERROR
-        )
 
 
 def django_worker_process(config: WorkerConfig) -> None:
