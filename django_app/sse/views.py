@@ -4,15 +4,15 @@
 The caller (a DRF action) has already authenticated and checked ownership. Under ASGI the body is
 an async generator on the server's loop, served by Django together with a watch for disconnect
 (Django cancels the body when the client goes, and ``finally`` frees it from the hub at once).
-Under WSGI the body is a generator fed by the process's store thread. Both drive the same pure
-``Cursor``; the run is never cancelled by a disconnect.
+Under WSGI the body is a generator fed by the process's store thread. Both only run the same pure
+``plan.stream`` (replay, subscribe, tail, keepalives), awaiting what it asks for or calling it
+through the store thread; the run is never cancelled by a disconnect.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from typing import Any
 
 from django.core.handlers.asgi import ASGIRequest
@@ -28,11 +28,11 @@ from agentstream.core.settings import Settings
 from agentstream.django_app.api.backend import StoreThread, api_backend
 from agentstream.django_app.conf import runtime_settings
 from agentstream.django_app.sse.buffers import AsyncBuffer, ThreadBuffer
-from agentstream.django_app.sse.cursor import Cursor, Step
-from agentstream.django_app.sse.framing import KEEPALIVE, Frame, VisibilityFilter, retry_frame
+from agentstream.django_app.sse.cursor import Cursor
+from agentstream.django_app.sse.framing import VisibilityFilter, retry_frame
 from agentstream.django_app.sse.hub import hub_for_loop
+from agentstream.django_app.sse.plan import Read, Silence, advance, frames_of, stream
 
-REPLAY_PAGE = 500
 ARCHIVE_LIMIT = 100_000
 MAX_SEQ = 2**63 - 1  # a stream entry id part is 64-bit: beyond that Redis refuses the read
 
@@ -136,45 +136,7 @@ def _over() -> HttpResponse:
     return HttpResponse(status=204)
 
 
-def frames_of(events: Sequence[Event]) -> list[Frame]:
-    return [Frame.of(e) for e in events]
-
-
-@dataclass(slots=True)
-class Silence:
-    """Time since the stream last wrote. A keepalive is due after ``interval_s`` without a byte,
-    however many events arrived meanwhile: those the client's filter hides write nothing, and a
-    wait restarted by each of them let a busy tool loop starve the keepalive (proxies then cut
-    the idle-looking connection)."""
-
-    interval_s: float
-    since: float = field(default_factory=time.monotonic)
-
-    def left_s(self) -> float:
-        return max(0.0, self.since + self.interval_s - time.monotonic())
-
-    def is_over(self) -> bool:
-        return self.left_s() == 0.0
-
-    def restart(self) -> None:
-        self.since = time.monotonic()
-
-
 # -- ASGI: on the server's loop, through that loop's hub ------------------------------------------
-
-
-async def _fill_async(
-    cursor: Cursor, step: Step, read: Callable[[int, int], Awaitable[list[Event]]]
-) -> bytes:
-    """Write ``step``, reading the events a gap says are missing from the stream first."""
-    out = [step.out]
-    while step.missing is not None:
-        after, before = step.missing
-        filled = await read(after, before - after - 1)
-        out.append(cursor.feed(frames_of(filled), allow_gap=True).out)
-        step = cursor.feed(step.rest, allow_gap=not filled)
-        out.append(step.out)
-    return b"".join(out)
 
 
 def release_request_thread() -> None:
@@ -215,54 +177,25 @@ async def _async_body(
         yield cursor.feed(frames_of(archive), allow_gap=True).out
         return
     hub = hub_for_loop(settings)
-
-    async def read(after: int, count: int) -> list[Event]:
-        return await hub.store.read_run(run_id, after, count)
-
-    while not cursor.done:  # replay
-        events = await read(cursor.last_seq, REPLAY_PAGE)
-        out = cursor.feed(frames_of(events), allow_gap=True).out
-        if out:
-            yield out
-        if len(events) < REPLAY_PAGE:
-            break
-    if cursor.done:
-        return
     buffer = AsyncBuffer(settings.SSE_CLIENT_BUFFER)
+    plan = stream(cursor, buffer, settings.SSE_KEEPALIVE_SECONDS)
+    reply: Any = None  # what the last ask gave
     try:  # a disconnect while subscribing (its wake-up is awaited) must not leave the client in
-        hub_seq = await hub.subscribe(run_id, cursor.last_seq, buffer)
-        if hub_seq > cursor.last_seq:  # the hub tails this run for others already: catch up to it
-            out = cursor.feed(
-                frames_of(await read(cursor.last_seq, hub_seq - cursor.last_seq)), allow_gap=True
-            ).out
-            if out:
-                yield out
-        quiet = Silence(settings.SSE_KEEPALIVE_SECONDS)
-        while not cursor.done:
-            frames = await buffer.take(quiet.left_s())
-            out = b"" if frames is None else await _fill_async(cursor, cursor.feed(frames), read)
-            if out or quiet.is_over():
-                yield out or KEEPALIVE
-                quiet.restart()
-            if buffer.closed and not cursor.done:
-                return  # overflowed: the client reconnects with Last-Event-ID
+        while (ask := advance(plan, reply)) is not None:
+            if isinstance(ask, Silence):
+                reply = await buffer.take(ask.left_s())
+            elif isinstance(ask, bytes):
+                yield ask
+                reply = None
+            elif isinstance(ask, Read):
+                reply = await hub.store.read_run(run_id, ask.after, ask.count)
+            else:
+                reply = await hub.subscribe(run_id, ask.after, buffer)
     finally:
-        hub.unsubscribe(run_id, buffer)
+        hub.unsubscribe(run_id, buffer)  # nothing to do if it never subscribed
 
 
 # -- WSGI: a worker thread, fed by the store thread's hub -----------------------------------------
-
-
-def _fill_sync(cursor: Cursor, step: Step, read: Callable[[int, int], list[Event]]) -> bytes:
-    """``_fill_async`` for a thread."""
-    out = [step.out]
-    while step.missing is not None:
-        after, before = step.missing
-        filled = read(after, before - after - 1)
-        out.append(cursor.feed(frames_of(filled), allow_gap=True).out)
-        step = cursor.feed(step.rest, allow_gap=not filled)
-        out.append(step.out)
-    return b"".join(out)
 
 
 def _sync_body(
@@ -274,32 +207,22 @@ def _sync_body(
         yield cursor.feed(frames_of(archive), allow_gap=True).out
         return
     store, hub = backend.store, backend.hub
-
-    def read(after: int, count: int) -> list[Event]:
-        return backend.call(lambda: store.read_run(run_id, after, count))
-
-    while not cursor.done:
-        events = read(cursor.last_seq, REPLAY_PAGE)
-        out = cursor.feed(frames_of(events), allow_gap=True).out
-        if out:
-            yield out
-        if len(events) < REPLAY_PAGE:
-            break
-    if cursor.done:
-        return
     buffer = ThreadBuffer(settings.SSE_CLIENT_BUFFER)
+    plan = stream(cursor, buffer, settings.SSE_KEEPALIVE_SECONDS)
+    reply: Any = None  # what the last ask gave
+    subscribed = False
     try:  # a subscribe that timed out may still land on the loop: the finally lets it go too
-        hub_seq = backend.call(lambda: hub.subscribe(run_id, cursor.last_seq, buffer))
-        if hub_seq > cursor.last_seq:
-            yield cursor.feed(frames_of(read(cursor.last_seq, hub_seq - cursor.last_seq)), allow_gap=True).out
-        quiet = Silence(settings.SSE_KEEPALIVE_SECONDS)
-        while not cursor.done:
-            frames = buffer.take(quiet.left_s())
-            out = b"" if frames is None else _fill_sync(cursor, cursor.feed(frames), read)
-            if out or quiet.is_over():
-                yield out or KEEPALIVE
-                quiet.restart()
-            if buffer.closed and not cursor.done:
-                return
+        while (ask := advance(plan, reply)) is not None:
+            if isinstance(ask, Silence):
+                reply = buffer.take(ask.left_s())
+            elif isinstance(ask, bytes):
+                yield ask
+                reply = None
+            elif isinstance(ask, Read):
+                reply = backend.call(partial(store.read_run, run_id, ask.after, ask.count))
+            else:
+                subscribed = True
+                reply = backend.call(partial(hub.subscribe, run_id, ask.after, buffer))
     finally:
-        backend.loop.call_soon_threadsafe(hub.unsubscribe, run_id, buffer)
+        if subscribed:
+            backend.loop.call_soon_threadsafe(hub.unsubscribe, run_id, buffer)
