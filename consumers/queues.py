@@ -47,6 +47,15 @@ class Job(NamedTuple):
     undecodable: str = ""  # why the entry's fields do not decode, if they do not
 
 
+# A job's identity: entry ids are per stream, so two queues can hold the same one.
+JobWhere = tuple[int, str, str]
+
+
+def where(job: Job) -> JobWhere:
+    """``(partition, agent_key, job_id)``: the queue entry ``job`` is."""
+    return job.partition, job.agent_key, job.job_id
+
+
 @dataclass(frozen=True, slots=True)
 class ReadPlan:
     queues: Sequence[Queue]

@@ -44,7 +44,7 @@ from agentstream.consumers.cancel_listener import CancelListener
 from agentstream.consumers.errors import RegistryError
 from agentstream.consumers.execution import TRANSIENT, Attempt, AttemptOptions, ride_out_redis
 from agentstream.consumers.outcome import Outcome
-from agentstream.consumers.queues import Job, Queue, QueueReader, job_from, job_problem
+from agentstream.consumers.queues import Job, JobWhere, Queue, QueueReader, job_from, job_problem, where
 from agentstream.consumers.registry import RuntimeRegistry
 from agentstream.consumers.stores import StoreBackend
 from agentstream.consumers.timers import Timers
@@ -159,8 +159,10 @@ class Worker:
         self.outcomes: dict[Outcome, int] = {}
         self.reclaims = 0  # jobs taken over from an expired lease (for --metrics-port)
         # job id -> (run id, attempt): begun by a claim that came back after stop(grace=False)
-        self._unstarted: dict[str, tuple[str, int]] = {}
+        self._unstarted: dict[JobWhere, tuple[str, int]] = {}
         self._reclaim_cursors: dict[str, str] = {}  # queue key -> where the next XAUTOCLAIM goes on
+        self._handling: set[JobWhere] = set()  # the jobs of the tasks started (begun or beginning)
+        self._look_for_lost_claims = False  # a claim failed: it may have begun jobs unheard of
         self._jobs: set[asyncio.Task[None]] = set()
         self._ending: set[asyncio.Task[None]] = set()  # jobs whose last write is on its way
         self._backlog: deque[Job] = deque()  # read but not started (a blocking read over-delivered)
@@ -290,9 +292,13 @@ class Worker:
                 raise self._claim_failure  # a bug, not an outage (those are retried in _claim)
             while self._backlog and self._busy < self.concurrency:
                 self._start(self._backlog.popleft())
+            if self._look_for_lost_claims and not self._claims:  # no claim in flight: none mistaken
+                await self._take_up_lost_claims()
             free = self._free
             if free > 0 and not self.reader.found_nothing:
-                if len(self._claims) < CLAIMS_IN_FLIGHT:
+                # after a failed claim, none more until the ones in flight are back and its lost
+                # jobs are looked for: a job begun by a claim still in flight looks lost too
+                if len(self._claims) < CLAIMS_IN_FLIGHT and not self._look_for_lost_claims:
                     # at most half the slots per claim, one claim per wake-up: the runs come in
                     # two groups or more, one running here while Redis ends and begins another
                     self._launch_claim(min(free, max(1, self.concurrency // 2)))
@@ -332,11 +338,13 @@ class Worker:
             jobs = await self.reader.claim(self.store, free)
         except TRANSIENT as exc:
             log.warning("cannot read jobs (%s); retrying in 1s", exc)
+            self._look_for_lost_claims = True  # the script may have run, its reply lost
             await asyncio.sleep(1.0)
             return
         except Exception as exc:
             if refused_for_now(exc):
                 log.warning("Redis refused to hand out jobs (%s); retrying in 1s", exc)
+                self._look_for_lost_claims = True  # on a cluster, another partition's claim ran
                 await asyncio.sleep(1.0)
             else:
                 self._claim_failure = exc
@@ -356,7 +364,7 @@ class Worker:
                 self._dropped(job, begun)
             elif self._stop_now.is_set():
                 if begun is not None:  # the drain gives its attempt back with the job
-                    self._unstarted[job.job_id] = (job.run_id, begun.attempt)
+                    self._unstarted[where(job)] = (job.run_id, begun.attempt)
                 continue
             elif begun is not None or (self._busy < self.concurrency and not self._stopping.is_set()):
                 self._start(job, begun)
@@ -380,7 +388,33 @@ class Worker:
     def _start(self, job: Job, claim: Claim | None = None) -> None:
         task = asyncio.get_running_loop().create_task(self._handle(job, claim), name=f"run {job.run_id}")
         self._jobs.add(task)
+        self._handling.add(where(job))
         task.add_done_callback(functools.partial(self._job_done, job))
+
+    async def _take_up_lost_claims(self) -> None:
+        """A claim that failed on its way back (a connection cut, one partition of a cluster
+        refusing) may have begun jobs that this worker never heard of: they sit in its pending
+        list, running under its name. Start them as begun, rather than leave them to a reclaim
+        after the lease that would count an attempt (and fail a run allowed only one)."""
+        self._look_for_lost_claims = False
+        known = self._handling | {where(j) for j in self._backlog} | set(self._unstarted)
+        try:
+            pending = [j for j in await self._pending_not_running() if where(j) not in known]
+            found = await self.store.begun_by(self.worker_id, [where(j) for j in pending])
+        except Exception as exc:
+            log.warning("could not look for jobs a failed claim began (%s); the reclaim takes them", exc)
+            return
+        for (partition, agent_key, job_id), claim in found:
+            job = Job(partition, agent_key, job_id, claim.run_id)
+            if where(job) in self._handling:
+                continue  # started meanwhile (a reclaim)
+            log.warning(
+                "run %s: took up attempt %d, begun by a claim whose reply was lost",
+                claim.run_id,
+                claim.attempt,
+                extra=self._fields(job, claim.attempt),
+            )
+            self._start(job, claim)
 
     def _ending_now(self) -> None:
         """The current job's agent is done and its last write is on its way: its slot is free
@@ -392,6 +426,7 @@ class Worker:
 
     def _job_done(self, job: Job, task: asyncio.Task[None]) -> None:
         self._jobs.discard(task)
+        self._handling.discard(where(job))
         self._ending.discard(task)
         self._wake.set()
         if not task.cancelled() and task.exception() is not None:
@@ -673,7 +708,7 @@ class Worker:
         self._backlog.clear()
         orphans = await self._pending_not_running()
         await self._hand_back(
-            orphans, begun=dict(self._unstarted.pop(j.job_id) for j in orphans if j.job_id in self._unstarted)
+            orphans, begun=dict(self._unstarted.pop(where(j)) for j in orphans if where(j) in self._unstarted)
         )
 
     async def _pending_not_running(self) -> list[Job]:
@@ -684,15 +719,15 @@ class Worker:
                     q.key, WORKERS_GROUP, min="-", max="+", count=10_000, consumername=self.worker_id
                 )
             replies = await pipe.execute(raise_on_error=False)
-        running = {job.job_id for job, _ in self.attempts.values()}
+        running = {where(job) for job, _ in self.attempts.values()}
         orphans: list[Job] = []
         for queue, reply in zip(self.queues, replies, strict=True):
             if isinstance(reply, Exception):
                 continue
             for entry in reply:
-                job_id = as_text(entry["message_id"])
-                if job_id not in running:
-                    orphans.append(Job(queue.partition, queue.agent_key, job_id, ""))
+                job = Job(queue.partition, queue.agent_key, as_text(entry["message_id"]), "")
+                if where(job) not in running:  # entry ids are per queue: two queues can share one
+                    orphans.append(job)
         return orphans
 
     async def _hand_back(self, jobs: Sequence[Job], begun: Mapping[str, int] | None = None) -> None:

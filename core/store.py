@@ -602,6 +602,54 @@ class EventStore:
         )
         return _begun(run_id, reply)
 
+    async def begun_by(
+        self, worker_id: str, jobs: Sequence[tuple[int, str, str]]
+    ) -> list[tuple[tuple[int, str, str], Claim]]:
+        """Of the jobs ``(partition, agent_key, job_id)`` in ``worker_id``'s pending list, those
+        whose attempt that worker began (running, its worker, that job), each with its Claim.
+        Read-only, for a worker whose claim failed on the way back after Redis had begun them."""
+        if not jobs:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for partition, agent_key, job_id in jobs:
+                pipe.xrange(self.keys.queue(partition, agent_key), min=job_id, max=job_id)
+            entries = await pipe.execute()
+        named = [(job, as_text(e[0][1].get(b"r", b""))) for job, e in zip(jobs, entries, strict=True) if e]
+        named = [(job, run_id) for job, run_id in named if run_id]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for _, run_id in named:
+                pipe.hmget(
+                    self.keys.run_state(run_id),
+                    "status",
+                    "worker",
+                    "job",
+                    "attempt",
+                    "seq",
+                    "cancel",
+                    "timeout_ms",
+                    "conv",
+                )
+                pipe.xrange(self.keys.run_stream(run_id), min="0-1", count=1)
+            replies = await pipe.execute()
+        out: list[tuple[tuple[int, str, str], Claim]] = []
+        for i, (where, run_id) in enumerate(named):
+            fields, first = replies[2 * i], replies[2 * i + 1]
+            status, worker, job, attempt, seq, cancel, timeout_ms, conv = (as_text(f or b"") for f in fields)
+            if status != "running" or worker != worker_id or job != where[2] or not first:
+                continue
+            timeout = int(timeout_ms or 0)
+            claim = Claim(
+                run_id=run_id,
+                attempt=int(attempt),
+                seq=int(seq),
+                input=decode_payload(first[0][1].get(b"p", b"")) if first[0][1].get(b"p") else {},
+                cancel_requested=cancel == "1",
+                timeout_s=timeout / 1000 if timeout else None,
+                conversation_id=conv,
+            )
+            out.append((where, claim))
+        return out
+
     async def hand_back(self, run_id: str, attempt: int) -> bool:
         """A stopping worker gives ``attempt`` back unfinished: the run's next attempt does not
         count it against ``max_attempts``, nor as a reclaim. False: it had ended or been fenced."""

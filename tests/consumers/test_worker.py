@@ -406,6 +406,37 @@ async def test_an_attempt_handed_back_at_shutdown_spends_none_of_the_runs_attemp
     assert await wstore.redis.hget(stats, "reclaims") is None  # nor did it count as a reclaim
 
 
+async def test_jobs_begun_by_a_claim_whose_reply_was_lost_are_taken_up_at_once(
+    redis_client: Any, worker_settings: Any
+) -> None:
+    """Not after the lease, as a reclaim that would spend an attempt: one allowed, it runs once."""
+    from tests.conftest import delete_prefix
+
+    long_lease = worker_settings.with_overrides(LEASE_TTL_SECONDS=60.0)
+    store = EventStore(redis_client, long_lease, pipeline_scripts=True)
+    original = store.claim_jobs
+    lost: list[int] = []
+
+    async def reply_lost(*args: Any, **kw: Any) -> Any:
+        claimed = await original(*args, **kw)  # Redis began them...
+        if claimed and not lost:
+            lost.append(len(claimed))
+            raise ConnectionError("connection reset")  # ...and the reply never came back
+        return claimed
+
+    store.claim_jobs = reply_lost  # type: ignore[method-assign]
+    try:
+        run_ids = [await submit(store, "echo", max_attempts=1) for _ in range(3)]
+        async with running_worker(store, agent_keys=["echo"]):
+            states = [await wait_terminal(store, run_id, timeout_s=10) for run_id in run_ids]
+        assert lost, "no claim reply was lost"
+        assert [(s.status, s.attempt) for s in states] == [(RunStatus.SUCCEEDED, 1)] * 3
+        for run_id in run_ids:
+            assert types(await store.read_run(run_id)).count("run.started") == 1
+    finally:
+        await delete_prefix(redis_client, long_lease.KEY_PREFIX)
+
+
 async def test_an_attempt_handed_back_leaves_the_run_its_retries(wstore: EventStore) -> None:
     """Two attempts allowed; the first handed back at a deploy: a failure after it still retries."""
     run_id = await submit(wstore, "sleeper", params={"sleep_s": 1.0}, max_attempts=2)
