@@ -16,7 +16,6 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
 
-from agentstream.core.codec import as_text
 from agentstream.core.errors import NotFound as StoreNotFound
 from agentstream.core.errors import RunTerminal
 from agentstream.core.state import RunState
@@ -40,7 +39,7 @@ from agentstream.django_app.api.serializers import (
     RunSerializer,
     RunWithEventsSerializer,
 )
-from agentstream.django_app.api.snapshots import run_snapshot
+from agentstream.django_app.api.snapshots import conversation_deleted, run_snapshot
 from agentstream.django_app.models import Event, Run
 from agentstream.django_app.sse.framing import VisibilityFilter, event_data
 from agentstream.django_app.sse.views import EventStreamRenderer, event_stream, stream_parameters
@@ -147,11 +146,10 @@ class BaseAgentRunViewSet(AgentViewSet):
 
     def _in_deleted_conversation(self, state: RunState) -> bool:
         """A run Redis knows and the read-model not yet: its conversation's hash says if deleted."""
-        if not state.conversation_id:
-            return False
-        store = self.backend.store
-        key = store.keys.conversation(state.conversation_id)
-        return as_text(self.backend.call(lambda: store.redis.hget(key, "deleted")) or b"") == "1"
+        store, conversation_id = self.backend.store, state.conversation_id
+        return bool(conversation_id) and self.backend.call(
+            lambda: conversation_deleted(store, conversation_id)
+        )
 
     def _events(
         self, run_id: str, wanted: VisibilityFilter, *, from_stream: bool

@@ -48,3 +48,9 @@ async def conversation_snapshot(store: EventStore, conversation_id: str) -> dict
     if not raw:
         return None
     return {as_text(k): as_text(v) for k, v in raw.items()}
+
+
+async def conversation_deleted(store: EventStore, conversation_id: str) -> bool:
+    """Whether the conversation's Redis state says it was deleted (its runs go with it)."""
+    deleted = await store.redis.hget(store.keys.conversation(conversation_id), "deleted")
+    return as_text(deleted or b"") == "1"
