@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import Resolver404, resolve
+from django.views.decorators.csrf import csrf_exempt
 
 from agentstream.django_app.api.exceptions import error_body
 
@@ -22,6 +23,7 @@ def routes_pattern(routes: list[str]) -> str:
     return rf"^(?P<rest>(?:{names})(?:[/.].*)?)$"
 
 
+@csrf_exempt  # it writes nothing; a POST without its slash must reach the 308, not a CSRF 403
 def unknown_path(request: HttpRequest, rest: str, routes: tuple[str, ...] = ()) -> HttpResponse:
     path = request.path
     if not path.endswith("/") and _is_endpoint(request.path_info + "/"):

@@ -38,7 +38,8 @@ def error_code(response: Any) -> str:
 
 def test_a_path_without_its_trailing_slash_is_a_308_that_keeps_the_post(agentstream: dict[str, Any]) -> None:
     announce_sync(agentstream)
-    client, _ = anon_client()
+    _, token = issue_token()
+    client = Client(enforce_csrf_checks=True, HTTP_X_ANONYMOUS_TOKEN=token)  # as a real server checks
     answer = client.post(f"{API}runs?x=1", json.dumps(hello()), content_type="application/json")
     assert answer.status_code == 308 and error_code(answer) == "trailing_slash"
     assert answer["Location"] == f"{RUNS}?x=1"  # 308: the client sends the POST again, body and all
