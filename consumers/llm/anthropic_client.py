@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
+from agentstream.consumers.errors import PermanentFailure
 from agentstream.consumers.llm.anthropic_format import (
     StreamAssembler,
+    options_to_anthropic,
     response_from_anthropic,
     to_anthropic,
     tools_to_anthropic,
@@ -26,14 +29,42 @@ def request_args(
     model: str,
     tools: Sequence[ToolSpec] | None,
     kwargs: Mapping[str, Any],
+    accepted: frozenset[str] | None = None,
 ) -> dict[str, Any]:
+    """The ``messages.create`` arguments. ``kwargs`` may be OpenAI's (mapped by
+    ``options_to_anthropic``); a name left that the SDK does not take (``accepted``, from its
+    signature) is a ``PermanentFailure``, not the SDK's ``TypeError``, which would be retried."""
     system, converted = to_anthropic(messages)
-    args: dict[str, Any] = {"model": model, "messages": converted, "max_tokens": DEFAULT_MAX_TOKENS, **kwargs}
+    options = options_to_anthropic(kwargs, has_tools=bool(tools))
+    if "stream" in options:
+        raise PermanentFailure("anthropic: stream= is not an option; call .stream() to stream")
+    unknown = sorted(name for name in options if accepted is not None and name not in accepted)
+    if unknown:
+        raise PermanentFailure(
+            f"anthropic: {', '.join(f'{name}=' for name in unknown)} not taken by this SDK's "
+            f"messages.create (it takes {', '.join(sorted(accepted or ()))}); "
+            "send other API fields in extra_body"
+        )
+    args: dict[str, Any] = {"model": model, "messages": converted, **options}
+    if args.get("max_tokens") is None:
+        args["max_tokens"] = DEFAULT_MAX_TOKENS
     if system:
         args["system"] = system
     if tools:
         args["tools"] = tools_to_anthropic(tools)
     return args
+
+
+def sdk_options(create: Any) -> frozenset[str] | None:
+    """The keyword names ``create`` takes (but ``stream``), or ``None`` when it takes any
+    (``**kwargs``) or has no signature to read."""
+    try:
+        parameters = inspect.signature(create).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return frozenset(p.name for p in parameters) - {"stream"}
 
 
 class AnthropicClient:
@@ -42,6 +73,7 @@ class AnthropicClient:
     def __init__(self, client: Any, model: str) -> None:
         self._client = client
         self.default_model = model
+        self._accepted = sdk_options(getattr(getattr(client, "messages", None), "create", None))
 
     @classmethod
     def from_settings(cls, settings: Settings, model: str, **options: Any) -> AnthropicClient:
@@ -71,8 +103,9 @@ class AnthropicClient:
         **kwargs: Any,
     ) -> LLMResponse:
         model = model or self.default_model
+        args = request_args(messages, model, tools, kwargs, self._accepted)
         try:
-            message = await self._client.messages.create(**request_args(messages, model, tools, kwargs))
+            message = await self._client.messages.create(**args)
         except Exception as exc:
             raise_mapped("anthropic", exc)
             raise
@@ -86,7 +119,7 @@ class AnthropicClient:
         tools: Sequence[ToolSpec] | None = None,
         **kwargs: Any,
     ) -> AsyncGenerator[LLMChunk, None]:
-        args = request_args(messages, model or self.default_model, tools, kwargs)
+        args = request_args(messages, model or self.default_model, tools, kwargs, self._accepted)
         assembler = StreamAssembler()
         try:
             events = await self._client.messages.create(stream=True, **args)

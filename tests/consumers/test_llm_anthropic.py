@@ -10,14 +10,16 @@ import pytest
 
 from agentstream.consumers.errors import PermanentFailure, Retry
 from agentstream.consumers.llm import get_llm_client
+from agentstream.consumers.llm.anthropic_client import request_args, sdk_options
 from agentstream.consumers.llm.anthropic_format import (
     StreamAssembler,
     from_anthropic,
+    options_to_anthropic,
     response_from_anthropic,
     to_anthropic,
     tools_to_anthropic,
 )
-from agentstream.consumers.llm.types import LLMChunk, ToolCall, Usage
+from agentstream.consumers.llm.types import LLMChunk, ResponseAssembler, ToolCall, Usage
 from agentstream.core.settings import Settings
 from tests.consumers.fake_openai_server import FakeOpenAIServer, Reply
 
@@ -143,6 +145,133 @@ def test_stream_events_assemble_text_deltas_and_whole_tool_calls() -> None:
     ]
 
 
+PNG_DATA_URL = "data:image/png;base64,iVBORw0KGgo="
+
+
+def test_openai_image_parts_become_anthropic_image_blocks_from_data_and_http_urls() -> None:
+    _, messages = to_anthropic(
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what are these?"},
+                    {"type": "image_url", "image_url": {"url": PNG_DATA_URL, "detail": "high"}},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
+                ],
+            }
+        ]
+    )
+    assert messages == [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "what are these?"},
+                {
+                    "type": "image",
+                    "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="},
+                },
+                {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}},
+            ],
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "data:image/png,iVBORw0KGgo=",  # not base64
+        "data:;base64,iVBORw0KGgo=",  # no media type
+        "data:text/plain;base64,aGk=",  # not an image
+        "data:image/png;base64,",  # no data
+        "ftp://example.com/cat.png",
+        "",
+    ],
+)
+def test_an_image_part_with_a_malformed_url_is_a_permanent_failure_naming_the_part(url: str) -> None:
+    content = [{"type": "text", "text": "see"}, {"type": "image_url", "image_url": {"url": url}}]
+    with pytest.raises(PermanentFailure, match=r"message 1, content part 1 \(image_url\)"):
+        to_anthropic([{"role": "system", "content": "s"}, {"role": "user", "content": content}])
+
+
+def test_an_empty_assistant_completion_is_left_out_and_the_user_turns_around_it_merge() -> None:
+    empty = ResponseAssembler("m")
+    empty.add(LLMChunk(finish_reason="stop"))
+    assert empty.response().message == {"role": "assistant", "content": ""}
+    _, messages = to_anthropic(
+        [
+            {"role": "user", "content": "hi"},
+            empty.response().message,
+            {"role": "assistant", "content": "  \n"},
+            {"role": "user", "content": "again"},
+        ]
+    )
+    assert messages == [
+        {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "again"}]}
+    ]
+
+
+def test_a_developer_message_joins_the_system_text_and_an_unknown_role_is_a_permanent_failure() -> None:
+    system, messages = to_anthropic(
+        [
+            {"role": "system", "content": "Be terse."},
+            {"role": "developer", "content": "Be nice."},
+            {"role": "user", "content": "hi"},
+        ]
+    )
+    assert (system, messages) == ("Be terse.\n\nBe nice.", [{"role": "user", "content": "hi"}])
+    with pytest.raises(PermanentFailure, match="message 1: role 'function'"):
+        to_anthropic([{"role": "user", "content": "hi"}, {"role": "function", "content": "x"}])
+
+
+@pytest.mark.parametrize(
+    ("openai", "anthropic"),
+    [
+        ({"stop": ["END", "STOP"]}, {"stop_sequences": ["END", "STOP"]}),
+        ({"stop": "END"}, {"stop_sequences": ["END"]}),
+        ({"max_completion_tokens": 50}, {"max_tokens": 50}),
+        ({"tool_choice": "required"}, {"tool_choice": {"type": "any"}}),
+        ({"tool_choice": "auto"}, {"tool_choice": {"type": "auto"}}),
+        ({"tool_choice": "none"}, {"tool_choice": {"type": "none"}}),
+        (
+            {"tool_choice": {"type": "function", "function": {"name": "weather"}}},
+            {"tool_choice": {"type": "tool", "name": "weather"}},
+        ),
+        ({"tool_choice": {"type": "tool", "name": "f"}}, {"tool_choice": {"type": "tool", "name": "f"}}),
+        (
+            {"parallel_tool_calls": False},
+            {"tool_choice": {"type": "auto", "disable_parallel_tool_use": True}},
+        ),
+        ({"user": "u-7", "n": 1}, {"metadata": {"user_id": "u-7"}}),
+        ({"stop": None, "max_completion_tokens": None, "parallel_tool_calls": True}, {}),
+    ],
+)
+def test_openai_call_options_map_to_anthropic_ones(openai: dict[str, Any], anthropic: dict[str, Any]) -> None:
+    assert options_to_anthropic(openai, has_tools=True) == anthropic
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"tool_choice": "sometimes"}, r"tool_choice='sometimes' has no Anthropic equivalent"),
+        ({"tool_choice": {"type": "function"}}, r"tool_choice=.* has no Anthropic equivalent"),
+        ({"max_tokens": 10, "max_completion_tokens": 20}, r"max_tokens= and max_completion_tokens="),
+        ({"stop": ["A"], "stop_sequences": ["B"]}, r"stop= or stop_sequences="),
+        ({"stop": 3}, r"stop=3: expected a string"),
+        ({"logit_bias": {"1": 2}, "seed": 7}, r"logit_bias=, seed= not taken by this SDK"),
+        ({"n": 2}, r"n= not taken"),
+        ({"stream": True}, r"stream= is not an option"),
+    ],
+)
+def test_call_options_with_no_anthropic_equivalent_are_permanent_failures(
+    options: dict[str, Any], message: str
+) -> None:
+    anthropic = pytest.importorskip("anthropic")
+    accepted = sdk_options(anthropic.AsyncAnthropic(api_key="x").messages.create)
+    assert accepted is not None and "stop_sequences" in accepted and "stream" not in accepted
+    with pytest.raises(PermanentFailure, match=message):
+        request_args([{"role": "user", "content": "hi"}], "m", [_weather_spec()], options, accepted)
+
+
 # -- the real SDK ---------------------------------------------------------------------------
 
 
@@ -195,6 +324,38 @@ async def test_the_anthropic_sdk_generate_and_errors_map_to_the_runtime(
     with pytest.raises(PermanentFailure):
         await llm.generate([{"role": "user", "content": "hi"}], model="bad-request")
     assert len(server.requests) == 3  # the SDK's own retries are off
+    await llm.aclose()
+
+
+async def test_the_anthropic_sdk_sends_openai_options_and_images_in_anthropic_form(
+    server: FakeOpenAIServer, settings: Settings
+) -> None:
+    llm = get_llm_client(settings=settings)
+    messages = [
+        {"role": "developer", "content": "Be terse."},
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": PNG_DATA_URL}}]},
+    ]
+    await llm.generate(
+        messages,
+        tools=[_weather_spec()],
+        stop=["END"],
+        max_completion_tokens=50,
+        tool_choice={"type": "function", "function": {"name": "weather"}},
+    )
+    body = server.requests[0].body
+    assert body["system"] == "Be terse."
+    assert (body["stop_sequences"], body["max_tokens"], body["tool_choice"]) == (
+        ["END"],
+        50,
+        {"type": "tool", "name": "weather"},
+    )
+    assert "stop" not in body and "max_completion_tokens" not in body
+    assert body["messages"][0]["content"][0]["source"]["media_type"] == "image/png"
+    with pytest.raises(PermanentFailure, match="frequency_penalty="):
+        await llm.generate([{"role": "user", "content": "hi"}], frequency_penalty=0.5)
+    with pytest.raises(PermanentFailure, match="tool_choice="):
+        [c async for c in llm.stream([{"role": "user", "content": "hi"}], tool_choice="sometimes")]
+    assert len(server.requests) == 1  # a request that cannot be mapped is never sent
     await llm.aclose()
 
 
