@@ -7,6 +7,11 @@ The ``model`` of a request picks the behaviour:
 
 - ``rate-limited``: 429 with ``Retry-After: 7``;  ``bad-request``: 400;  ``server-error``: 500;
 - ``endless``: streams a token every 5 ms until the client disconnects (recorded with its time);
+- ``quota-exhausted``: OpenAI's 429 ``insufficient_quota`` (billing, not a rate limit);
+- ``overloaded-midstream``: a 200 stream with one token, then an SSE ``event: error`` of type
+  ``overloaded_error`` (Anthropic's format, which the OpenAI SDK reads too);
+- ``same-index-tools`` (OpenAI path): the scripted reply's tool calls streamed whole, each at
+  ``index`` 0 with its own ``id``, as Gemini's OpenAI-compatible endpoint sends parallel calls;
 - anything else: the next scripted ``Reply`` (``server.replies``), else a fixed greeting, streamed
   (SSE, usage in the last chunk when ``stream_options.include_usage``) or as one JSON body.
 """
@@ -123,7 +128,16 @@ class FakeOpenAIServer:
             )
         if model == "server-error":
             return await _json(writer, 500, _error("The server had an error", "server_error"))
+        if model == "quota-exhausted":
+            return await _json(writer, 429, _quota_error())
         anthropic = path.endswith("/messages")
+        if model == "overloaded-midstream":  # a 200 stream that an SSE error event breaks
+            await self._stream(writer, reader, iter(_overloaded_midstream_sse(anthropic)))
+            return False
+        if model == "same-index-tools" and not anthropic:  # Gemini: parallel calls all at index 0
+            reply = self.replies.pop(0) if self.replies else Reply(GREETING)
+            await self._stream(writer, reader, iter(_same_index_tool_calls_sse(reply, model)))
+            return False
         if model == "endless":
             await self._stream(writer, reader, _endless_sse(anthropic))
             return False
@@ -354,3 +368,40 @@ async def _json(
     writer.write(head.encode() + b"\r\n" + payload)
     await writer.drain()
     return True
+
+
+def _quota_error() -> dict[str, Any]:
+    message = "You exceeded your current quota, please check your plan and billing details."
+    return {
+        "error": {
+            "message": message,
+            "type": "insufficient_quota",
+            "param": None,
+            "code": "insufficient_quota",
+        }
+    }
+
+
+def _overloaded_midstream_sse(anthropic: bool) -> list[bytes]:
+    if anthropic:
+        out = _anthropic_sse(Reply(GREETING), "overloaded-midstream")[:3]  # start, block start, a token
+    else:
+        out = _openai_sse(Reply(GREETING), "overloaded-midstream", False)[:2]  # role, a token
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    out.append(f"event: error\ndata: {json.dumps(error)}\n\n".encode())
+    return out
+
+
+def _same_index_tool_calls_sse(reply: Reply, model: str) -> list[bytes]:
+    out = [_sse(_chunk(model, {"role": "assistant", "content": ""}))]
+    for number, (name, arguments) in enumerate(reply.tool_calls):
+        call = {
+            "index": 0,
+            "id": f"call_{number}",
+            "type": "function",
+            "function": {"name": name, "arguments": json.dumps(arguments)},
+        }
+        out.append(_sse(_chunk(model, {"tool_calls": [call]})))
+    out.append(_sse(_chunk(model, {}, "tool_calls" if reply.tool_calls else "stop")))
+    out.append(b"data: [DONE]\n\n")
+    return out
