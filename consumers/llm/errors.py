@@ -5,6 +5,12 @@ attempt, after ``Retry-After`` when the provider names one. Every other 4xx fail
 a request that the provider rejects as malformed fails the same way every time, so retrying it
 would only burn attempts (and, with a generous ``MAX_RETRIES``, days of backoff).
 
+The error body's ``type`` / ``code`` refine the status. OpenAI's 429 ``insufficient_quota`` is
+billing, not a rate limit: permanent. An error that arrives inside a stream carries the stream's
+status (Anthropic's SSE ``event: error`` becomes an ``APIStatusError`` with HTTP 200): below 400,
+``overloaded_error`` / ``api_error`` / ``rate_limit_error`` are retriable, and so is any failure
+with a 2xx status, since the provider accepted the request and the stream broke.
+
 ``classify_status`` is the decision, a value; ``provider_error`` turns it into ``Retry`` /
 ``PermanentFailure`` for the worker engine, and ``from_sdk_exception`` reads any of the
 OpenAI-style SDK exceptions (openai, anthropic, litellm all carry ``status_code`` and ``response``).
@@ -19,6 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 RETRIABLE_STATUSES = frozenset({408, 409, 425, 429})
+# Error body types that say "try again" whatever the status (a stream's is its 200).
+RETRIABLE_ERROR_TYPES = frozenset({"overloaded_error", "api_error", "rate_limit_error"})
+QUOTA_EXHAUSTED = "insufficient_quota"  # OpenAI's 429 ``type`` / ``code`` when billing ran out
+QUOTA_HINT = "check the account's billing and spend limit (the quota is exhausted), then submit again"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,13 +38,28 @@ class ProviderFailure:
     status_code: int | None
     retriable: bool
     retry_after_s: float | None = None
+    hint: str | None = None  # what to do about a permanent failure, when the default is wrong
 
 
 def classify_status(
-    provider: str, status_code: int | None, message: str, headers: Mapping[str, str] | None = None
+    provider: str,
+    status_code: int | None,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    error_type: str | None = None,
+    error_code: str | None = None,
 ) -> ProviderFailure:
-    """``status_code=None`` means the request never got an answer (connection lost, timed out)."""
-    retriable = status_code is None or status_code in RETRIABLE_STATUSES or status_code >= 500
+    """``status_code=None`` means the request never got an answer (connection lost, timed out);
+    ``error_type`` / ``error_code`` are the error body's ``type`` / ``code`` when it has them."""
+    if QUOTA_EXHAUSTED in (error_type, error_code):
+        return ProviderFailure(provider, message, status_code, False, hint=QUOTA_HINT)
+    if status_code is None or status_code in RETRIABLE_STATUSES or status_code >= 500:
+        retriable = True
+    elif status_code < 400:  # an error inside an accepted response: a stream that broke
+        retriable = error_type in RETRIABLE_ERROR_TYPES or 200 <= status_code < 300
+    else:
+        retriable = False
     retry_after_s = parse_retry_after(headers or {}) if retriable else None
     return ProviderFailure(provider, message, status_code, retriable, retry_after_s)
 
@@ -70,8 +95,18 @@ def provider_error(failure: ProviderFailure) -> Exception:
     text = f"{failure.provider} request failed ({status}): {failure.message}"
     if failure.retriable:
         return Retry(text, delay_s=failure.retry_after_s)
-    return PermanentFailure(
-        f"{text}; fix the request (model name, messages, tools, API key) and submit again"
+    hint = failure.hint or "fix the request (model name, messages, tools, API key) and submit again"
+    return PermanentFailure(f"{text}; {hint}")
+
+
+def deadline_exceeded(provider: str, timeout_s: float) -> Exception:
+    """The ``Retry`` for a call that outlived its deadline (``CallDeadline`` in ``streaming``)."""
+    from agentstream.consumers.errors import Retry
+
+    return Retry(
+        f"{provider} call did not finish within {timeout_s:g} s (STEP_TIMEOUT_SECONDS bounds the "
+        "whole LLM call, every streamed chunk included); if the model needs longer, raise "
+        "STEP_TIMEOUT_SECONDS or pass a larger timeout_s to get_llm_client()"
     )
 
 
@@ -90,12 +125,26 @@ def from_sdk_exception(provider: str, exc: BaseException) -> ProviderFailure | N
         headers = {**headers, **dict(extra.items())}
     message = str(getattr(exc, "message", None) or exc) or type(exc).__name__
     if isinstance(status, int):
-        return classify_status(provider, status, message, headers)
+        error_type, error_code = error_body_kind(getattr(exc, "body", None))
+        return classify_status(
+            provider, status, message, headers, error_type=error_type, error_code=error_code
+        )
     # No status: the SDKs' connection and timeout errors (APIConnectionError, APITimeoutError, ...).
     name = type(exc).__name__
     if "Connection" in name or "Timeout" in name or isinstance(exc, ConnectionError | TimeoutError):
         return classify_status(provider, None, message)
     return None
+
+
+def error_body_kind(body: object) -> tuple[str | None, str | None]:
+    """``(type, code)`` of an SDK exception's ``body``: OpenAI's is the ``error`` object itself,
+    Anthropic's the whole ``{"type": "error", "error": {...}}`` envelope."""
+    if not isinstance(body, Mapping):
+        return None, None
+    inner = body.get("error")
+    fields: Mapping[str, Any] = inner if isinstance(inner, Mapping) else body
+    kind, code = fields.get("type"), fields.get("code")
+    return (kind if isinstance(kind, str) else None), (code if isinstance(code, str) else None)
 
 
 def raise_mapped(provider: str, exc: BaseException) -> None:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncGenerator, Mapping, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any
 
 from agentstream.consumers.llm.errors import raise_mapped
+from agentstream.consumers.llm.streaming import CallDeadline
 from agentstream.consumers.llm.types import (
     LLMChunk,
     LLMResponse,
@@ -26,10 +29,17 @@ from agentstream.core.settings import Settings
 
 class ChunkAssembler:
     """OpenAI-format stream chunks (as dicts) -> ``LLMChunk``s; tool-call fragments are joined
-    by ``index`` and yielded whole when the choice finishes. Shared with the litellm provider."""
+    into whole calls, yielded when the choice finishes. Shared with the litellm provider.
+
+    A fragment continues the call last seen at its ``index``, unless it names another ``id``:
+    then it starts a new call (Gemini's OpenAI-compatible endpoint sends parallel calls all at
+    index 0). Without an ``index``, a fragment with a new ``id`` takes the next one of a running
+    counter and one without continues the latest call. Calls come out by index, then arrival."""
 
     def __init__(self) -> None:
-        self._calls: dict[int, dict[str, str]] = {}
+        self._calls: list[_CallSlot] = []  # in arrival order
+        self._at_index: dict[int, _CallSlot] = {}  # the latest call at each index
+        self._next_index = 0  # for fragments without an index
 
     def feed(self, chunk: Mapping[str, Any]) -> list[LLMChunk]:
         out: list[LLMChunk] = []
@@ -39,13 +49,7 @@ class ChunkAssembler:
             if text:
                 out.append(LLMChunk(delta=text))
             for fragment in delta.get("tool_calls") or ():
-                slot = self._calls.setdefault(
-                    int(fragment.get("index") or 0), {"id": "", "name": "", "arguments": ""}
-                )
-                function = fragment.get("function") or {}
-                slot["id"] = fragment.get("id") or slot["id"]
-                slot["name"] += function.get("name") or ""
-                slot["arguments"] += function.get("arguments") or ""
+                self._slot_for(fragment).add(fragment)
             finish = choice.get("finish_reason")
             if finish:
                 out.append(LLMChunk(tool_calls=self._drain(), finish_reason=finish))
@@ -59,13 +63,51 @@ class ChunkAssembler:
         calls = self._drain()
         return [LLMChunk(tool_calls=calls)] if calls else []
 
+    def _slot_for(self, fragment: Mapping[str, Any]) -> _CallSlot:
+        call_id = str(fragment.get("id") or "")
+        raw_index = fragment.get("index")
+        if raw_index is None:
+            latest = self._calls[-1] if self._calls else None
+            if latest is not None and (not call_id or not latest.id or call_id == latest.id):
+                return latest
+            index = self._next_index
+        else:
+            index = int(raw_index)
+            current = self._at_index.get(index)
+            if current is not None and (not call_id or not current.id or call_id == current.id):
+                return current
+        slot = _CallSlot(index, len(self._calls))
+        self._calls.append(slot)
+        self._at_index[index] = slot
+        self._next_index = max(self._next_index, index + 1)
+        return slot
+
     def _drain(self) -> tuple[ToolCall, ...]:
         calls = tuple(
-            ToolCall(slot["id"], slot["name"], slot["arguments"] or "{}")
-            for _, slot in sorted(self._calls.items())
+            ToolCall(slot.id, slot.name, slot.arguments or "{}")
+            for slot in sorted(self._calls, key=lambda slot: (slot.index, slot.arrival))
         )
         self._calls.clear()
+        self._at_index.clear()
+        self._next_index = 0
         return calls
+
+
+@dataclass(slots=True)
+class _CallSlot:
+    """One tool call being assembled from its fragments."""
+
+    index: int
+    arrival: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+    def add(self, fragment: Mapping[str, Any]) -> None:
+        function = fragment.get("function") or {}
+        self.id = str(fragment.get("id") or "") or self.id
+        self.name += function.get("name") or ""
+        self.arguments += function.get("arguments") or ""
 
 
 def usage_from_openai(raw: Mapping[str, Any]) -> Usage:
@@ -102,28 +144,32 @@ def request_args(
 class OpenAIClient:
     provider = "openai"
 
-    def __init__(self, client: Any, model: str) -> None:
+    def __init__(self, client: Any, model: str, *, timeout_s: float | None = None) -> None:
         self._client = client
         self.default_model = model
+        self.timeout_s = timeout_s  # the whole call's deadline (``CallDeadline``); None: unbounded
 
     @classmethod
     def from_settings(cls, settings: Settings, model: str, **options: Any) -> OpenAIClient:
         import openai
 
+        # The settings, else the environment variables the SDK reads (the documented fallback).
         api_key = settings.OPENAI_API_KEY or os.environ.get("OPENAI_API_KEY")
-        if not api_key and not settings.OPENAI_BASE_URL:
+        base_url = settings.OPENAI_BASE_URL or os.environ.get("OPENAI_BASE_URL") or None
+        if not api_key and not base_url:
             raise ConfigurationError(
                 "the openai provider needs an API key: set OPENAI_API_KEY (setting or environment), "
                 "or OPENAI_BASE_URL for a local OpenAI-compatible server, or MODEL_PROVIDER='fake'"
             )
+        timeout_s = options.pop("timeout_s", settings.STEP_TIMEOUT_SECONDS)
         client = openai.AsyncOpenAI(
             api_key=api_key or "not-needed",  # local compatible servers often take no key
-            base_url=settings.OPENAI_BASE_URL,
+            base_url=base_url,
             max_retries=0,
-            timeout=options.pop("timeout_s", settings.STEP_TIMEOUT_SECONDS),
+            timeout=timeout_s,  # per read; ``CallDeadline`` bounds the whole call
             **options,
         )
-        return cls(client, model)
+        return cls(client, model, timeout_s=timeout_s if isinstance(timeout_s, int | float) else None)
 
     async def generate(
         self,
@@ -134,9 +180,10 @@ class OpenAIClient:
         **kwargs: Any,
     ) -> LLMResponse:
         model = model or self.default_model
+        deadline = CallDeadline("openai", self.timeout_s)
         try:
-            completion = await self._client.chat.completions.create(
-                **request_args(messages, model, tools, kwargs)
+            completion = await deadline.bound(
+                self._client.chat.completions.create(**request_args(messages, model, tools, kwargs))
             )
         except Exception as exc:
             raise_mapped("openai", exc)
@@ -155,23 +202,25 @@ class OpenAIClient:
         args["stream"] = True
         args.setdefault("stream_options", {"include_usage": True})
         assembler = ChunkAssembler()
+        deadline = CallDeadline("openai", self.timeout_s)
         try:
-            response = await self._client.chat.completions.create(**args)
+            response = await deadline.bound(self._client.chat.completions.create(**args))
         except Exception as exc:
             raise_mapped("openai", exc)
             raise
         try:
-            async for chunk in response:
-                for out in assembler.feed(chunk.model_dump()):
-                    yield out
+            async with aclosing(deadline.chunks(response)) as chunks:
+                async for chunk in chunks:
+                    for out in assembler.feed(chunk.model_dump()):
+                        yield out
             for out in assembler.close():
                 yield out
         except Exception as exc:
             raise_mapped("openai", exc)
             raise
         finally:
-            # Runs on cancellation and on aclose() too: the connection closes now, so the provider
-            # stops generating (and billing) at once.
+            # Runs on cancellation, on aclose() and when the deadline hits: the connection closes
+            # now, so the provider stops generating (and billing) at once.
             await response.close()
 
     async def aclose(self) -> None:
