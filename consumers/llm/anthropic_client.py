@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import AsyncGenerator, Mapping, Sequence
+from contextlib import aclosing
 from typing import Any
 
 from agentstream.consumers.errors import PermanentFailure
@@ -17,6 +18,7 @@ from agentstream.consumers.llm.anthropic_format import (
 )
 from agentstream.consumers.llm.config import missing_extra
 from agentstream.consumers.llm.errors import raise_mapped
+from agentstream.consumers.llm.streaming import CallDeadline
 from agentstream.consumers.llm.types import LLMChunk, LLMResponse, ToolSpec
 from agentstream.core.errors import ConfigurationError
 from agentstream.core.settings import Settings
@@ -70,9 +72,10 @@ def sdk_options(create: Any) -> frozenset[str] | None:
 class AnthropicClient:
     provider = "anthropic"
 
-    def __init__(self, client: Any, model: str) -> None:
+    def __init__(self, client: Any, model: str, *, timeout_s: float | None = None) -> None:
         self._client = client
         self.default_model = model
+        self.timeout_s = timeout_s  # the whole call's deadline (``CallDeadline``); None: unbounded
         self._accepted = sdk_options(getattr(getattr(client, "messages", None), "create", None))
 
     @classmethod
@@ -86,13 +89,14 @@ class AnthropicClient:
             raise ConfigurationError(
                 "the anthropic provider needs an API key: set ANTHROPIC_API_KEY (setting or environment)"
             )
+        timeout_s = options.pop("timeout_s", settings.STEP_TIMEOUT_SECONDS)
         client = anthropic.AsyncAnthropic(
             api_key=api_key,
             max_retries=0,  # the runtime retries, with backoff and an attempt cap
-            timeout=options.pop("timeout_s", settings.STEP_TIMEOUT_SECONDS),
+            timeout=timeout_s,  # per read; ``CallDeadline`` bounds the whole call
             **options,
         )
-        return cls(client, model)
+        return cls(client, model, timeout_s=timeout_s if isinstance(timeout_s, int | float) else None)
 
     async def generate(
         self,
@@ -104,8 +108,9 @@ class AnthropicClient:
     ) -> LLMResponse:
         model = model or self.default_model
         args = request_args(messages, model, tools, kwargs, self._accepted)
+        deadline = CallDeadline("anthropic", self.timeout_s)
         try:
-            message = await self._client.messages.create(**args)
+            message = await deadline.bound(self._client.messages.create(**args))
         except Exception as exc:
             raise_mapped("anthropic", exc)
             raise
@@ -121,20 +126,24 @@ class AnthropicClient:
     ) -> AsyncGenerator[LLMChunk, None]:
         args = request_args(messages, model or self.default_model, tools, kwargs, self._accepted)
         assembler = StreamAssembler()
+        deadline = CallDeadline("anthropic", self.timeout_s)
         try:
-            events = await self._client.messages.create(stream=True, **args)
+            events = await deadline.bound(self._client.messages.create(stream=True, **args))
         except Exception as exc:
             raise_mapped("anthropic", exc)
             raise
         try:
-            async for event in events:
-                for chunk in assembler.feed(event.model_dump()):
-                    yield chunk
+            # ``ping`` events and steady deltas do not extend the deadline: it bounds the call.
+            async with aclosing(deadline.chunks(events)) as stream:
+                async for event in stream:
+                    for chunk in assembler.feed(event.model_dump()):
+                        yield chunk
         except Exception as exc:
             raise_mapped("anthropic", exc)
             raise
         finally:
-            await events.close()  # on cancellation too: the provider stops generating at once
+            # on cancellation and when the deadline hits too: the provider stops generating at once
+            await events.close()
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from agentstream.consumers.errors import PermanentFailure, Retry
 from agentstream.consumers.llm import get_llm_client
-from agentstream.consumers.llm.anthropic_client import request_args, sdk_options
+from agentstream.consumers.llm.anthropic_client import AnthropicClient, request_args, sdk_options
 from agentstream.consumers.llm.anthropic_format import (
     StreamAssembler,
     from_anthropic,
@@ -357,6 +359,37 @@ async def test_the_anthropic_sdk_sends_openai_options_and_images_in_anthropic_fo
         [c async for c in llm.stream([{"role": "user", "content": "hi"}], tool_choice="sometimes")]
     assert len(server.requests) == 1  # a request that cannot be mapped is never sent
     await llm.aclose()
+
+
+async def test_a_stream_that_keeps_sending_is_cut_at_step_timeout_seconds_with_a_retry(
+    server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", server.root_url)
+    settings = Settings(
+        MODEL_PROVIDER="anthropic", DEFAULT_MODEL="endless", ANTHROPIC_API_KEY="k", STEP_TIMEOUT_SECONDS=0.3
+    )
+    llm = get_llm_client(settings=settings)
+    received: list[str] = []
+
+    async def consume() -> None:
+        async for chunk in llm.stream([{"role": "user", "content": "go"}]):
+            received.append(chunk.delta)  # a token every 5 ms: the per-read timeout never fires
+
+    with pytest.raises(Retry, match=r"anthropic call did not finish within 0.3 s"):
+        await consume()
+    assert len(received) > 5
+    assert await asyncio.to_thread(server.disconnected.wait, 10)  # the HTTP stream was closed
+    await llm.aclose()
+
+
+async def test_a_generate_that_never_answers_is_cut_at_its_deadline_with_a_retry() -> None:
+    async def hang(**_: Any) -> Any:
+        await asyncio.Event().wait()
+
+    client = SimpleNamespace(messages=SimpleNamespace(create=hang))
+    llm = AnthropicClient(client, "claude-local", timeout_s=0.05)
+    with pytest.raises(Retry, match=r"within 0.05 s"):
+        await llm.generate([{"role": "user", "content": "hi"}])
 
 
 def _weather_spec() -> dict[str, Any]:
