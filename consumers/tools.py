@@ -5,9 +5,12 @@
   Literal, Enum, list/tuple/set, dict[str, X], TypedDict, dataclass, Any); a parameter with a
   default is not required; ``Args:`` entries of the docstring describe the parameters.
 - ``ToolRegistry.execute_call(name, arguments)`` takes the model's JSON text (or a dict), validates
-  it against the same type hints (and converts: Enum members, dataclass instances), runs sync
-  functions in a thread and awaits async ones, under a per-tool timeout. Whatever goes wrong
-  becomes a ``ToolResult`` with an ``error`` the model can read and act on, never a crashed run.
+  it against the same type hints (and converts: Enum members, dataclass instances, whose
+  ``__post_init__`` or ``_missing_`` may refuse a value too), runs sync functions in a thread of
+  their own and awaits async ones, under a per-tool timeout. Whatever goes wrong becomes a
+  ``ToolResult`` with an ``error`` the model can read and act on, never a crashed run: a result
+  too large for its ``tool.result`` event (``MAX_EVENT_BYTES``) too, so the event and the model
+  read the same answer.
   The runtime's own decisions (``Retry``, ``PermanentFailure``, core's ``RetryableError`` /
   ``PermanentError``) and cancellation pass
   through on purpose: they are decisions about the run, not answers for the model.
@@ -18,18 +21,25 @@
   results back, until it answers without tools or ``max_steps`` model calls were made.
 
 A timed-out sync function keeps its thread until it returns (Python cannot kill a thread); the
-run goes on without it.
+run goes on without it. Sync tools therefore run in ``SyncToolThreads``, ``TOOL_THREADS`` threads of
+their own, never in the event loop's default executor, whose threads resolve host names
+(``loop.getaddrinfo``, how httpx reaches the LLM) for every run of the worker. When every one of
+them is held by a tool given up on, a call is answered with an error at once instead of waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import dataclasses
 import enum
 import functools
 import inspect
 import json
 import re
+import sys
+import threading
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -37,13 +47,18 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from agentstream.consumers.errors import AgentFailure
+from agentstream.consumers.llm.config import current_settings
 from agentstream.consumers.llm.streaming import EmittingContext, stream_completion
 from agentstream.consumers.llm.types import LLMClient, Message, ToolCall, Usage
 from agentstream.consumers.tracing import current_tracer
-from agentstream.core.errors import PermanentError, RetryableError
+from agentstream.core.codec import encode_payload
+from agentstream.core.errors import EventEncodingError, PermanentError, RetryableError
+from agentstream.core.events import EventType
 
 JSON = dict[str, Any]
 DEFAULT_TOOL_TIMEOUT_S = 30.0
+# What a tool (or a validating __post_init__) raises to decide its run: passed through, not answered.
+RUNTIME_DECISIONS = (AgentFailure, RetryableError, PermanentError)
 
 
 class ToolDefinitionError(TypeError):
@@ -52,6 +67,10 @@ class ToolDefinitionError(TypeError):
 
 class ArgumentError(ValueError):
     """The model's arguments do not fit the tool's parameters; the message says where and why."""
+
+
+class SyncToolThreadsExhausted(RuntimeError):
+    """Every thread for sync tools is held by a tool still running past its timeout: not run."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,8 +214,14 @@ def convert(value: Any, hint: Any, path: str) -> Any:
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         try:
             return hint(value)
-        except ValueError:
-            raise ArgumentError(f"{path}: {value!r} is not one of {[m.value for m in hint]!r}") from None
+        except RUNTIME_DECISIONS:
+            raise
+        except Exception as exc:  # ValueError, or whatever a custom _missing_ raised
+            allowed = f"{path}: {value!r} is not one of {[m.value for m in hint]!r}"
+            said = str(exc)
+            if said and said != f"{value!r} is not a valid {hint.__qualname__}":
+                allowed = f"{allowed} ({said})"
+            raise ArgumentError(allowed) from exc
     if origin in (list, set, frozenset, tuple, Sequence, typing.Sequence) or hint in (list, set, frozenset):
         if not isinstance(value, list):
             raise ArgumentError(f"{path}: expected an array, got {_kind(value)}")
@@ -211,7 +236,10 @@ def convert(value: Any, hint: Any, path: str) -> Any:
         if origin is tuple:
             return tuple(items)
         if origin in (set, frozenset) or hint in (set, frozenset):
-            return (frozenset if frozenset in (origin, hint) else set)(items)
+            try:
+                return (frozenset if frozenset in (origin, hint) else set)(items)
+            except TypeError as exc:  # an unhashable item (a list, an object) in a set[Any]
+                raise ArgumentError(f"{path}: {exc}") from exc
         return items
     if origin in (dict, Mapping, typing.Mapping) or hint is dict:
         if not isinstance(value, dict):
@@ -230,7 +258,13 @@ def convert(value: Any, hint: Any, path: str) -> Any:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         }
         fields = {f.name: hints[f.name] for f in dataclasses.fields(hint)}
-        return hint(**_convert_object(value, fields, required, path))
+        kwargs = _convert_object(value, fields, required, path)
+        try:
+            return hint(**kwargs)
+        except RUNTIME_DECISIONS:
+            raise
+        except Exception as exc:  # __post_init__ validating: the model must hear which argument
+            raise ArgumentError(f"{path}: {str(exc) or type(exc).__name__}") from exc
     raise ArgumentError(f"{path}: type {hint!r} is not supported")
 
 
@@ -483,6 +517,28 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=_json_fallback))
 
 
+def _recordable(result: ToolResult, max_bytes: int) -> ToolResult:
+    """``result`` if its ``tool.result`` event can be written (``max_bytes``: ``MAX_EVENT_BYTES``);
+    else an error the model reads instead (a long error is cut to fit). The event and the model's
+    message are made from the one ``ToolResult``, so they say the same thing."""
+    try:
+        size = len(encode_payload(EventType.TOOL_RESULT, result.event_payload(), sys.maxsize))
+    except EventEncodingError as exc:
+        return dataclasses.replace(result, result=None, error=f"the tool's result cannot be recorded: {exc}")
+    if size <= max_bytes:
+        return result
+    if result.error is None:
+        return dataclasses.replace(
+            result,
+            result=None,
+            error=f"the tool's result is {size} bytes, over MAX_EVENT_BYTES={max_bytes}: "
+            "return less, or store it and return a reference",
+        )
+    note = f" ... (cut: the error was {len(result.error)} characters)"
+    keep = max(0, len(result.error) - (size - max_bytes) - len(note) - 16)  # a character is 1+ bytes
+    return dataclasses.replace(result, error=result.error[:keep] + note)
+
+
 def _json_fallback(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
@@ -499,8 +555,11 @@ class ToolRegistry:
         tools: Iterable[Tool | Callable[..., Any]] = (),
         *,
         default_timeout_s: float = DEFAULT_TOOL_TIMEOUT_S,
+        sync_threads: SyncToolThreads | None = None,
     ):
         self.default_timeout_s = default_timeout_s
+        # where sync tools run: the process's SYNC_TOOL_THREADS unless given others (tests)
+        self.sync_threads = sync_threads if sync_threads is not None else SYNC_TOOL_THREADS
         self._tools: dict[str, Tool] = {}
         for tool in tools:
             self.register(tool)
@@ -533,8 +592,9 @@ class ToolRegistry:
 
     async def execute(self, name: str, arguments: str | Mapping[str, Any] | None = None) -> Any:
         """Run a tool and return its value, as django-agent-runtime did; raises ``KeyError`` for an
-        unknown tool, ``ArgumentError`` for arguments that do not fit, ``TimeoutError``, or what the
-        tool raised. ``execute_call`` answers the model instead of raising."""
+        unknown tool, ``ArgumentError`` for arguments that do not fit, ``TimeoutError``,
+        ``SyncToolThreadsExhausted``, or what the tool raised. ``execute_call`` answers the model
+        instead of raising."""
         tool = self._tools.get(name)
         if tool is None:
             raise KeyError(f"Tool not found: {name}")
@@ -543,7 +603,14 @@ class ToolRegistry:
     async def execute_call(
         self, name: str, arguments: str | Mapping[str, Any] | None, *, call_id: str | None = None
     ) -> ToolResult:
-        """Run one call the model made; every failure is a ``ToolResult.error`` for the model to read."""
+        """Run one call the model made; every failure is a ``ToolResult.error`` for the model to read,
+        a result larger than ``MAX_EVENT_BYTES`` as its ``tool.result`` event too."""
+        result = await self._answer(name, arguments, call_id)
+        return _recordable(result, current_settings().MAX_EVENT_BYTES)
+
+    async def _answer(
+        self, name: str, arguments: str | Mapping[str, Any] | None, call_id: str | None
+    ) -> ToolResult:
         tool = self._tools.get(name)
         if tool is None:
             known = ", ".join(self._tools) or "none"
@@ -552,17 +619,21 @@ class ToolRegistry:
             kwargs = tool.bind(arguments)
         except ArgumentError as exc:
             return ToolResult(name, error=f"invalid arguments: {exc}", call_id=call_id)
+        except RUNTIME_DECISIONS:
+            raise
+        except Exception as exc:  # e.g. RecursionError: JSON nested too deep to decode
+            return ToolResult(name, error=f"invalid arguments: {type(exc).__name__}: {exc}", call_id=call_id)
         try:
             value = await self._invoke(tool, kwargs)
-        except TimeoutError as exc:
+        except (TimeoutError, SyncToolThreadsExhausted) as exc:
             return ToolResult(name, error=str(exc), call_id=call_id)
-        except (AgentFailure, RetryableError, PermanentError):
+        except RUNTIME_DECISIONS:
             raise
         except Exception as exc:
             return ToolResult(name, error=f"{type(exc).__name__}: {exc}", call_id=call_id)
         try:
             result = _jsonable(value)
-        except (TypeError, ValueError) as exc:
+        except Exception as exc:  # TypeError, ValueError (a cycle), RecursionError, a raising __str__
             return ToolResult(name, error=f"the tool's result is not JSON data: {exc}", call_id=call_id)
         return ToolResult(name, result=result, call_id=call_id)
 
@@ -576,7 +647,7 @@ class ToolRegistry:
             try:
                 try:
                     async with asyncio.timeout(timeout_s):
-                        value = await _call(tool.fn, kwargs)
+                        value = await _call(tool.fn, kwargs, self.sync_threads)
                 except TimeoutError:
                     raise TimeoutError(f"the tool did not finish within {timeout_s:g} s") from None
             except Exception as exc:
@@ -587,11 +658,91 @@ class ToolRegistry:
         return value
 
 
-async def _call(fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> Any:
+class SyncToolThreads:
+    """The threads sync tools run in: ``max_threads`` of them (default: the ``TOOL_THREADS``
+    setting, 32), named ``agentstream-tool_<n>``, made at the first sync call.
+
+    Their own, not the event loop's default executor: a tool that hangs keeps its thread until it
+    returns, and in the default executor (``min(32, cpus + 4)`` threads) a few such tools would
+    starve ``loop.getaddrinfo`` (httpx resolving the LLM's host) and every ``to_thread`` of every
+    run of the worker. A call waits for a free thread within its tool's timeout (one that never
+    started is not run later); when every thread is held by a tool given up on (timed out or
+    cancelled, still running), a call is refused at once with ``SyncToolThreadsExhausted``
+    rather than left waiting for threads that may never come back.
+    """
+
+    def __init__(self, max_threads: int | None = None) -> None:
+        if max_threads is not None and max_threads < 1:
+            raise ValueError("max_threads must be at least 1")
+        self._max_threads = max_threads
+        self._lock = threading.Lock()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._abandoned = 0  # calls given up on whose function still runs, holding a thread
+
+    @property
+    def max_threads(self) -> int:
+        if self._max_threads is None:
+            self._max_threads = current_settings().TOOL_THREADS
+        return self._max_threads
+
+    @property
+    def abandoned(self) -> int:
+        """Threads held by tools that timed out (or whose call was cancelled) and still run."""
+        with self._lock:
+            return self._abandoned
+
+    async def run(self, fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> Any:
+        """``fn(**kwargs)`` in one of the threads (with the caller's contextvars, as ``to_thread``)."""
+        abandoned, max_threads = self.abandoned, self.max_threads
+        if abandoned >= max_threads:
+            raise SyncToolThreadsExhausted(
+                f"{abandoned} sync tools are still running past their timeout, holding every thread "
+                f"for sync tools (TOOL_THREADS={max_threads}); this call was not run: "
+                "try again later, or go on without this tool"
+            )
+        call = functools.partial(contextvars.copy_context().run, fn, **kwargs)
+        future = self._pool(max_threads).submit(call)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if not future.cancel():  # it started: its thread is held until the function returns
+                self._abandon(future)
+            raise
+
+    def shutdown(self, *, wait: bool = True) -> None:
+        """Stop the threads (``wait``: once their functions return); the next call makes new ones."""
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=wait, cancel_futures=True)
+
+    def _pool(self, max_threads: int) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    max_threads, thread_name_prefix="agentstream-tool"
+                )
+            return self._executor
+
+    def _abandon(self, future: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self._abandoned += 1
+        future.add_done_callback(self._returned)  # at once if it has just returned
+
+    def _returned(self, _future: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self._abandoned -= 1
+
+
+# The threads of this process's sync tools (made at the first sync tool call).
+SYNC_TOOL_THREADS = SyncToolThreads()
+
+
+async def _call(fn: Callable[..., Any], kwargs: Mapping[str, Any], threads: SyncToolThreads) -> Any:
     if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):  # noqa: B004
         return await fn(**kwargs)
     # A sync function would block the event loop (and every other run of this worker).
-    value = await asyncio.to_thread(functools.partial(fn, **kwargs))
+    value = await threads.run(fn, kwargs)
     if inspect.isawaitable(value):
         return await value
     return value
@@ -662,11 +813,28 @@ async def _run_calls(
         raise
     out: list[Message] = []
     for result in results:
-        await ctx.emit("tool.result", result.event_payload())
+        answer = await _emit_result(ctx, result)
         out.append(
-            {"role": "tool", "tool_call_id": result.call_id, "name": result.name, "content": result.content()}
+            {"role": "tool", "tool_call_id": answer.call_id, "name": answer.name, "content": answer.content()}
         )
     return out
+
+
+async def _emit_result(ctx: EmittingContext, result: ToolResult) -> ToolResult:
+    """Emit ``tool.result``; the result the event holds (what the model is told)."""
+    try:
+        await ctx.emit(EventType.TOOL_RESULT, result.event_payload())
+    except EventEncodingError as exc:
+        # execute_call fits results to the configured MAX_EVENT_BYTES; a context that allows less
+        # (or a result it cannot encode) still gets an answer, never a crashed loop
+        result = dataclasses.replace(
+            result,
+            result=None,
+            error=f"the tool's result cannot be recorded ({str(exc)[:500]}): "
+            "return less, or store it and return a reference",
+        )
+        await ctx.emit(EventType.TOOL_RESULT, result.event_payload())
+    return result
 
 
 def _arguments_payload(call: ToolCall) -> Any:

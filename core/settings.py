@@ -62,6 +62,8 @@ class Settings:
     DEFAULT_CONCURRENCY: int = 10
     RUNTIME_REGISTRY: tuple[str, ...] = ()
     DEFAULT_CONVERSATION_POLICY: str = "enqueue"
+    # threads per worker process for sync tools (consumers.tools.SyncToolThreads), not the loop's
+    TOOL_THREADS: int = 32
     # events
     EVENT_VISIBILITY: Mapping[str, str] = field(default_factory=dict)
     DEBUG_MODE: bool = False
@@ -106,6 +108,7 @@ class Settings:
         _check(self.LEASE_TTL_SECONDS > 0, "LEASE_TTL_SECONDS must be positive")
         _check(self.RUN_TIMEOUT_SECONDS > 0, "RUN_TIMEOUT_SECONDS must be positive")
         _check(self.MAX_RETRIES >= 1, "MAX_RETRIES must be at least 1 (one attempt)")
+        _check(self.TOOL_THREADS >= 1, "TOOL_THREADS must be at least 1")
         _check(self.MAX_EVENT_BYTES >= 1024, "MAX_EVENT_BYTES must be at least 1024")
         _check(self.PROJECTOR_BATCH >= 1, "PROJECTOR_BATCH must be at least 1")
         _check(self.RUN_COMPLETED_LEASE_SECONDS > 0, "RUN_COMPLETED_LEASE_SECONDS must be positive")

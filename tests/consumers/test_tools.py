@@ -230,6 +230,70 @@ async def test_execute_call_turns_bad_arguments_into_an_error_the_model_can_read
     assert '"error"' in result.content()
 
 
+@dataclasses.dataclass
+class Span:
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        if self.end < self.start:
+            raise ValueError("end before start")
+        if self.end - self.start > 100:
+            raise TypeError("a span is at most 100 long")
+
+
+class Size(enum.Enum):
+    SMALL = "small"
+    LARGE = "large"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Size | None:
+        if value == "medium":
+            raise ValueError("'medium' was retired; use 'small' or 'large'")
+        return next((m for m in cls if m.value == value.lower()), None)  # type: ignore[attr-defined]
+
+
+def measure(span: Span, size: Size = Size.SMALL, tags: set[Any] | None = None) -> int:
+    """Measure a span."""
+    return span.end - span.start
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [
+        ('{"span": {"start": 5, "end": 1}}', "invalid arguments: arguments.span: end before start"),
+        (
+            '{"span": {"start": 0, "end": 500}}',
+            "invalid arguments: arguments.span: a span is at most 100 long",
+        ),
+        # _missing_ calls .lower() on an int: AttributeError
+        ('{"span": {"start": 0, "end": 1}, "size": 3}', "arguments.size: 3 is not one of ['small', 'large']"),
+        (
+            '{"span": {"start": 0, "end": 1}, "size": "medium"}',
+            "arguments.size: 'medium' is not one of ['small', 'large'] ('medium' was retired; use 'small' or 'large')",
+        ),
+        ('{"span": {"start": 0, "end": 1}, "tags": [[1]]}', "arguments.tags: unhashable type: 'list'"),
+        ("[" * 100_000 + "]" * 100_000, "invalid arguments: RecursionError"),
+    ],
+    ids=[
+        "post_init ValueError",
+        "post_init TypeError",
+        "_missing_ raising",
+        "_missing_ explaining",
+        "unhashable",
+        "deep",
+    ],
+)
+async def test_a_value_a_dataclass_or_enum_refuses_while_converting_is_an_error_naming_the_argument(
+    arguments: str, error: str
+) -> None:
+    registry = ToolRegistry([measure])
+    result = await registry.execute_call("measure", arguments, call_id="c")
+    assert result.error is not None and error in result.error, result.error
+    fitting = '{"span": {"start": 1, "end": 4}, "size": "LARGE"}'  # _missing_ accepting a value
+    assert (await registry.execute_call("measure", fitting)).result == 3
+
+
 async def test_execute_call_accepts_a_dict_or_json_and_applies_defaults() -> None:
     registry = ToolRegistry([search])
     assert (await registry.execute_call("search", {"query": "a", "limit": 2})).result == ["a-0", "a-1"]
