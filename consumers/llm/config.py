@@ -2,8 +2,9 @@
 
 Settings come from the caller (``settings=``) or from the one process-wide ``Settings`` that the
 worker / Django layer hands to ``configure`` at start-up (the only global here). Without either,
-the defaults of ``Settings()`` apply. API keys: the setting, else the ``OPENAI_API_KEY`` /
-``ANTHROPIC_API_KEY`` environment variables (the one documented fallback), read by the providers.
+the defaults of ``Settings()`` apply. API keys and the OpenAI base URL: the setting, else the
+``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY`` / ``OPENAI_BASE_URL`` environment variables (the one
+documented fallback, as the SDKs read them), read by the providers.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ The ``model`` of a request picks the behaviour:
 - ``endless``: streams a token every 5 ms until the client disconnects (recorded with its time);
 - ``quota-exhausted``: OpenAI's 429 ``insufficient_quota`` (billing, not a rate limit);
 - ``overloaded-midstream``: a 200 stream with one token, then an SSE ``event: error`` of type
-  ``overloaded_error`` (Anthropic's format, which the OpenAI SDK reads too);
+  ``overloaded_error`` (Anthropic's SDK raises an ``APIStatusError`` with status 200; OpenAI's
+  an ``APIError`` without one);
 - ``same-index-tools`` (OpenAI path): the scripted reply's tool calls streamed whole, each at
   ``index`` 0 with its own ``id``, as Gemini's OpenAI-compatible endpoint sends parallel calls;
 - anything else: the next scripted ``Reply`` (``server.replies``), else a fixed greeting, streamed

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import aclosing
 from typing import Any
 
 import pytest
 
-from agentstream.consumers.errors import PermanentFailure
+from agentstream.consumers.errors import PermanentFailure, Retry
 from agentstream.consumers.llm import (
     FakeLLMClient,
     FakeReply,
@@ -23,6 +24,7 @@ from agentstream.consumers.llm import (
     stream_completion,
 )
 from agentstream.consumers.llm.config import PROVIDERS
+from agentstream.consumers.llm.streaming import CallDeadline
 from agentstream.consumers.llm.types import LLMResponse
 from agentstream.core.errors import ConfigurationError
 from agentstream.core.settings import Settings
@@ -169,3 +171,99 @@ async def test_cancelling_while_emitting_still_closes_the_provider_stream() -> N
     with pytest.raises(asyncio.CancelledError):
         await task
     assert probe.closed.is_set()
+
+
+class Provider:
+    """A provider stream: ``tokens`` at once, then a wait on ``release`` (a provider gone quiet)."""
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+        self.release = asyncio.Event()
+        self.waiting = asyncio.Event()
+        self.cancelled = False
+
+    async def stream(self) -> AsyncGenerator[str, None]:
+        for n in range(self.tokens):
+            yield f"t{n}"
+        self.waiting.set()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        yield "late"
+
+
+async def test_the_deadline_cancels_a_provider_wait_that_outlasts_it_and_asks_for_a_retry() -> None:
+    provider = Provider(tokens=2)
+    deadline = CallDeadline("probe", 0.05)
+    seen: list[str] = []
+    with pytest.raises(Retry, match=r"probe call did not finish within 0\.05 s.*raise STEP_TIMEOUT_SECONDS"):
+        await _drain(deadline, provider.stream(), seen)
+    assert seen == ["t0", "t1"]
+    assert provider.cancelled
+
+
+async def test_time_the_caller_spends_between_chunks_counts_but_is_never_interrupted() -> None:
+    provider = Provider(tokens=3)
+    deadline = CallDeadline("probe", 0.05)
+    handled: list[str] = []
+
+    async def slow_handler(item: str) -> None:  # the caller's own work, e.g. ctx.emit
+        await asyncio.sleep(0.1)
+        handled.append(item)
+
+    with pytest.raises(Retry):
+        await _drain(deadline, provider.stream(), [], on_item=slow_handler)
+    assert handled == ["t0"]  # finished, not cancelled; the next pull raised
+    assert not provider.waiting.is_set()
+
+
+async def test_a_provider_s_own_timeout_error_passes_through_and_no_deadline_bounds_nothing() -> None:
+    async def own_timeout() -> None:
+        raise TimeoutError("the provider's")
+
+    with pytest.raises(TimeoutError, match="the provider's"):
+        await CallDeadline("probe", 10).bound(own_timeout())
+    provider = Provider(tokens=1)
+    unbounded = CallDeadline("probe", None)
+    seen: list[str] = []
+    task = asyncio.create_task(_drain(unbounded, provider.stream(), seen))
+    await asyncio.wait_for(provider.waiting.wait(), 5)
+    provider.release.set()
+    await asyncio.wait_for(task, 5)
+    assert seen == ["t0", "late"]
+
+
+async def test_a_call_started_past_its_deadline_is_not_made_and_a_cancel_stays_a_cancel() -> None:
+    ran = False
+
+    async def call() -> None:
+        nonlocal ran
+        ran = True
+
+    with pytest.raises(Retry):
+        await CallDeadline("probe", 0).bound(call())  # closed unawaited: no warning (warnings fail)
+    assert not ran
+    provider = Provider(tokens=0)
+    task = asyncio.create_task(_drain(CallDeadline("probe", 10), provider.stream(), []))
+    await asyncio.wait_for(provider.waiting.wait(), 5)
+    task.cancel()  # the run's cancel, not the deadline: CancelledError, not Retry
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def _drain(
+    deadline: CallDeadline,
+    stream: AsyncGenerator[str, None],
+    into: list[str],
+    on_item: Callable[[str], Awaitable[None]] | None = None,
+) -> None:
+    try:
+        async with aclosing(deadline.chunks(stream)) as items:
+            async for item in items:
+                into.append(item)
+                if on_item is not None:
+                    await on_item(item)
+    finally:
+        await stream.aclose()  # the caller closes the provider's stream (the HTTP response)

@@ -11,7 +11,7 @@ import pytest
 
 from agentstream.consumers.errors import PermanentFailure, Retry
 from agentstream.consumers.llm import get_llm_client, stream_completion
-from agentstream.consumers.llm.openai_client import OpenAIClient
+from agentstream.consumers.llm.openai_client import ChunkAssembler, OpenAIClient
 from agentstream.consumers.llm.types import LLMClient, ToolCall, Usage
 from agentstream.core.errors import ConfigurationError
 from agentstream.core.settings import Settings
@@ -169,3 +169,77 @@ async def _ask(llm: OpenAIClient, model: str, *, streamed: bool) -> None:
             pass
     else:
         await llm.generate([{"role": "user", "content": "hi"}], model=model)
+
+
+async def test_parallel_tool_calls_all_at_index_0_with_their_own_ids_stay_separate_calls(
+    llm: OpenAIClient, server: FakeOpenAIServer
+) -> None:
+    server.replies.append(
+        Reply(tool_calls=(("get_weather", {"city": "London"}), ("get_time", {"tz": "UTC"})))
+    )
+    chunks = [c async for c in llm.stream([{"role": "user", "content": "hi"}], model="same-index-tools")]
+    assert [call for c in chunks for call in c.tool_calls] == [
+        ToolCall("call_0", "get_weather", json.dumps({"city": "London"})),
+        ToolCall("call_1", "get_time", json.dumps({"tz": "UTC"})),
+    ]
+    await llm.aclose()
+
+
+def test_tool_call_fragments_without_an_index_start_a_call_per_id_and_join_the_rest() -> None:
+    assembler = ChunkAssembler()
+
+    def fragments(*calls: dict[str, object], finish: str | None = None) -> dict[str, object]:
+        delta = {"tool_calls": list(calls)} if calls else {}
+        return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    out = assembler.feed(fragments({"id": "c1", "function": {"name": "get_weather", "arguments": '{"city"'}}))
+    out += assembler.feed(fragments({"function": {"arguments": ': "London"}'}}))  # continues c1
+    out += assembler.feed(fragments({"id": "c1", "function": {"arguments": ""}}))  # its id again: still c1
+    out += assembler.feed(fragments({"id": "c2", "function": {"name": "get_time", "arguments": "{}"}}))
+    out += assembler.feed(fragments(finish="tool_calls"))
+    assert [call for c in out for call in c.tool_calls] == [
+        ToolCall("c1", "get_weather", '{"city": "London"}'),
+        ToolCall("c2", "get_time", "{}"),
+    ]
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_an_exhausted_quota_429_is_permanent_and_says_to_check_billing(
+    llm: OpenAIClient, server: FakeOpenAIServer, streamed: bool
+) -> None:
+    with pytest.raises(PermanentFailure) as caught:
+        await _ask(llm, "quota-exhausted", streamed=streamed)
+    assert "HTTP 429" in str(caught.value)
+    assert "billing" in str(caught.value) and "spend limit" in str(caught.value)
+    assert len(server.requests) == 1
+    await llm.aclose()
+
+
+async def test_openai_base_url_and_no_key_in_the_environment_is_enough_as_for_the_sdk(
+    server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    llm = get_llm_client("openai", "env-model", settings=Settings())
+    response = await llm.generate([{"role": "user", "content": "hi"}])
+    assert response.content == GREETING
+    assert server.requests[0].body["model"] == "env-model"
+    await llm.aclose()
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+async def test_step_timeout_bounds_the_whole_call_of_a_stream_that_never_stops_and_closes_it(
+    server: FakeOpenAIServer, streamed: bool
+) -> None:
+    settings = Settings(OPENAI_BASE_URL=server.base_url, STEP_TIMEOUT_SECONDS=0.3)
+    llm = get_llm_client("openai", settings=settings)
+    started = time.monotonic()
+    with pytest.raises(Retry) as caught:  # tokens every 5 ms: no single read ever times out
+        await _ask(llm, "endless", streamed=streamed)
+    raised_at = time.monotonic()
+    assert 0.25 <= raised_at - started < 5
+    assert "within 0.3 s" in str(caught.value)
+    assert "raise STEP_TIMEOUT_SECONDS" in str(caught.value)
+    assert await asyncio.to_thread(server.disconnected.wait, 5), "the HTTP stream was left open"
+    assert server.disconnected_at[0] - raised_at < 0.2
+    await llm.aclose()
