@@ -803,7 +803,7 @@ async def _run_calls(
     ctx: EmittingContext, registry: ToolRegistry, calls: Sequence[ToolCall]
 ) -> list[Message]:
     for call in calls:
-        await ctx.emit("tool.call", {"id": call.id, "name": call.name, "arguments": _arguments_payload(call)})
+        await _emit_call(ctx, call)
     tasks = [asyncio.ensure_future(registry.execute_call(c.name, c.arguments, call_id=c.id)) for c in calls]
     try:
         results = await asyncio.gather(*tasks)
@@ -818,6 +818,17 @@ async def _run_calls(
             {"role": "tool", "tool_call_id": answer.call_id, "name": answer.name, "content": answer.content()}
         )
     return out
+
+
+async def _emit_call(ctx: EmittingContext, call: ToolCall) -> None:
+    """Emit ``tool.call``. Arguments the model wrote too large to record (over MAX_EVENT_BYTES)
+    are left out of the event, not the call: the tool still gets them."""
+    payload = {"id": call.id, "name": call.name, "arguments": _arguments_payload(call)}
+    try:
+        await ctx.emit(EventType.TOOL_CALL, payload)
+    except EventEncodingError as exc:
+        note = f"(not recorded: {str(exc)[:300]})"
+        await ctx.emit(EventType.TOOL_CALL, {**payload, "arguments": note})
 
 
 async def _emit_result(ctx: EmittingContext, result: ToolResult) -> ToolResult:

@@ -79,6 +79,30 @@ async def test_a_context_allowing_less_than_the_settings_still_gets_an_answer_no
     assert json.loads(told) == {"error": error}
 
 
+async def test_arguments_too_large_to_record_still_reach_the_tool(
+    redis_client: Redis, worker_settings: Settings
+) -> None:
+    small = EventStore(
+        redis_client, worker_settings.with_overrides(MAX_EVENT_BYTES=4096), pipeline_scripts=True
+    )
+
+    def measure(text: str) -> int:
+        """Counts the characters of the text."""
+        return len(text)
+
+    submitted = await small.submit(SubmitRequest("a", "user:1"))
+    ctx = RunContext(small, await claim(small, submitted.run_id), flush_interval_s=60)
+    call = FakeToolCall("measure", {"text": "w" * 5000}, id="c1")
+    llm = FakeLLMClient([FakeReply(tool_calls=(call,)), "done"])
+    result = await run_tool_loop(ctx, llm, [Tool.from_function(measure)], [{"role": "user", "content": "go"}])
+    await ctx.flush()
+    events = await small.read_run(submitted.run_id)
+    (recorded,) = [e.payload for e in events if e.type == "tool.call"]
+    assert str(recorded["arguments"]).startswith("(not recorded: tool.call: payload is")
+    assert tool_result(events) == {"id": "c1", "name": "measure", "result": 5000}
+    assert result.content == "done"
+
+
 async def test_an_unencodable_result_or_an_oversized_error_is_answered_within_the_limit() -> None:
     def huge_number() -> int:
         """An integer msgpack cannot hold."""
