@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from agentstream.core.events import EventType, NewEvent
 from agentstream.core.store import Claim, EventStore, SubmitRequest
@@ -14,21 +14,29 @@ from tests.consumers.helpers import make_worker
 from tests.django_app.conftest import run, store_for
 from tests.projections.conftest import claim
 
+T = TypeVar("T")
+
 
 async def announce(store: EventStore, *agent_keys: str) -> None:
     """What a starting worker does: create its queues (which makes its agent keys known)."""
     await store.ensure_groups(agent_keys or ("echo",))
 
 
-def announce_sync(values: dict[str, Any], *agent_keys: str) -> None:
-    async def go() -> None:
+def with_store(values: dict[str, Any], use: Callable[[EventStore], Awaitable[T]]) -> T:
+    """``use(store)`` from a sync test, on a store of its own (closed after)."""
+
+    async def go() -> T:
         store = store_for(values)
         try:
-            await announce(store, *agent_keys)
+            return await use(store)
         finally:
             await store.redis.aclose()
 
-    run(go)
+    return run(go)
+
+
+def announce_sync(values: dict[str, Any], *agent_keys: str) -> None:
+    with_store(values, lambda store: announce(store, *agent_keys))
 
 
 async def running(store: EventStore, owner: str, **request: Any) -> Claim:

@@ -13,8 +13,8 @@ from django.test import Client
 from agentstream.core.events import NewEvent
 from agentstream.core.ids import anonymous_owner
 from agentstream.django_app.api.authentication import issue_token
-from tests.django_app.conftest import anon_client, run, store_for
-from tests.django_app.helpers import announce_sync, complete_run, project, work
+from tests.django_app.conftest import anon_client
+from tests.django_app.helpers import announce_sync, complete_run, project, with_store, work
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -150,15 +150,8 @@ def test_events_true_lists_what_the_caller_sees_up_to_the_limit_and_says_when_mo
     client, session_id = anon_client()
     hidden = [NewEvent("tool.call", {"name": "t"}) for _ in range(9)]  # debug: not shown by default
     shown = [NewEvent("assistant.message", {"content": f"m{i}"}) for i in range(3)]
-
-    async def make() -> str:
-        store = store_for(agentstream)
-        try:
-            return await complete_run(store, anonymous_owner(session_id), [*hidden, *shown])
-        finally:
-            await store.redis.aclose()
-
-    run_id = run(make)
+    events = [*hidden, *shown]
+    run_id = with_store(agentstream, lambda store: complete_run(store, anonymous_owner(session_id), events))
     body = client.get(f"{RUNS}{run_id}/", {"events": "true"}).json()
     assert [e["type"] for e in body["events"]] == ["assistant.message"] * 3 + ["run.succeeded"]
     assert body["events_truncated"] is False

@@ -11,7 +11,7 @@ from django.test import Client
 
 from agentstream.core.ids import anonymous_owner
 from tests.django_app.conftest import anon_client, run, store_for
-from tests.django_app.helpers import announce_sync, complete_run, project, running, work
+from tests.django_app.helpers import announce_sync, complete_run, project, running, with_store, work
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -175,14 +175,7 @@ def test_cancel_of_a_queued_run_is_202_and_409_once_it_ended(agentstream: dict[s
 def test_cancel_of_a_running_run_is_requested_from_its_worker(agentstream: dict[str, Any]) -> None:
     client, session_id = anon_client()
 
-    async def start() -> str:
-        store = store_for(agentstream)
-        try:
-            return (await running(store, anonymous_owner(session_id))).run_id
-        finally:
-            await store.redis.aclose()
-
-    run_id = run(start)
+    run_id = with_store(agentstream, lambda store: running(store, anonymous_owner(session_id))).run_id
     response = client.post(
         f"{RUNS}{run_id}/cancel/", json.dumps({"reason": "stop"}), content_type="application/json"
     )
@@ -244,14 +237,7 @@ def test_an_unknown_or_malformed_run_id_is_a_json_404(agentstream: dict[str, Any
 def test_completed_run_helper_events_are_in_the_stream(agentstream: dict[str, Any]) -> None:
     client, session_id = anon_client()
 
-    async def make() -> str:
-        store = store_for(agentstream)
-        try:
-            return await complete_run(store, anonymous_owner(session_id))
-        finally:
-            await store.redis.aclose()
-
-    run_id = run(make)
+    run_id = with_store(agentstream, lambda store: complete_run(store, anonymous_owner(session_id)))
     body = client.get(f"{RUNS}{run_id}/?events=1&include_all=1").json()
     assert body["status"] == "succeeded"
     assert [e["type"] for e in body["events"]] == ["run.queued", "run.started", "run.succeeded"]

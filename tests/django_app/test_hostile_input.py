@@ -13,8 +13,8 @@ import pytest
 from django.test import Client
 
 from agentstream.core.store import redis_from_url
-from tests.django_app.conftest import anon_client, run, store_for
-from tests.django_app.helpers import announce_sync, complete_run
+from tests.django_app.conftest import anon_client, run
+from tests.django_app.helpers import announce_sync, complete_run, with_store
 from tests.django_app.routes import routes
 
 pytestmark = pytest.mark.django_db
@@ -162,14 +162,7 @@ def test_a_bad_resume_position_on_a_real_run_is_400(
     client, session = anon_client()
     from agentstream.core.ids import anonymous_owner
 
-    async def make() -> str:
-        store = store_for(agentstream)
-        try:
-            return await complete_run(store, anonymous_owner(session))
-        finally:
-            await store.redis.aclose()
-
-    run_id = run(make)
+    run_id = with_store(agentstream, lambda store: complete_run(store, anonymous_owner(session)))
     url = f"{RUNS}{run_id}/events/"
     if how == "from_seq":
         response = client.get(url, {"from_seq": value})

@@ -14,10 +14,11 @@ import pytest
 
 from agentstream.core.events import NewEvent
 from agentstream.core.ids import anonymous_owner
+from agentstream.core.store import EventStore
 from agentstream.django_app.api import backend
 from agentstream.django_app.models import Event, Run
-from tests.django_app.conftest import anon_client, run, store_for, wait_until
-from tests.django_app.helpers import finish, running
+from tests.django_app.conftest import anon_client, wait_until
+from tests.django_app.helpers import finish, running, with_store
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -35,15 +36,7 @@ def frames(chunks: list[bytes]) -> list[dict[str, str]]:
 
 def test_the_sync_view_replays_and_tails_a_live_run_under_wsgi(agentstream: dict[str, Any]) -> None:
     client, session_id = anon_client()
-
-    async def start() -> Any:
-        store = store_for(agentstream)
-        try:
-            return await running(store, anonymous_owner(session_id))
-        finally:
-            await store.redis.aclose()
-
-    claim = run(start)
+    claim = with_store(agentstream, lambda store: running(store, anonymous_owner(session_id)))
     response = client.get(f"/api/agents/runs/{claim.run_id}/events/?include_all=true")
     assert response.status_code == 200 and response["Content-Type"] == "text/event-stream"
     body = iter(response.streaming_content)
@@ -54,15 +47,11 @@ def test_the_sync_view_replays_and_tails_a_live_run_under_wsgi(agentstream: dict
     def produce() -> None:  # once the view tails through the hub, the run goes on
         wait_until(lambda: backend.api_backend().hub.clients == 1, what="the WSGI client subscribed")
 
-        async def go() -> None:
-            store = store_for(agentstream)
-            try:
-                await store.append_many(claim.run_id, claim.attempt, [NewEvent("assistant.delta", {"d": 1})])
-                await finish(store, claim)
-            finally:
-                await store.redis.aclose()
+        async def go_on(store: EventStore) -> None:
+            await store.append_many(claim.run_id, claim.attempt, [NewEvent("assistant.delta", {"d": 1})])
+            await finish(store, claim)
 
-        run(go)
+        with_store(agentstream, go_on)
 
     producer = threading.Thread(target=produce)
     producer.start()
@@ -80,27 +69,15 @@ def test_the_sync_view_sends_a_keepalive_while_only_hidden_events_arrive(
     settings.AGENTSTREAM = {**agentstream, "SSE_KEEPALIVE_SECONDS": 0.5}
     client, session_id = anon_client()
     stop = threading.Event()
-
-    async def start() -> Any:
-        store = store_for(agentstream)
-        try:
-            return await running(store, anonymous_owner(session_id))
-        finally:
-            await store.redis.aclose()
-
-    claim = run(start)
+    claim = with_store(agentstream, lambda store: running(store, anonymous_owner(session_id)))
 
     def tool_loop() -> None:  # debug events, hidden by the default filter, faster than keepalives
-        async def go() -> None:
-            store = store_for(agentstream)
-            try:
-                while not stop.is_set():
-                    await store.append_many(claim.run_id, claim.attempt, [NewEvent("tool.call", {"id": "t"})])
-                    await asyncio.sleep(0.05)
-            finally:
-                await store.redis.aclose()
+        async def loop(store: EventStore) -> None:
+            while not stop.is_set():
+                await store.append_many(claim.run_id, claim.attempt, [NewEvent("tool.call", {"id": "t"})])
+                await asyncio.sleep(0.05)
 
-        run(go)
+        with_store(agentstream, loop)
 
     response = client.get(f"/api/agents/runs/{claim.run_id}/events/")
     producer = threading.Thread(target=tool_loop)
