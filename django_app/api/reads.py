@@ -14,6 +14,8 @@ import orjson
 
 from agentstream.core.events import Event as StreamEvent
 from agentstream.core.state import RunState
+from agentstream.django_app.api.backend import StoreThread
+from agentstream.django_app.api.snapshots import conversation_deleted
 from agentstream.django_app.models import Conversation, Event, Run
 from agentstream.django_app.sse.framing import iso_ts
 
@@ -66,6 +68,17 @@ def run_from_state(state: RunState, queued: StreamEvent | None, row: Run | None)
         "started_at": _ms(state.started_ms),
         "finished_at": _ms(state.finished_ms),
     }
+
+
+def in_deleted_conversation(backend: StoreThread, state: RunState | None, row: Run | None) -> bool:
+    """Whether the run's conversation was deleted (its runs go with it): the row's conversation
+    (``select_related``) says so, or, with no row to ask, the conversation's Redis state."""
+    if row is not None:
+        return row.conversation is not None and row.conversation.deleted_at is not None
+    if state is None or not state.conversation_id:
+        return False
+    store, conversation_id = backend.store, state.conversation_id
+    return backend.call(lambda: conversation_deleted(store, conversation_id))
 
 
 def state_is_ahead(state: RunState | None, row: Run | None) -> bool:

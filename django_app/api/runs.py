@@ -18,7 +18,6 @@ from rest_framework.reverse import reverse
 
 from agentstream.core.errors import NotFound as StoreNotFound
 from agentstream.core.errors import RunTerminal
-from agentstream.core.state import RunState
 from agentstream.core.store import SubmitRequest
 from agentstream.core.tracing import TRACEPARENT
 from agentstream.django_app import hooks
@@ -27,6 +26,7 @@ from agentstream.django_app.api.base import AgentViewSet
 from agentstream.django_app.api.filters import RUN_FILTERS, filter_runs
 from agentstream.django_app.api.reads import (
     archived_event_data,
+    in_deleted_conversation,
     run_from_row,
     run_from_state,
     state_is_ahead,
@@ -39,7 +39,7 @@ from agentstream.django_app.api.serializers import (
     RunSerializer,
     RunWithEventsSerializer,
 )
-from agentstream.django_app.api.snapshots import conversation_deleted, run_snapshot
+from agentstream.django_app.api.snapshots import run_snapshot
 from agentstream.django_app.models import Event, Run
 from agentstream.django_app.sse.framing import VisibilityFilter, event_data
 from agentstream.django_app.sse.views import EventStreamRenderer, event_stream, stream_parameters
@@ -128,8 +128,7 @@ class BaseAgentRunViewSet(AgentViewSet):
             if state is None:
                 raise  # 503: only the database knows this run
             row = None  # the database is down: a run still in Redis is answered from its state
-        deleted = row is not None and row.conversation is not None and row.conversation.deleted_at is not None
-        if deleted or (row is None and state is not None and self._in_deleted_conversation(state)):
+        if in_deleted_conversation(self.backend, state, row):
             raise NotFound(f"no such run {run_id!r} (its conversation was deleted)")
         if state_is_ahead(state, row):
             assert state is not None
@@ -143,13 +142,6 @@ class BaseAgentRunViewSet(AgentViewSet):
             events, more = self._events(run_id, visibility_filter(request), from_stream=state is not None)
             body["events"], body["events_truncated"] = events, more
         return Response(body)
-
-    def _in_deleted_conversation(self, state: RunState) -> bool:
-        """A run Redis knows and the read-model not yet: its conversation's hash says if deleted."""
-        store, conversation_id = self.backend.store, state.conversation_id
-        return bool(conversation_id) and self.backend.call(
-            lambda: conversation_deleted(store, conversation_id)
-        )
 
     def _events(
         self, run_id: str, wanted: VisibilityFilter, *, from_stream: bool

@@ -26,7 +26,7 @@ from rest_framework.request import Request
 from agentstream.core.events import Event
 from agentstream.core.settings import Settings
 from agentstream.django_app.api.backend import StoreThread, api_backend
-from agentstream.django_app.api.snapshots import conversation_deleted
+from agentstream.django_app.api.reads import in_deleted_conversation
 from agentstream.django_app.conf import runtime_settings
 from agentstream.django_app.sse.buffers import AsyncBuffer, ThreadBuffer
 from agentstream.django_app.sse.cursor import Cursor
@@ -88,7 +88,7 @@ def event_stream(
     archive: list[Event] | None = None
     if state is None:  # unknown, or expired after RUN_RETENTION_SECONDS: the archive has the history
         row = Run.objects.filter(id=run_id, owner=owner).select_related("conversation").first()
-        if row is None or (row.conversation is not None and row.conversation.deleted_at is not None):
+        if row is None or in_deleted_conversation(backend, None, row):
             raise NotFound(f"no such run {run_id!r}")
         if row.is_terminal and after >= row.last_seq:
             return _over()
@@ -101,9 +101,7 @@ def event_stream(
             # without its Redis state can append nothing more (every script needs the state): a
             # stream without a terminal event would have EventSource reconnect forever.
             return _over()
-    elif state.owner != owner or (
-        state.conversation_id and backend.call(lambda: conversation_deleted(store, state.conversation_id))
-    ):
+    elif state.owner != owner or in_deleted_conversation(backend, state, None):
         raise NotFound(f"no such run {run_id!r}")  # another's, or its conversation was deleted
     elif state.status.is_terminal and after >= state.seq:
         return _over()
