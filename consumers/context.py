@@ -75,6 +75,7 @@ class RunContext:
         self._cancel_requested = claim.cancel_requested
         self._usage: dict[str, int | float] = {}
         self._state: dict[str, Any] | None = None
+        self._tool_registry: ToolRegistry | None = None  # made when the agent asks for it
         self._messages: list[dict[str, Any]] = []
         self._pending_text: list[str] = []
         self.last_seq: int = claim.seq
@@ -364,10 +365,9 @@ class RunContext:
     def tool_registry(self) -> ToolRegistry:
         """This attempt's own registry, empty until the agent registers tools into it (the seed's
         runner gave each run an empty one too)."""
-        found: ToolRegistry | None = getattr(self, "_tool_registry", None)
-        if found is None:
-            found = self._tool_registry = ToolRegistry()
-        return found
+        if self._tool_registry is None:
+            self._tool_registry = ToolRegistry()
+        return self._tool_registry
 
 
 async def _landed(sending: asyncio.Future[Any]) -> None:

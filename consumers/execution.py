@@ -180,8 +180,7 @@ class Attempt:
     async def _end_abandoned(self, outcome: Outcome) -> Outcome:
         if outcome is Outcome.TIMED_OUT:
             return await self._end_timed_out()
-        self.ending = self.cancel_reason or ""
-        return await self._finish(EventType.RUN_CANCELLED, self._cancelled_payload(), Outcome.CANCELLED)
+        return await self._end_cancelled(hook=False)  # its cancel hook would run beside the agent
 
     def _time_out(self) -> None:
         """The run's timeout: cancel the agent; again every HOOK_TIMEOUT_S if it ignores that."""
@@ -357,8 +356,8 @@ class Attempt:
             return Outcome.RETRYING
         return Outcome.FAILED
 
-    async def _end_cancelled(self) -> Outcome:
-        if self._agent_started:
+    async def _end_cancelled(self, *, hook: bool = True) -> Outcome:
+        if hook and self._agent_started:
             await self._hook(self.runtime.cancel(self.ctx), "cancel")
         self.ending = self.cancel_reason or ""
         return await self._finish(EventType.RUN_CANCELLED, self._cancelled_payload(), Outcome.CANCELLED)

@@ -158,7 +158,7 @@ class Worker:
         self.timers = Timers()  # the attempts' timeouts and flushes, on one loop timer
         self.outcomes: dict[Outcome, int] = {}
         self.reclaims = 0  # jobs taken over from an expired lease (for --metrics-port)
-        # job id -> (run id, attempt): begun by a claim that came back after stop(grace=False)
+        # job -> (run id, attempt): begun by a claim that came back after stop(grace=False)
         self._unstarted: dict[JobWhere, tuple[str, int]] = {}
         self._reclaim_cursors: dict[str, str] = {}  # queue key -> where the next XAUTOCLAIM goes on
         self._handling: set[JobWhere] = set()  # the jobs of the tasks started (begun or beginning)
