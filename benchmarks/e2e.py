@@ -6,10 +6,12 @@ taskiq (``benchmarks/peers.py``), same N, processes and concurrency, systems alt
 order rotates each round). Throughput: N jobs queued before the workers start; runs/s from the
 first job started (ours) / done (peers) to the last done, so process start-up is excluded; the
 ratio ours / fastest peer is taken within each round. The pickup latency lives in ``latency``
-(``latency_round`` below is its machinery). Full: N 3,000, 3 rounds, 32 jobs in flight per process
+(``latency_round`` below is its machinery). Full: N 10,000, 3 rounds, 32 jobs in flight per process
 (ours ``--concurrency 32``, arq ``max_jobs``, Dramatiq ``--threads``, Celery ``--pool threads -c``,
 taskiq ``--max-async-tasks``; RQ's ``SimpleWorker`` runs one at a time), each peer in its own Redis
-db (11-15), flushed before and after; everyone logs at WARNING. Beside each throughput: the Redis
+db (11-15), flushed before and after; everyone logs at WARNING. Our worker CPU per run: the worker
+processes' user + system time less that of idle burst workers started just before (start-up and
+exit, a few thousand runs' worth). Beside each throughput: the Redis
 server's CPU per job, and (a Redis on this machine) how long per job it was runnable but waiting
 for a core (``/proc/<pid>/schedstat``): every worker waits on Redis, so on two cores shared with
 the workers that wait is throughput lost by all of them.
@@ -153,9 +155,31 @@ def children_cpu_s() -> float:
 
 class Round(NamedTuple):
     runs_per_s: float
-    worker_cpu_us: float  # per run: user + system of every worker process, start-up included
+    worker_cpu_us: float | None  # per run: user + system of the workers less their start-up and exit
+    # (None where the runs cost less than start-up varies: a --quick N)
     redis_cpu_us: float  # per run: the Redis server's, from the workers' start to their exit
     redis_waiting_us: float | None  # per run: how long Redis was runnable but waiting for a core
+
+
+async def idle_burst_cpu_s(redis_url: str, processes: int, log: Path, concurrency: int) -> float:
+    """CPU of burst workers that find no job: their start-up (Python, Django, the agents) and exit.
+
+    One process's start-up costs as much CPU as a few thousand no-op runs: a round's CPU less
+    this is what its runs cost.
+    """
+    before = children_cpu_s()
+    proc = start_workers(
+        f"bench{uuid.uuid4().hex[:8]}",
+        redis_url,
+        processes,
+        burst=True,
+        registry="benchmarks.e2e:register",
+        concurrency=concurrency,
+        log=log,
+    )
+    if await asyncio.to_thread(proc.wait, 120) != 0:
+        raise RuntimeError(f"idle burst workers exited with {proc.returncode}; see {log}")
+    return children_cpu_s() - before
 
 
 async def throughput_round(
@@ -165,6 +189,7 @@ async def throughput_round(
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     store = EventStore(client, Settings(KEY_PREFIX=prefix), pipeline_scripts=True)
     try:
+        idle_cpu_s = await idle_burst_cpu_s(redis_url, processes, log, concurrency)
         run_ids = await submit_all(store, n, NoOp.key)
         cpu_before = children_cpu_s()
         redis_before = RedisClock.read(await client.info())
@@ -179,7 +204,8 @@ async def throughput_round(
         )
         await asyncio.to_thread(proc.wait, 600)
         redis_after = RedisClock.read(await client.info())
-        cpu_us_per_run = (children_cpu_s() - cpu_before) / n * 1e6
+        runs_cpu_s = children_cpu_s() - cpu_before - idle_cpu_s
+        cpu_us_per_run = runs_cpu_s / n * 1e6 if runs_cpu_s > 0 else None
         times = await run_times(client, store, run_ids)
         if not all(f for _, _, f in times):
             raise RuntimeError(
@@ -263,7 +289,7 @@ def redis_cpu_records(
 
 async def main(opts: Options) -> list[Record]:
     """Ours and every peer, same N, processes and concurrency; systems alternate, rotated per round."""
-    n = opts.size(3_000, 100)  # RQ does ~100 jobs/s here: 3,000 keeps a full run bounded
+    n = opts.size(10_000, 100)  # RQ does ~230 jobs/s here: 10,000 keeps a full run near 10 minutes
     client = redis_from_url(opts.redis_url)
     log = Path(tempfile.gettempdir()) / "agentstream-bench-e2e.log"
     systems = ["agentstream", *(peer.name for peer in PEERS)]
@@ -286,7 +312,8 @@ async def main(opts: Options) -> list[Record]:
                         value, cpu_us, redis_us, waiting = await throughput_round(
                             client, opts.redis_url, n, processes, log, PEER_CONCURRENCY
                         )
-                        cpu.setdefault(processes, []).append(cpu_us)
+                        if cpu_us is not None:
+                            cpu.setdefault(processes, []).append(cpu_us)
                         stolen = steal_percent(times_before, cpu_times())
                         if stolen is not None:
                             steal.setdefault(processes, []).append(stolen)
@@ -321,12 +348,13 @@ async def main(opts: Options) -> list[Record]:
     finally:
         await client.aclose()
     records: list[Record] = []
-    for processes in sorted(cpu):
+    for processes in sorted({p for p, system in runs_per_s if system == "agentstream"}):
         ours = f"agentstream ({processes} proc x {PEER_CONCURRENCY})"
         records.append(
             summarize("e2e", ours, "throughput", "runs/s", n, runs_per_s[(processes, "agentstream")])
         )
-        records.append(summarize("e2e", ours, "worker CPU per run", "µs", n, cpu[processes]))
+        if cpu.get(processes):
+            records.append(summarize("e2e", ours, "worker CPU per run", "µs", n, cpu[processes]))
         records += redis_cpu_records(
             ours, n, redis_cpu[(processes, "agentstream")], redis_waiting.get((processes, "agentstream"), [])
         )
