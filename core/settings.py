@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -104,6 +105,12 @@ class Settings:
     TRACE_CONTENT: bool = False  # send messages, outputs and tool arguments to the tracer too
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("float", float) and isinstance(value, float):
+                # "inf" and "nan" parse as floats, and inf passes every "> 0" below; as ms they
+                # crash each submit or lease (OverflowError) instead of saying what is wrong
+                _check(math.isfinite(value), f"{f.name} must be a finite number of seconds, not {value}")
         _check(self.PARTITIONS >= 1, "PARTITIONS must be at least 1")
         _check(self.LEASE_TTL_SECONDS > 0, "LEASE_TTL_SECONDS must be positive")
         _check(self.RUN_TIMEOUT_SECONDS > 0, "RUN_TIMEOUT_SECONDS must be positive")
@@ -112,6 +119,20 @@ class Settings:
         _check(self.MAX_EVENT_BYTES >= 1024, "MAX_EVENT_BYTES must be at least 1024")
         _check(self.PROJECTOR_BATCH >= 1, "PROJECTOR_BATCH must be at least 1")
         _check(self.RUN_COMPLETED_LEASE_SECONDS > 0, "RUN_COMPLETED_LEASE_SECONDS must be positive")
+        _check(self.STEP_TIMEOUT_SECONDS > 0, "STEP_TIMEOUT_SECONDS must be positive")
+        _check(self.SSE_KEEPALIVE_SECONDS > 0, "SSE_KEEPALIVE_SECONDS must be positive")
+        for name in ("RETRY_BACKOFF_BASE", "RETRY_BACKOFF_MAX", "SHUTDOWN_GRACE_SECONDS", "SSE_RETRY_MS"):
+            _check(getattr(self, name) >= 0, f"{name} must not be negative")
+        # Redis refuses an expiry of 0 or less (SET ... EX 0): every submit with a key would fail
+        _check(self.IDEMPOTENCY_TTL_SECONDS >= 1, "IDEMPOTENCY_TTL_SECONDS must be at least 1")
+        for name in (
+            "DEFAULT_PROCESSES",
+            "DEFAULT_CONCURRENCY",
+            "SSE_CLIENT_BUFFER",
+            "MAX_REQUEST_BYTES",
+            "ANONYMOUS_SESSION_TTL_SECONDS",
+        ):
+            _check(getattr(self, name) >= 1, f"{name} must be at least 1")
         _check(
             self.DEFAULT_CONVERSATION_POLICY in POLICIES,
             f"DEFAULT_CONVERSATION_POLICY must be one of {', '.join(POLICIES)}",

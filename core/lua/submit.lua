@@ -33,6 +33,12 @@ if conv ~= '' then
   if active and policy == 'reject' then return { 'busy', active } end
 end
 
+-- the key first: a SET that Redis refuses (an expiry it does not take) must fail the submit
+-- before anything of the run is written, not after its job is queued
+if ARGV[13] == '1' then
+  redis.call('SET', KEYS[3], run_id .. '|' .. ARGV[11], 'EX', ARGV[12])
+end
+
 -- a run that does not wait for another is queued (or delayed) at once: its job entry first, so
 -- the state is written once, job included (not a read-back of agent and due, then a second HSET)
 local job = ''
@@ -41,9 +47,6 @@ redis.call('HSET', st, 'status', 'queued', 'seq', '1', 'attempt', '0', 'agent', 
   'conv', conv, 'max_attempts', ARGV[7], 'due', ARGV[8], 'timeout_ms', ARGV[9], 'cancel', '0',
   'created', now_text(), 'job', job)
 write_event(run_id, '1', 'run.queued', ARGV[10], '0', ARGV[14], conv, true)
-if ARGV[13] == '1' then
-  redis.call('SET', KEYS[3], run_id .. '|' .. ARGV[11], 'EX', ARGV[12])
-end
 
 if not active then
   if conv ~= '' then redis.call('HSET', KEYS[4], 'active', run_id) end

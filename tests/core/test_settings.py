@@ -65,3 +65,31 @@ def test_settings_are_frozen() -> None:
     s = Settings()
     with pytest.raises(AttributeError):
         s.PARTITIONS = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+@pytest.mark.parametrize("name", ["LEASE_TTL_SECONDS", "RUN_TIMEOUT_SECONDS", "RETRY_BACKOFF_MAX"])
+def test_a_float_setting_that_is_not_finite_is_refused_by_name(name: str, value: str) -> None:
+    """'inf' parses as a float and passed every 'positive' rule; as milliseconds it crashed each
+    submit (RUN_TIMEOUT_SECONDS) or lease with an OverflowError, far from the setting."""
+    with pytest.raises(ConfigurationError, match=rf"{name} must be a finite number"):
+        Settings.from_env({f"AGENTSTREAM_{name}": value})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "rule"),
+    [
+        ("IDEMPOTENCY_TTL_SECONDS", "0", "at least 1"),
+        ("IDEMPOTENCY_TTL_SECONDS", "-5", "at least 1"),
+        ("DEFAULT_CONCURRENCY", "0", "at least 1"),
+        ("DEFAULT_PROCESSES", "0", "at least 1"),
+        ("SSE_CLIENT_BUFFER", "0", "at least 1"),
+        ("STEP_TIMEOUT_SECONDS", "0", "positive"),
+        ("SSE_KEEPALIVE_SECONDS", "0", "positive"),
+        ("RETRY_BACKOFF_BASE", "-2", "not be negative"),
+        ("SHUTDOWN_GRACE_SECONDS", "-1", "not be negative"),
+    ],
+)
+def test_a_number_outside_its_range_is_refused_with_the_rule(name: str, value: str, rule: str) -> None:
+    with pytest.raises(ConfigurationError, match=rf"{name} must (be )?{rule}"):
+        Settings.from_env({f"AGENTSTREAM_{name}": value})

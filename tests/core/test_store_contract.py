@@ -227,6 +227,17 @@ async def test_a_submit_too_large_to_write_leaves_its_idempotency_key_free(store
     assert corrected.created
 
 
+async def test_a_submit_whose_idempotency_key_redis_refuses_writes_nothing(store: EventStore) -> None:
+    """The key's SET used to come last in the submit script: with an expiry Redis refuses (an
+    IDEMPOTENCY_TTL_SECONDS of 0, before Settings refused it) the run and its job were already
+    written, the caller got an error, and its retry queued the same request again."""
+    object.__setattr__(store.settings, "IDEMPOTENCY_TTL_SECONDS", 0)  # past Settings' own check
+    with pytest.raises(Exception, match="invalid expire time"):
+        await store.submit(request(idempotency_key="k"))
+    left = [k async for k in store.redis.scan_iter(match=f"{store.settings.KEY_PREFIX}:*")]
+    assert left == []
+
+
 async def test_a_retry_whose_cancel_payload_is_too_large_still_retries(store: EventStore) -> None:
     """The run.cancelled payload rides along with every retry, in case of a cancel: one too large
     to write (a long partial output) falls back to its reason, never failing the retry."""
