@@ -51,7 +51,7 @@ from agentstream.consumers.llm.config import current_settings
 from agentstream.consumers.llm.streaming import EmittingContext, stream_completion
 from agentstream.consumers.llm.types import LLMClient, Message, ToolCall, Usage
 from agentstream.consumers.tracing import current_tracer
-from agentstream.core.codec import encode_payload
+from agentstream.core.codec import pack_payload
 from agentstream.core.errors import EventEncodingError, PermanentError, RetryableError
 from agentstream.core.events import EventType
 
@@ -517,26 +517,33 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=_json_fallback))
 
 
-def _recordable(result: ToolResult, max_bytes: int) -> ToolResult:
+def _recordable(result: ToolResult, max_bytes: int) -> tuple[ToolResult, JSON]:
     """``result`` if its ``tool.result`` event can be written (``max_bytes``: ``MAX_EVENT_BYTES``);
     else an error the model reads instead (a long error is cut to fit). The event and the model's
-    message are made from the one ``ToolResult``, so they say the same thing."""
+    message are made from the one ``ToolResult``, so they say the same thing. Beside it, its event
+    payload, packed once here where it fits, so that emitting it does not encode it again."""
     try:
-        size = len(encode_payload(EventType.TOOL_RESULT, result.event_payload(), sys.maxsize))
+        packed = pack_payload(EventType.TOOL_RESULT, result.event_payload(), sys.maxsize)
     except EventEncodingError as exc:
-        return dataclasses.replace(result, result=None, error=f"the tool's result cannot be recorded: {exc}")
+        unrecordable = dataclasses.replace(
+            result, result=None, error=f"the tool's result cannot be recorded: {exc}"
+        )
+        return unrecordable, unrecordable.event_payload()
+    size = len(packed.data)
     if size <= max_bytes:
-        return result
+        return result, packed
     if result.error is None:
-        return dataclasses.replace(
+        oversized = dataclasses.replace(
             result,
             result=None,
             error=f"the tool's result is {size} bytes, over MAX_EVENT_BYTES={max_bytes}: "
             "return less, or store it and return a reference",
         )
+        return oversized, oversized.event_payload()
     note = f" ... (cut: the error was {len(result.error)} characters)"
     keep = max(0, len(result.error) - (size - max_bytes) - len(note) - 16)  # a character is 1+ bytes
-    return dataclasses.replace(result, error=result.error[:keep] + note)
+    cut = dataclasses.replace(result, error=result.error[:keep] + note)
+    return cut, cut.event_payload()
 
 
 def _json_fallback(value: Any) -> Any:
@@ -605,8 +612,13 @@ class ToolRegistry:
     ) -> ToolResult:
         """Run one call the model made; every failure is a ``ToolResult.error`` for the model to read,
         a result larger than ``MAX_EVENT_BYTES`` as its ``tool.result`` event too."""
-        result = await self._answer(name, arguments, call_id)
-        return _recordable(result, current_settings().MAX_EVENT_BYTES)
+        return (await self._recorded_call(name, arguments, call_id))[0]
+
+    async def _recorded_call(
+        self, name: str, arguments: str | Mapping[str, Any] | None, call_id: str | None
+    ) -> tuple[ToolResult, JSON]:
+        """``execute_call``'s result and its ``tool.result`` payload, encoded once."""
+        return _recordable(await self._answer(name, arguments, call_id), current_settings().MAX_EVENT_BYTES)
 
     async def _answer(
         self, name: str, arguments: str | Mapping[str, Any] | None, call_id: str | None
@@ -804,7 +816,7 @@ async def _run_calls(
 ) -> list[Message]:
     for call in calls:
         await _emit_call(ctx, call)
-    tasks = [asyncio.ensure_future(registry.execute_call(c.name, c.arguments, call_id=c.id)) for c in calls]
+    tasks = [asyncio.ensure_future(registry._recorded_call(c.name, c.arguments, c.id)) for c in calls]
     try:
         results = await asyncio.gather(*tasks)
     except BaseException:
@@ -812,8 +824,8 @@ async def _run_calls(
             task.cancel()
         raise
     out: list[Message] = []
-    for result in results:
-        answer = await _emit_result(ctx, result)
+    for result, payload in results:
+        answer = await _emit_result(ctx, result, payload)
         out.append(
             {"role": "tool", "tool_call_id": answer.call_id, "name": answer.name, "content": answer.content()}
         )
@@ -831,10 +843,11 @@ async def _emit_call(ctx: EmittingContext, call: ToolCall) -> None:
         await ctx.emit(EventType.TOOL_CALL, {**payload, "arguments": note})
 
 
-async def _emit_result(ctx: EmittingContext, result: ToolResult) -> ToolResult:
-    """Emit ``tool.result``; the result the event holds (what the model is told)."""
+async def _emit_result(ctx: EmittingContext, result: ToolResult, payload: JSON) -> ToolResult:
+    """Emit ``tool.result`` (``payload``: the result's, packed); the result the event holds (what
+    the model is told)."""
     try:
-        await ctx.emit(EventType.TOOL_RESULT, result.event_payload())
+        await ctx.emit(EventType.TOOL_RESULT, payload)
     except EventEncodingError as exc:
         # execute_call fits results to the configured MAX_EVENT_BYTES; a context that allows less
         # (or a result it cannot encode) still gets an answer, never a crashed loop

@@ -62,6 +62,32 @@ async def test_a_result_over_max_event_bytes_is_an_error_the_model_reads_and_the
     assert json.loads(told) == {"error": error}  # the model reads what the event says
 
 
+async def test_a_tool_result_is_encoded_once_on_its_way_to_the_stream(
+    wstore: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """execute_call sizes the result by encoding its event; the emit reuses those bytes."""
+    from agentstream.core import codec
+
+    packed_results: list[object] = []
+    real_packb = codec.msgpack.packb
+
+    def counting_packb(value: object, **kwargs: object) -> bytes:
+        if isinstance(value, dict) and "result" in value:
+            packed_results.append(value["result"])
+        return real_packb(value, **kwargs)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(codec.msgpack, "packb", counting_packb)
+
+    def measure() -> list[int]:
+        """A small result."""
+        return [1, 2, 3]
+
+    events, told = await loop_through_a_run_context(wstore, [Tool.from_function(measure)])
+    assert json.loads(told) == [1, 2, 3]
+    assert tool_result(events) == {"id": "c1", "name": "measure", "result": [1, 2, 3]}
+    assert packed_results == [[1, 2, 3]]
+
+
 async def test_a_context_allowing_less_than_the_settings_still_gets_an_answer_not_a_crash(
     wstore: EventStore, redis_client: Redis, worker_settings: Settings
 ) -> None:
