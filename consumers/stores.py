@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 from agentstream.core.errors import InvalidRecord
 from agentstream.core.events import Event, EventType
 from agentstream.core.records import (
@@ -42,6 +44,45 @@ Recorder = Callable[[str, Mapping[str, Any]], Awaitable[Event]]
 
 _NO_VERSION = Version(0, "", 0)  # a Task built from the fields just written needs none
 DONE_STATUSES = frozenset({TaskStatus.COMPLETE, TaskStatus.CANCELLED})
+# what the tables hold (PostgreSQL: text without NUL, a 32-bit priority, JSON nested < 255 levels
+# for the projector's encoder): a write refused here is never recorded, since a recorded event
+# the tables cannot take would fail the write-through and stall the projection that applies it
+MIN_PRIORITY, MAX_PRIORITY = -(2**31), 2**31 - 1
+
+
+def checked_key(what: str, key: object) -> str:
+    """``check_key``, and no NUL: PostgreSQL text cannot hold one (a read would fail too)."""
+    found = check_key(what, key)
+    if "\x00" in found:
+        raise InvalidRecord(f"{what} must not contain NUL (\\x00)")
+    return found
+
+
+def checked_text(what: str, text: Any) -> Any:
+    if isinstance(text, str) and "\x00" in text:
+        raise InvalidRecord(f"{what} must not contain NUL (\\x00); PostgreSQL text cannot hold it")
+    return text
+
+
+def checked_json(what: str, value: Any) -> Any:
+    """A value the store tables can hold as JSON (the projector's encoder: orjson)."""
+    try:
+        orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError as exc:  # nested too deep (orjson stops at 255 levels), an int past 64 bits
+        raise InvalidRecord(f"{what} cannot be stored as JSON ({exc})") from None
+    return value
+
+
+def checked_task_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """``task_fields``' output, checked against the task table."""
+    if not MIN_PRIORITY <= fields["priority"] <= MAX_PRIORITY:
+        raise InvalidRecord(f"task priority {fields['priority']} is outside {MIN_PRIORITY}..{MAX_PRIORITY}")
+    for name in ("title", "notes", "task_list"):
+        checked_text(f"a task's {name}", fields[name])
+    for dependency in fields["depends_on"]:
+        checked_key("a dependency's task id", dependency)
+    checked_json("a task's metadata", fields["metadata"])
+    return fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,14 +144,14 @@ class KeyValueStore(_OwnedStore):
     delete_type: EventType
 
     async def get(self, key: str, default: Any = None) -> Any:
-        found = await self._backend.get(self.kind, self._owner, check_key("a key", key))
+        found = await self._backend.get(self.kind, self._owner, checked_key("a key", key))
         return default if found is None else found.value
 
     async def set(self, key: str, value: Any) -> None:
-        await self._write(self.set_type, check_key("a key", key), value=value)
+        await self._write(self.set_type, checked_key("a key", key), value=checked_json("the value", value))
 
     async def delete(self, key: str) -> None:
-        await self._write(self.delete_type, check_key("a key", key))
+        await self._write(self.delete_type, checked_key("a key", key))
 
     async def items(self, prefix: str = "") -> dict[str, Any]:
         return {r.key: r.value for r in await self._backend.list(self.kind, self._owner, prefix=prefix)}
@@ -170,7 +211,7 @@ class Tasks(_OwnedStore):
         metadata: Mapping[str, Any] | None = None,
         task_id: str | None = None,
     ) -> Task:
-        task_id = check_key("a task id", task_id or str(uuid.uuid4()))
+        task_id = checked_key("a task id", task_id or str(uuid.uuid4()))
         fields = task_fields(
             title=title,
             priority=priority,
@@ -208,7 +249,7 @@ class Tasks(_OwnedStore):
         return await self.update(task_id, status=status)
 
     async def get(self, task_id: str) -> Task | None:
-        found = await self._backend.get(self.kind, self._owner, check_key("a task id", task_id))
+        found = await self._backend.get(self.kind, self._owner, checked_key("a task id", task_id))
         return None if found is None else Task.from_record(found)
 
     async def list(self, task_list: str | None = None, *, status: str | None = None) -> builtins.list[Task]:
@@ -233,9 +274,10 @@ class Tasks(_OwnedStore):
         ]
 
     async def delete(self, task_id: str) -> None:
-        await self._write(EventType.TASK_DELETED, check_key("a task id", task_id))
+        await self._write(EventType.TASK_DELETED, checked_key("a task id", task_id))
 
     async def _save(self, task_id: str, fields: dict[str, Any]) -> Task:
+        checked_task_fields(fields)
         if fields["depends_on"]:
             await self._check_dependencies(task_id, fields["depends_on"])
         await self._write(EventType.TASK_UPSERTED, task_id, **fields)
@@ -263,21 +305,21 @@ class Knowledge(_OwnedStore):
         metadata: Mapping[str, Any] | None = None,
         item_id: str | None = None,
     ) -> str:
-        item_id = check_key("an item id", item_id or str(uuid.uuid4()))
+        item_id = checked_key("an item id", item_id or str(uuid.uuid4()))
         if not isinstance(text, str):
             raise InvalidRecord("knowledge text must be a string")
         await self._write(
             EventType.KNOWLEDGE_ADDED,
             item_id,
-            text=text,
-            kind=check_key("a knowledge kind", kind),
-            metadata=dict(metadata or {}),
+            text=checked_text("knowledge text", text),
+            kind=checked_key("a knowledge kind", kind),
+            metadata=checked_json("the metadata", dict(metadata or {})),
             embedding=check_embedding(embedding),
         )
         return item_id
 
     async def get(self, item_id: str) -> StoreRecord | None:
-        return await self._backend.get(self.kind, self._owner, check_key("an item id", item_id))
+        return await self._backend.get(self.kind, self._owner, checked_key("an item id", item_id))
 
     async def list(self, kind: str | None = None) -> builtins.list[StoreRecord]:
         found = await self._backend.list(self.kind, self._owner)
@@ -290,10 +332,12 @@ class Knowledge(_OwnedStore):
         assert vector is not None  # check_embedding returns None only for None
         if k < 1:
             raise InvalidRecord(f"k={k}; ask for at least one match")
+        if kind is not None and "\x00" in kind:
+            return []  # no item's kind holds a NUL (and PostgreSQL could not compare it)
         return await self._backend.search(self._owner, vector, k=k, kind=kind)
 
     async def delete(self, item_id: str) -> None:
-        await self._write(EventType.KNOWLEDGE_DELETED, check_key("an item id", item_id))
+        await self._write(EventType.KNOWLEDGE_DELETED, checked_key("an item id", item_id))
 
 
 class InMemoryStoreBackend:

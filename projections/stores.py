@@ -14,6 +14,8 @@ SQLite); ``projections.similarity`` ranks them.
 from __future__ import annotations
 
 import array
+import dataclasses
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -26,6 +28,8 @@ from agentstream.projections.projection import Projection
 from agentstream.projections.sql import Dialect, to_json
 
 NAME = "stores"
+log = logging.getLogger("agentstream.projector")
+MIN_PRIORITY, MAX_PRIORITY = -(2**31), 2**31 - 1  # the task table's integer column
 
 BASE_COLUMNS = ("owner", "deleted", "version_us", "version_run", "version_seq", "updated_at")
 
@@ -92,7 +96,9 @@ class StoreWriter:
 
     def apply(self, events: Sequence[Event]) -> int:
         """Merge the store events among ``events``; returns how many records they touch."""
-        records = [r for r in (record_of(e) for e in events if e.type in STORE_TYPES) if r is not None]
+        records = [
+            _storable(r) for r in (record_of(e) for e in events if e.type in STORE_TYPES) if r is not None
+        ]
         newest = latest(records)
         by_kind: dict[StoreKind, list[StoreRecord]] = {}
         for (kind, _, _), record in sorted(newest.items()):  # one lock order: no deadlocks
@@ -114,25 +120,25 @@ class StoreWriter:
         base = (r.key, r.owner, r.deleted, v.at_us, v.run_id, v.seq, d.ts(v.at_us // 1000) or d.ts(1))
         f = r.fields
         if r.kind in (StoreKind.MEMORY, StoreKind.PREFERENCE):
-            return (*base, None if r.deleted else to_json(r.value))
+            return (*base, None if r.deleted else _json(r, r.value, None))
         if r.kind == StoreKind.TASK:
             return (
                 *base,
-                str(f.get("task_list", "default")),
-                str(f.get("title", "")),
-                str(f.get("status", "not_started")),
-                int(f.get("priority", 0) or 0),
-                to_json(list(f.get("depends_on") or [])),
-                str(f.get("notes", "")),
-                to_json(dict(f.get("metadata") or {})),
+                _text(f.get("task_list", "default")),
+                _text(f.get("title", "")),
+                _text(f.get("status", "not_started")),
+                min(max(int(f.get("priority", 0) or 0), MIN_PRIORITY), MAX_PRIORITY),
+                _json(r, list(f.get("depends_on") or []), []),
+                _text(f.get("notes", "")),
+                _json(r, dict(f.get("metadata") or {}), {}),
             )
         vector = f.get("embedding")
         vector = [float(x) for x in vector] if isinstance(vector, list) and vector else None
         return (
             *base,
-            str(f.get("kind", "fact")),
-            str(f.get("text", "")),
-            to_json(dict(f.get("metadata") or {})),
+            _text(f.get("kind", "fact")),
+            _text(f.get("text", "")),
+            _json(r, dict(f.get("metadata") or {}), {}),
             vector_to_db(vector, d.postgres),
             norm(vector) if vector else None,
             len(vector) if vector else 0,
@@ -142,6 +148,30 @@ class StoreWriter:
         with self.connection.cursor() as cursor:
             for table in TABLES.values():
                 cursor.execute(f"DELETE FROM {table.name}")
+
+
+# Events the write path refuses today (``consumers.stores.checked_*``) may sit in older logs and
+# archives: they are stored as near as the tables allow, never left to fail a batch for ever.
+
+
+def _text(value: Any) -> str:
+    """PostgreSQL text holds no NUL: U+FFFD instead, as ``to_json`` does in JSON (on both engines)."""
+    text = str(value)
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def _storable(r: StoreRecord) -> StoreRecord:
+    if "\x00" in r.key or "\x00" in r.owner:
+        return dataclasses.replace(r, key=_text(r.key), owner=_text(r.owner))
+    return r
+
+
+def _json(r: StoreRecord, value: Any, instead: Any) -> str | None:
+    try:
+        return to_json(value)
+    except TypeError as exc:  # nested past orjson's 255 levels
+        log.warning("%s %r of %s: %s; stored as %r", r.kind.value, r.key, r.owner, exc, instead)
+        return None if instead is None else to_json(instead)
 
 
 class StoresProjection(Projection):
