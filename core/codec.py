@@ -29,6 +29,8 @@ from agentstream.core.errors import CorruptEntry, EventEncodingError
 from agentstream.core.events import SCHEMA_VERSION, Event, Visibility
 
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
+# msgpack's packer refuses deeper lists and maps ("recursion limit exceeded")
+MAX_NESTING = 1024
 
 # version n -> function taking (type, payload) of version n and returning those of n + 1.
 Upcaster = Callable[[str, dict[str, Any]], tuple[str, dict[str, Any]]]
@@ -50,6 +52,8 @@ def _default(value: object) -> object:
         return value.value
     if isinstance(value, set | frozenset):
         return sorted(value, key=repr)
+    if isinstance(value, int):  # msgpack hands over only the ints it cannot hold
+        raise OverflowError("an integer outside -2**63 .. 2**64-1; send a larger one as a string")
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
@@ -90,7 +94,14 @@ def encode_payload(
         try:
             data = msgpack.packb(payload, default=_default, use_bin_type=True, strict_types=False)
         except (TypeError, ValueError, OverflowError) as exc:
-            where = _find_unencodable(payload, "payload") or "payload"
+            if "recursion limit" in str(exc):
+                raise EventEncodingError(
+                    f"{event_type}: payload is nested more than {MAX_NESTING} levels deep; flatten it"
+                ) from None
+            try:
+                where = _find_unencodable(payload, "payload") or "payload"
+            except RecursionError:  # a bad value nested almost as deep as msgpack allows
+                where = "payload"
             raise EventEncodingError(
                 f"{event_type}: {where} cannot be encoded ({exc}); use JSON-like values "
                 "(str, int, float, bool, None, list, dict)"

@@ -46,6 +46,35 @@ def test_an_unencodable_payload_names_the_event_type_and_the_key() -> None:
         encode_payload("tool.result", {"result": {"handle": object()}})
 
 
+def nested(depth: int, leaf: object = 1) -> dict[str, object]:
+    root: dict[str, object] = {}
+    node = root
+    for _ in range(depth - 1):
+        child: dict[str, object] = {}
+        node["a"] = child
+        node = child
+    node["a"] = leaf
+    return root
+
+
+def test_a_payload_nested_deeper_than_msgpack_allows_is_an_encoding_error() -> None:
+    """It was a RecursionError out of the search for the bad key: not an EventEncodingError, so a
+    tool result nested too deep crashed the run instead of becoming an error the model reads."""
+    encode_payload("tool.result", nested(codec.MAX_NESTING - 1))
+    with pytest.raises(EventEncodingError, match=r"tool\.result: payload is nested more than 1024 levels"):
+        encode_payload("tool.result", nested(codec.MAX_NESTING + 10))
+
+
+def test_a_bad_value_nested_deep_is_an_encoding_error() -> None:
+    with pytest.raises(EventEncodingError, match=r"tool\.result: payload.* cannot be encoded"):
+        encode_payload("tool.result", nested(990, object()))
+
+
+def test_an_integer_beyond_64_bits_says_so() -> None:
+    with pytest.raises(EventEncodingError, match=r"payload\['n'\] .*integer outside -2\*\*63 \.\. 2\*\*64-1"):
+        encode_payload("x", {"n": 2**64})
+
+
 def test_a_payload_that_is_not_a_dict_is_refused() -> None:
     with pytest.raises(EventEncodingError, match="must be a dict"):
         encode_payload("x", ["a"])  # type: ignore[arg-type]
