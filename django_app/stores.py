@@ -90,8 +90,11 @@ def list_records(
 ) -> builtins.list[StoreRecord]:
     rows = owned(kind, owner, database)
     if prefix:
+        # SQLite's LIKE ignores ASCII case ("user." would find "User.x"): the query narrows, the
+        # comparison here decides, as on PostgreSQL and in the in-memory twin
         rows = rows.filter(**{f"{KEY_FIELD[kind]}__startswith": prefix})
-    return [record_from_row(kind, r) for r in rows.order_by(KEY_FIELD[kind])]
+    found = (record_from_row(kind, r) for r in rows.order_by(KEY_FIELD[kind]))
+    return [r for r in found if r.key.startswith(prefix)]
 
 
 def search(
