@@ -6,6 +6,7 @@ with the same input (``metadata.retry_of`` names the old one) and removes the de
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import cast
 
@@ -28,26 +29,49 @@ async def list_dead(store: EventStore, limit_per_partition: int = 1000) -> list[
         for p in range(store.settings.PARTITIONS):
             pipe.xrange(store.keys.dead(p), count=limit_per_partition)
         replies = cast(list[Entries], await pipe.execute())
-    found: list[DeadLetter] = []
-    for partition, entries in enumerate(replies):
-        for entry_id, raw in entries:
-            fields = {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
-            found.append(
-                DeadLetter(
-                    partition=partition,
-                    entry_id=entry_id.decode(),
-                    run_id=fields.get("r", ""),
-                    reason=fields.get("reason", ""),
-                    ts_ms=int(fields.get("ts", "0") or 0),
-                    fields=fields,
-                )
-            )
+    found = [_letter(p, entry_id, raw) for p, entries in enumerate(replies) for entry_id, raw in entries]
     return sorted(found, key=lambda d: d.ts_ms)
+
+
+def _letter(partition: int, entry_id: bytes, raw: Mapping[bytes, bytes]) -> DeadLetter:
+    fields = {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
+    return DeadLetter(
+        partition=partition,
+        entry_id=entry_id.decode(),
+        run_id=fields.get("r", ""),
+        reason=fields.get("reason", ""),
+        ts_ms=int(fields.get("ts", "0") or 0),
+        fields=fields,
+    )
+
+
+async def _letters_of(store: EventStore, run_id: str) -> list[DeadLetter]:
+    """Every dead letter of ``run_id``, however many others its partition holds (the scripts
+    write it in the run's partition; the others are read only should it not be there)."""
+    home = store.keys.run_partition(run_id)
+    others = [p for p in range(store.settings.PARTITIONS) if p != home]
+    found: list[DeadLetter] = []
+    for partition in [home, *others]:
+        after = "-"
+        while True:
+            entries = cast(
+                Entries, await store.redis.xrange(store.keys.dead(partition), min=after, count=1000)
+            )
+            for entry_id, raw in entries:
+                letter = _letter(partition, entry_id, raw)
+                if letter.run_id == run_id:
+                    found.append(letter)
+            if len(entries) < 1000:
+                break
+            after = f"({entries[-1][0].decode()}"
+        if found:
+            return found
+    return found
 
 
 async def retry_dead(store: EventStore, run_id: str) -> str:
     """Submit a new run with the dead run's input; returns the new run's id."""
-    letters = [d for d in await list_dead(store) if d.run_id == run_id]
+    letters = await _letters_of(store, run_id)
     if not letters:
         raise NotFound(f"no dead letter for run {run_id}; `agentstream dead list` shows them")
     history = await store.read_run(run_id, 0, 1)
@@ -65,6 +89,7 @@ async def retry_dead(store: EventStore, run_id: str) -> str:
             metadata={**dict(queued.get("metadata") or {}), "retry_of": run_id},
             conversation_id=queued.get("conversation_id") or None,
             max_attempts=int(queued.get("max_attempts") or store.settings.MAX_RETRIES),
+            timeout_s=queued.get("timeout_s") or None,
         )
     )
     for letter in letters:

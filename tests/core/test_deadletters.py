@@ -48,3 +48,28 @@ async def test_purge_removes_every_dead_letter(store: EventStore) -> None:
     await dead_run(store)
     assert await purge_dead(store) == 2
     assert await list_dead(store) == []
+
+
+async def test_a_dead_letter_behind_a_thousand_others_of_its_partition_is_replayed(store: EventStore) -> None:
+    """retry_dead looked only at the first 1,000 letters of each partition: after a poison storm
+    a later run's letter was 'not found'."""
+    async with store.redis.pipeline(transaction=False) as pipe:
+        for partition in range(store.settings.PARTITIONS):
+            for i in range(1001):
+                pipe.xadd(store.keys.dead(partition), {"r": f"other-{i}", "reason": "filler", "ts": "0"})
+        await pipe.execute()
+    run_id = await dead_run(store)
+    new_id = await retry_dead(store, run_id)
+    [queued] = await store.read_run(new_id)
+    assert queued.payload["metadata"] == {"retry_of": run_id}
+
+
+async def test_a_replayed_run_keeps_its_timeout(store: EventStore) -> None:
+    run_id = (
+        await store.submit(SubmitRequest(agent_key="a", owner="user:9", max_attempts=1, timeout_s=3600.0))
+    ).run_id
+    c = await claim(store, run_id)
+    assert c.timeout_s == 3600.0
+    await store.schedule_retry(run_id, c.attempt, 0, {"type": "Boom", "message": "always"})
+    new_id = await retry_dead(store, run_id)
+    assert (await claim(store, new_id)).timeout_s == 3600.0
