@@ -65,6 +65,16 @@ def test_the_urls_block_builds_the_api_routes() -> None:
     assert {"run-list", "run-detail", "run-cancel", "conversation-list"} <= names
 
 
+def test_the_settings_block_installs_the_token_table_the_urls_block_authenticates_with() -> None:
+    # without rest_framework.authtoken every request with "Authorization: Token ..." was a 500
+    # (Token.DoesNotExist on a model of no installed app)
+    settings: dict[str, Any] = {}
+    exec(PYTHON[0], settings)
+    assert "TokenAuthentication" in PYTHON[1]
+    assert "rest_framework.authtoken" in settings["INSTALLED_APPS"]
+    assert "drf_create_token" in README  # and says how to get a token
+
+
 async def test_the_agent_block_runs_through_a_real_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     fresh = RuntimeRegistry()
     monkeypatch.setattr(registry_module, "default_registry", fresh)
