@@ -107,7 +107,16 @@ class Settings:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.type in ("float", float) and isinstance(value, float):
+            kind = _SCALARS.get(str(f.type).removesuffix(" | None"))
+            optional = str(f.type).endswith(" | None")
+            if kind is not None and not (value is None and optional) and not _is_a(value, kind):
+                # keyword arguments are not parsed: Settings(PARTITIONS=4.0) made keys "{1.0}"
+                # no worker with PARTITIONS=4 reads, and a "4" a bare TypeError below
+                raise ConfigurationError(
+                    f"{f.name} = {value!r} is not a valid {kind.__name__}; pass a {kind.__name__} "
+                    "(Settings.from_mapping / from_env parse text)"
+                )
+            if isinstance(value, float):
                 # "inf" and "nan" parse as floats, and inf passes every "> 0" below; as ms they
                 # crash each submit or lease (OverflowError) instead of saying what is wrong
                 _check(math.isfinite(value), f"{f.name} must be a finite number of seconds, not {value}")
@@ -208,6 +217,18 @@ def load_callable(path: str, setting: str) -> Callable[..., Any]:
     if not callable(hook):
         raise ConfigurationError(f"{setting} = {path!r} is not callable")
     return cast(Callable[..., Any], hook)
+
+
+# the annotations (text, under `from __future__ import annotations`) whose values are checked
+_SCALARS: Mapping[str, type] = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _is_a(value: object, kind: type) -> bool:
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, kind)
 
 
 def _check(condition: bool, message: str) -> None:

@@ -93,3 +93,24 @@ def test_a_float_setting_that_is_not_finite_is_refused_by_name(name: str, value:
 def test_a_number_outside_its_range_is_refused_with_the_rule(name: str, value: str, rule: str) -> None:
     with pytest.raises(ConfigurationError, match=rf"{name} must (be )?{rule}"):
         Settings.from_env({f"AGENTSTREAM_{name}": value})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "kind"),
+    [
+        ("PARTITIONS", 4.0, "int"),
+        ("PARTITIONS", "4", "int"),
+        ("DEBUG_MODE", "yes", "bool"),
+        ("KEY_PREFIX", None, "str"),
+    ],
+)
+def test_a_keyword_argument_of_the_wrong_type_is_refused_by_name(name: str, value: object, kind: str) -> None:
+    """Keyword arguments are not parsed: PARTITIONS=4.0 silently made keys tagged {1.0} that no
+    worker with PARTITIONS=4 reads, and PARTITIONS='4' was a bare TypeError."""
+    with pytest.raises(ConfigurationError, match=rf"{name} = .* is not a valid {kind}; pass a {kind}"):
+        Settings(**{name: value})
+
+
+def test_keyword_arguments_of_the_right_type_pass() -> None:
+    s = Settings(PARTITIONS=4, LEASE_TTL_SECONDS=5, OPENAI_BASE_URL=None, DEBUG_MODE=True)
+    assert (s.PARTITIONS, s.LEASE_TTL_SECONDS, s.OPENAI_BASE_URL) == (4, 5, None)
