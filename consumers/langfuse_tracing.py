@@ -32,16 +32,20 @@ Observation = Any
 _AS_TYPE: dict[str, str] = {"attempt": "agent", "llm": "generation", "tool": "tool", "internal": "span"}
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 _USAGE = {"gen_ai.usage.input_tokens": "input", "gen_ai.usage.output_tokens": "output"}
-_current: ContextVar[Observation | None] = ContextVar("agentstream_langfuse_observation", default=None)
+_current: ContextVar[_LangfuseSpan | None] = ContextVar("agentstream_langfuse_observation", default=None)
 MAX_STATUS_CHARS = 500
 
 
 class _LangfuseSpan:
     """Collects what the span learns and sends it in one ``update`` when it ends."""
 
-    def __init__(self, observation: Observation, metadata: dict[str, AttributeValue]) -> None:
+    def __init__(
+        self, observation: Observation, metadata: dict[str, AttributeValue], parent: _LangfuseSpan | None
+    ) -> None:
         self.observation = observation
         self.metadata = metadata
+        self.parent = parent
+        self.ended = False
         self.fields: dict[str, Any] = {}
         self.usage: dict[str, int] = {}
 
@@ -68,6 +72,7 @@ class _LangfuseSpan:
             self.fields["output"] = output
 
     def end(self) -> None:
+        self.ended = True
         if self.usage:
             self.fields["usage_details"] = {**self.usage, "total": sum(self.usage.values())}
         if self.fields:
@@ -96,14 +101,19 @@ class LangfuseTracer:
         if kind == "llm" and metadata.get("gen_ai.request.model"):
             fields["model"] = str(metadata["gen_ai.request.model"])
         parent = _current.get()
+        # A span held across an async generator's yields (a streamed LLM call) and abandoned by
+        # its reader ends later, in another context, leaving itself current in the reader's:
+        # its children-to-be belong to the nearest span still open.
+        while parent is not None and parent.ended:
+            parent = parent.parent
         if kind == "attempt" or parent is None:
             observation = self.client.start_observation(
                 trace_context=_trace_context(traceparent, metadata), **fields
             )
         else:
-            observation = parent.start_observation(**fields)
-        span = _LangfuseSpan(observation, metadata)
-        token = _current.set(observation)
+            observation = parent.observation.start_observation(**fields)
+        span = _LangfuseSpan(observation, metadata, parent)
+        token = _current.set(span)
         try:
             yield span
         except asyncio.CancelledError:
@@ -113,8 +123,9 @@ class LangfuseTracer:
             span.record_error(f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            _current.reset(token)
-            span.end()
+            span.end()  # first: an observation never ended is never sent
+            with contextlib.suppress(ValueError):  # ended in another context (see above)
+                _current.reset(token)
 
     def flush(self) -> None:
         self.client.flush()
