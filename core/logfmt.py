@@ -56,7 +56,22 @@ class JsonFormatter(logging.Formatter):
                 line[name] = value
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(line, default=str).decode()
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        try:
+            return orjson.dumps(line, default=str).decode()
+        except TypeError:  # a lone surrogate (an undecodable file name...), an int past 64 bits
+            return orjson.dumps({k: _encodable(v) for k, v in line.items()}, default=str).decode()
+
+
+def _encodable(value: Any) -> Any:
+    """What orjson refuses, as text: surrogates escaped (``\\udcff``), other values by ``str``."""
+    if isinstance(value, bool | float) or value is None:
+        return value
+    if isinstance(value, int) and -(2**63) <= value < 2**64:
+        return value
+    text = value if isinstance(value, str) else str(value)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def configure_logging(level: str | int = "INFO", log_format: str = "text") -> None:

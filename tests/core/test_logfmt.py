@@ -49,3 +49,18 @@ def test_a_traceback_is_one_field_of_the_same_line() -> None:
 def test_an_unknown_log_format_is_refused_with_the_valid_ones() -> None:
     with pytest.raises(ValueError, match="text, json"):
         configure_logging("INFO", "xml")
+
+
+def test_a_value_json_cannot_hold_is_written_escaped_not_a_lost_line() -> None:
+    made = record(run_id="r\ud800", attempt=2**70, agent_key="echo")
+    made.msg, made.args = "cannot open %s", ("a\udcff.txt",)
+    line = json.loads(JsonFormatter().format(made))
+    assert line["message"] == "cannot open a\\udcff.txt"
+    assert (line["run_id"], line["attempt"], line["agent_key"]) == ("r\\ud800", str(2**70), "echo")
+
+
+def test_a_stack_asked_for_is_one_field_of_the_line() -> None:
+    made = record()
+    made.stack_info = "Stack (most recent call last):\n  File 'x.py', line 1"
+    line = json.loads(JsonFormatter().format(made))
+    assert line["stack"].startswith("Stack (most recent call last)")
