@@ -95,7 +95,9 @@ class SubmitRequest:
         }
         if self.parent_message_id is not None and not self.parent_is_derived:
             body["parent_message_id"] = self.parent_message_id
-        return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+        # the values the payload's encoder takes (Decimal, sets, int keys...) fingerprint too
+        data = orjson.dumps(body, default=json_default, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+        return hashlib.sha256(data).hexdigest()[:32]
 
 
 # deletes an idempotency claim only while it is still this request's
@@ -443,7 +445,7 @@ class EventStore:
                 request.run_at_ms or 0,
                 int(timeout_s * 1000),
                 payload,
-                request.fingerprint(),
+                request.fingerprint() if request.idempotency_key else "",
                 s.IDEMPOTENCY_TTL_SECONDS,
                 1 if request.idempotency_key else 0,
                 self.visibility(EventType.RUN_QUEUED),

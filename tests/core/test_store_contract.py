@@ -227,6 +227,22 @@ async def test_a_submit_too_large_to_write_leaves_its_idempotency_key_free(store
     assert corrected.created
 
 
+@pytest.mark.parametrize("key", [None, "k"])
+async def test_a_submit_takes_every_value_its_payload_encoder_takes(
+    store: EventStore, key: str | None
+) -> None:
+    """The payload encodes Decimal, sets and int keys; the request's fingerprint (computed for
+    every submit, key or not) raised a bare TypeError on them, so such a submit never ran."""
+    params = {"temperature": Decimal("0.5"), "tags": {"b", "a"}, "weights": {1: 0.5}}
+    first = await store.submit(request(params=params, idempotency_key=key))
+    assert first.created
+    [queued] = await store.read_run(first.run_id)
+    assert queued.payload["params"] == {"temperature": "0.5", "tags": ["a", "b"], "weights": {1: 0.5}}
+    if key:
+        again = await store.submit(request(params=dict(params), idempotency_key=key))
+        assert (again.run_id, again.created) == (first.run_id, False)
+
+
 async def test_a_submit_whose_idempotency_key_redis_refuses_writes_nothing(store: EventStore) -> None:
     """The key's SET used to come last in the submit script: with an expiry Redis refuses (an
     IDEMPOTENCY_TTL_SECONDS of 0, before Settings refused it) the run and its job were already
