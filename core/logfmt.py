@@ -18,6 +18,7 @@ import orjson
 
 RUN_FIELDS = ("run_id", "attempt", "agent_key", "worker_id")
 LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
 
 
@@ -80,4 +81,16 @@ def configure_logging(level: str | int = "INFO", log_format: str = "text") -> No
         raise ValueError(f"log format {log_format!r} is unknown; use one of {', '.join(LOG_FORMATS)}")
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
-    logging.basicConfig(level=level, handlers=[handler])
+    logging.basicConfig(level=log_level(level), handlers=[handler])
+
+
+def log_level(level: str | int) -> str | int:
+    """A level by number or by name in any case (``--log-level info``, ``AGENTSTREAM_LOG_LEVEL=debug``)."""
+    if isinstance(level, int):
+        return level
+    name = level.strip().upper()
+    if name.isdigit():
+        return int(name)
+    if name not in LOG_LEVELS:
+        raise ValueError(f"log level {level!r} is unknown; use one of {', '.join(LOG_LEVELS)}")
+    return name

@@ -64,3 +64,16 @@ def test_a_stack_asked_for_is_one_field_of_the_line() -> None:
     made.stack_info = "Stack (most recent call last):\n  File 'x.py', line 1"
     line = json.loads(JsonFormatter().format(made))
     assert line["stack"].startswith("Stack (most recent call last)")
+
+
+def test_a_log_level_is_taken_in_any_case_and_an_unknown_one_is_refused_with_the_valid_ones() -> None:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        root.handlers = []
+        configure_logging("debug", "json")
+        assert root.level == logging.DEBUG and isinstance(root.handlers[0].formatter, JsonFormatter)
+    finally:
+        root.handlers, root.level = handlers, level
+    with pytest.raises(ValueError, match="DEBUG, INFO, WARNING, ERROR, CRITICAL"):
+        configure_logging("loud", "text")
