@@ -9,17 +9,39 @@ import argparse
 import asyncio
 import contextlib
 import os
+import socket
 import sys
 from collections.abc import Coroutine
 from typing import Any
 
+DESCRIPTION = """\
+The API, the event streams, the workers, the projector and a live dashboard in one process. On
+fakeredis and a SQLite file in ./.agentstream-demo (AGENTSTREAM_DEMO_DIR) unless REDIS_URL /
+DATABASE_URL name real servers. AGENTSTREAM_DEMO_TOKEN sets the printed API token."""
+
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="agentstream demo", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--concurrency", type=int, default=50, help="runs at once in the embedded worker")
+    parser = argparse.ArgumentParser(prog="agentstream demo", description=DESCRIPTION)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    parser.add_argument(
+        "--concurrency", type=int, default=50, help="runs at once in the embedded worker (default 50)"
+    )
     return parser.parse_args(argv)
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """Refuse, in one line, a port another process holds: before the banner and the token, which
+    a second demo on the same directory would otherwise replace under the first one's feet."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise SystemExit(
+                f"agentstream demo: cannot listen on {host}:{port} ({exc.strerror}); "
+                "another demo may be running: stop it, or pass --port"
+            ) from None
 
 
 def demo_token() -> str:
@@ -89,6 +111,7 @@ async def serve(host: str, port: int, concurrency: int) -> None:
 
 def main(argv: list[str]) -> None:
     args = _parse(argv)
+    ensure_port_free(args.host, args.port)
     import django
     from django.conf import settings as django_settings
     from django.core.management import call_command

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,15 @@ def test_ctrl_c_ends_status_watch_quietly_with_success(migrated: str) -> None:
             proc.communicate()
     assert proc.returncode == 0, err
     assert err == ""
+
+
+def test_a_demo_on_a_port_in_use_is_one_line_before_it_prints_or_changes_anything(tmp_path: Path) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        done = agentstream("demo", "--port", str(port), AGENTSTREAM_DEMO_DIR=str(tmp_path))
+    assert_one_line(done, f"agentstream demo: cannot listen on 127.0.0.1:{port} (")
+    assert "another demo may be running: stop it, or pass --port" in done.stderr
+    assert done.stdout == ""  # no banner with a token that would replace the running demo's
+    assert not (tmp_path / "agentstream.sqlite3").exists()  # nor migrated a database
