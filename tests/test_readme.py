@@ -122,7 +122,7 @@ def test_every_shell_command_exists_with_the_flags_shown(tmp_path: Path) -> None
                 for extra in re.findall(r"\[(\w+)\]", " ".join(words) + " " + command):
                     assert extra in extras, f"README mentions the extra [{extra}] that pyproject.toml lacks"
                 continue
-            if words[0] == "curl":
+            if "curl" in command:
                 continue  # run against a live demo below
             if words[:2] == ["python", "manage.py"]:
                 argv = [*agentstream, "manage", words[2], "--help"]
@@ -136,23 +136,20 @@ def test_every_shell_command_exists_with_the_flags_shown(tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-def test_the_curl_lines_work_against_the_demo(demo: Demo) -> None:
+def test_the_curl_lines_work_against_the_demo_with_the_export_line_it_printed(demo: Demo) -> None:
+    # as a user does: paste the printed export line, then run the block as written
+    [export] = [line.strip() for line in demo.log.read_text().splitlines() if "export AGENTSTREAM" in line]
+    export = export.removeprefix("shell").split("  (")[0].strip()
     [block] = [b for b in SHELL if "curl" in b]
-    create, follow = [c.replace("http://127.0.0.1:8000", demo.url) for c in commands(block)]
-    env = {**os.environ, "AGENTSTREAM_DEMO_TOKEN": demo.token}
-    run = json.loads(
-        subprocess.run(["bash", "-c", create], env=env, capture_output=True, text=True, check=True).stdout
-    )
-    assert run["agent_key"] == "tool-agent" and run["status"] in (
-        "queued",
-        "running",
-        "succeeded",
-    )  # the demo is fast
-    env["RUN_ID"] = run["id"]
-    stream = subprocess.run(
-        ["bash", "-c", follow], env=env, capture_output=True, text=True, check=True, timeout=30
-    ).stdout
-    assert "event: tool.call" in stream and "event: run.succeeded" in stream
+    script = f"set -eo pipefail\n{export}\n" + block.replace("http://127.0.0.1:8000", demo.url)
+    env = {k: v for k, v in os.environ.items() if k not in ("AGENTSTREAM_DEMO_TOKEN", "RUN_ID")}
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    stream, _, last = done.stdout.rstrip().rpartition("\n")
+    assert "event: tool.call" in stream and "event: run.succeeded" in stream, done.stdout
+    run = json.loads(last)
+    assert run["agent_key"] == "tool-agent" and run["status"] == "succeeded"
+    assert run["output"]["response"] == "The answer is 42."
 
 
 def test_the_configuration_reference_lists_every_setting_with_its_default() -> None:

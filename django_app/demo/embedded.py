@@ -45,11 +45,16 @@ def ensure_port_free(host: str, port: int) -> None:
 
 
 def demo_token() -> str:
-    """The demo user's API token (``AGENTSTREAM_DEMO_TOKEN`` sets it); creates user and token."""
+    """The demo user's API token (``AGENTSTREAM_DEMO_TOKEN`` sets it); creates user and token.
+
+    The user is staff: the demo is its operator's own, and its event inspector (and the README's
+    ``?include_debug=true``) shows the debug and internal events that only staff may see."""
     from django.contrib.auth import get_user_model
     from rest_framework.authtoken.models import Token
 
-    user, _ = get_user_model().objects.get_or_create(username="demo")
+    users = get_user_model().objects
+    user, _ = users.get_or_create(username="demo")
+    users.filter(pk=user.pk).update(is_staff=True)
     wanted = os.environ.get("AGENTSTREAM_DEMO_TOKEN")
     token = Token.objects.filter(user=user).first()
     if token is not None and wanted and token.key != wanted:
@@ -129,6 +134,7 @@ def main(argv: list[str]) -> None:
                 "agentstream demo — API, SSE, workers, projector and dashboard in one process",
                 f"  dashboard  {where}/?token={token}",
                 f"  API        {where}/api/agents/   (header: Authorization: Token {token})",
+                f"  shell      export AGENTSTREAM_DEMO_TOKEN={token}   (for the README's curl lines)",
                 f"  schema     {where}/api/agents/schema/",
                 f"  redis      {'fakeredis (in this process)' if redis_url.startswith('fakeredis') else redis_url}",
                 f"  database   {database['NAME']}",
