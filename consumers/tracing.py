@@ -48,6 +48,7 @@ def tracer_for(name: str, settings: Settings | None = None) -> Tracer:
 
 def _langfuse_tracer(settings: Settings) -> Tracer:
     try:
+        import langfuse
         from langfuse import Langfuse
 
         from agentstream.consumers.langfuse_tracing import LangfuseTracer
@@ -55,6 +56,12 @@ def _langfuse_tracer(settings: Settings) -> Tracer:
         raise ConfigurationError(
             "TRACER = 'langfuse' needs the Langfuse SDK: pip install 'agentstream[langfuse]'"
         ) from None
+    if not hasattr(Langfuse, "start_observation"):  # v2 (the seed's): every attempt would fail
+        found = getattr(langfuse, "__version__", "an older one")
+        raise ConfigurationError(
+            f"TRACER = 'langfuse' needs the Langfuse SDK 3.4 or later, found {found}: "
+            "pip install -U 'agentstream[langfuse]'"
+        )
     # read here, at process start: the SDK would otherwise warn once and drop every span
     public_key = settings.LANGFUSE_PUBLIC_KEY or os.environ.get("LANGFUSE_PUBLIC_KEY")
     secret_key = settings.LANGFUSE_SECRET_KEY or os.environ.get("LANGFUSE_SECRET_KEY")

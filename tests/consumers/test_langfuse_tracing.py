@@ -201,3 +201,24 @@ def test_langfuse_is_selected_by_tracer_or_the_seeds_langfuse_enabled_and_needs_
         tracer_for("langfuse", Settings())
     with pytest.raises(ConfigurationError, match="TRACER must be one of noop, otel, langfuse"):
         Settings(TRACER="zipkin")
+
+
+def test_a_langfuse_sdk_older_than_v3_is_refused_at_start_not_on_every_attempt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class LangfuseV2:  # the v2 client: trace() / generation(), no start_observation
+        def __init__(self, **options: object) -> None:
+            pass
+
+        def trace(self, **fields: object) -> None:
+            raise AssertionError("never called")
+
+    old = type(langfuse)("langfuse")
+    old.Langfuse = LangfuseV2  # type: ignore[attr-defined]
+    old.__version__ = "2.60.3"  # type: ignore[attr-defined]
+    monkeypatch.setitem(__import__("sys").modules, "langfuse", old)
+    settings = Settings(TRACER="langfuse", LANGFUSE_PUBLIC_KEY="pk-lf-1", LANGFUSE_SECRET_KEY="sk-lf-1")
+    with pytest.raises(
+        ConfigurationError, match=r"Langfuse SDK 3\.4 or later.*2\.60\.3.*agentstream\[langfuse\]"
+    ):
+        tracer_for("langfuse", settings)
