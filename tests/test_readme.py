@@ -165,3 +165,13 @@ def test_the_configuration_reference_lists_every_setting_with_its_default() -> N
         assert rows[field.name] == str(default), (
             f"{field.name}: README says {rows[field.name]}, the code {default}"
         )
+
+
+def test_the_event_fields_the_readme_lists_are_those_the_stream_sends() -> None:
+    from agentstream.core.events import Event, Visibility
+    from agentstream.django_app.sse.framing import event_data
+
+    event = Event(run_id="r", seq=1, type="progress", payload={}, ts_ms=0, visibility=Visibility.USER)
+    [paragraph] = [p for p in README.split("\n\n") if p.startswith("An event's SSE frame")]
+    listed = re.findall(r"`(\w+)`", paragraph.split("; `GET")[0])
+    assert [name for name in listed if name in event_data(event)] == list(event_data(event))
