@@ -54,18 +54,34 @@ def flag(request: Request, name: str) -> bool:
     return str(request.query_params.get(name, "")).lower() in TRUE
 
 
-def visibility_filter(request: Request) -> VisibilityFilter:
+def visibility_filter(request: Request, run_id: str) -> VisibilityFilter:
+    """What the caller asked to see of ``run_id``; 403 for debug or internal events it may not
+    (``hooks.may_view``)."""
     from agentstream.django_app.conf import runtime_settings
 
-    return VisibilityFilter(
-        include_debug=flag(request, "include_debug") or runtime_settings().DEBUG_MODE,
-        include_all=flag(request, "include_all"),
-    )
+    include_all = flag(request, "include_all")
+    include_debug = flag(request, "include_debug")
+    debug_mode = runtime_settings().DEBUG_MODE
+    if include_all and not hooks.may_view(request.user, "view_internal_events", run_id):
+        raise PermissionDenied(
+            "include_all shows internal events (checkpoints, queue and worker details) to staff "
+            "users only: ask without it, or let AUTHZ_HOOK allow view_internal_events"
+        )
+    if include_debug and not debug_mode and not hooks.may_view(request.user, "view_debug_events", run_id):
+        raise PermissionDenied(
+            "include_debug shows debug events (tool calls and results, retries) to staff users "
+            "only: ask without it, or let AUTHZ_HOOK allow view_debug_events"
+        )
+    return VisibilityFilter(include_debug=include_debug or debug_mode, include_all=include_all)
 
 
 VISIBILITY_PARAMS = [
-    OpenApiParameter("include_debug", OpenApiTypes.BOOL, description="also debug-level events"),
-    OpenApiParameter("include_all", OpenApiTypes.BOOL, description="every event, internal ones too"),
+    OpenApiParameter(
+        "include_debug", OpenApiTypes.BOOL, description="also debug-level events (staff, or AUTHZ_HOOK)"
+    ),
+    OpenApiParameter(
+        "include_all", OpenApiTypes.BOOL, description="every event, internal ones too (staff, or AUTHZ_HOOK)"
+    ),
 ]
 
 
@@ -139,7 +155,9 @@ class BaseAgentRunViewSet(AgentViewSet):
             raise NotFound(f"no such run {run_id!r}")
         body: dict[str, Any] = dict(RunSerializer(run).data)
         if flag(request, "events"):
-            events, more = self._events(run_id, visibility_filter(request), from_stream=state is not None)
+            events, more = self._events(
+                run_id, visibility_filter(request, run_id), from_stream=state is not None
+            )
             body["events"], body["events_truncated"] = events, more
         return Response(body)
 
@@ -209,7 +227,8 @@ class BaseAgentRunViewSet(AgentViewSet):
         detail=True, methods=["get"], url_path="events", renderer_classes=[EventStreamRenderer, JSONRenderer]
     )
     def events(self, request: Request, pk: str | None = None) -> Any:
-        return event_stream(self, request, self.object_id(), visibility_filter(request))
+        run_id = self.object_id()
+        return event_stream(self, request, run_id, visibility_filter(request, run_id))
 
     @extend_schema(
         parameters=[*stream_parameters(), *VISIBILITY_PARAMS],
@@ -223,7 +242,8 @@ class BaseAgentRunViewSet(AgentViewSet):
     )
     def events_stream(self, request: Request, pk: str | None = None) -> Any:
         """The seed's async path: the same stream."""
-        return event_stream(self, request, self.object_id(), visibility_filter(request))
+        run_id = self.object_id()
+        return event_stream(self, request, run_id, visibility_filter(request, run_id))
 
 
 def with_trace_context(metadata: dict[str, Any], request: Any) -> dict[str, Any]:

@@ -65,6 +65,20 @@ def store_for(values: dict[str, Any]) -> EventStore:
     return EventStore(redis_from_url(settings.REDIS_URL), settings, pipeline_scripts=True)
 
 
+def may_view_events(user: Any, action: str, data: Any) -> bool:
+    """An AUTHZ_HOOK that lets every caller see every event of its runs (and allows the rest, as
+    no hook would): for tests that look at internal events as a (non-staff, anonymous) caller."""
+    return True
+
+
+@pytest.fixture
+def sees_all_events(settings: Any, agentstream: dict[str, Any]) -> dict[str, Any]:
+    """``?include_debug`` / ``?include_all`` allowed for every caller (by default: staff only)."""
+    agentstream["AUTHZ_HOOK"] = f"{__name__}.may_view_events"
+    settings.AGENTSTREAM = agentstream
+    return agentstream
+
+
 def anon_client() -> tuple[Client, str]:
     session, token = issue_token()
     return Client(HTTP_X_ANONYMOUS_TOKEN=token), session.id

@@ -291,3 +291,79 @@ def test_the_openapi_schema_documents_every_endpoint(agentstream: dict[str, Any]
         "text/event-stream"
         in schema["paths"]["/api/agents/runs/{id}/events/"]["get"]["responses"]["200"]["content"]
     )
+
+
+# -- who sees debug and internal events ----------------------------------------------------------------
+
+ASKED: list[tuple[str, Any]] = []
+
+
+def debug_for_everyone(user: Any, action: str, data: Any) -> bool:
+    ASKED.append((action, data))
+    return action != "view_internal_events"
+
+
+def visible(client: Client, run_id: str, query: str) -> tuple[int, list[str]]:
+    """(status, event types) of the run read with its events and of its stream (same status)."""
+    read = client.get(f"/api/agents/runs/{run_id}/?events=true&{query}")
+    stream = client.get(f"/api/agents/runs/{run_id}/events/?{query}")
+    assert read.status_code == stream.status_code, (read.content, stream.status_code)
+    if read.status_code != 200:
+        message = read.json()["error"]["message"]
+        assert (
+            message
+            == json.loads(b"".join(stream.streaming_content) if stream.streaming else stream.content)[
+                "error"
+            ]["message"]
+        )
+        return read.status_code, [message]
+    return 200, [e["type"] for e in read.json()["events"]]
+
+
+def test_debug_and_internal_events_are_for_staff_unless_debug_mode_or_authz_hook_says_so(
+    agentstream: dict[str, Any], settings: Any, django_user_model: Any
+) -> None:
+    from agentstream.core.events import NewEvent
+    from agentstream.core.ids import anonymous_owner, user_owner
+    from tests.django_app.helpers import complete_run, with_store
+
+    user = django_user_model.objects.create_user("carol", password="x")
+    client = Client()
+    client.force_login(user)
+    anon, session_id = anon_client()
+    events = [NewEvent("tool.call", {"name": "t"}), NewEvent("assistant.message", {"content": "hi"})]
+    mine = with_store(agentstream, lambda store: complete_run(store, user_owner(user.pk), events))
+    theirs = with_store(agentstream, lambda store: complete_run(store, anonymous_owner(session_id), events))
+
+    assert visible(client, mine, "") == (200, ["assistant.message", "run.succeeded"])
+    for caller, run_id in ((client, mine), (anon, theirs)):
+        status, (message,) = visible(caller, run_id, "include_debug=true")
+        assert (
+            status == 403
+            and message.startswith("include_debug shows debug events")
+            and "AUTHZ_HOOK" in message
+        )
+        status, (message,) = visible(caller, run_id, "include_all=true")
+        assert status == 403 and message.startswith("include_all shows internal events")
+
+    user.is_staff = True
+    user.save()
+    assert visible(client, mine, "include_debug=true") == (
+        200,
+        ["tool.call", "assistant.message", "run.succeeded"],
+    )
+    assert visible(client, mine, "include_all=true")[1][:2] == ["run.queued", "run.started"]
+
+    settings.AGENTSTREAM = {**agentstream, "DEBUG_MODE": True}  # debug events for everyone, not internal ones
+    assert visible(anon, theirs, "")[1] == ["tool.call", "assistant.message", "run.succeeded"]
+    assert visible(anon, theirs, "include_debug=true")[0] == 200
+    assert visible(anon, theirs, "include_all=true")[0] == 403
+
+    settings.AGENTSTREAM = {**agentstream, "AUTHZ_HOOK": f"{__name__}.debug_for_everyone"}
+    ASKED.clear()
+    assert visible(anon, theirs, "include_debug=true")[0] == 200
+    assert visible(anon, theirs, "include_all=true")[0] == 403
+    assert ("view_debug_events", {"run_id": theirs}) in ASKED and (
+        "view_internal_events",
+        {"run_id": theirs},
+    ) in ASKED

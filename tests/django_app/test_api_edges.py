@@ -141,7 +141,7 @@ def test_options_on_the_lists_describe_the_bodies_post_takes(agentstream: dict[s
 
 
 def test_events_true_lists_what_the_caller_sees_up_to_the_limit_and_says_when_more_follow(
-    agentstream: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    agentstream: dict[str, Any], sees_all_events: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from agentstream.django_app.api import runs
 

@@ -45,7 +45,9 @@ def test_post_run_is_201_with_location_and_get_answers_from_redis_before_project
     assert body["metadata"] == {"k": "v"}
 
 
-def test_a_run_done_by_the_real_worker_reads_from_the_projected_row(agentstream: dict[str, Any]) -> None:
+def test_a_run_done_by_the_real_worker_reads_from_the_projected_row(
+    agentstream: dict[str, Any], sees_all_events: dict[str, Any]
+) -> None:
     announce_sync(agentstream)
     client, _ = anon_client()
     run_id = post(client, hello()).json()["id"]
@@ -234,7 +236,9 @@ def test_an_unknown_or_malformed_run_id_is_a_json_404(agentstream: dict[str, Any
         assert response.json()["error"]["code"] == "not_found"
 
 
-def test_completed_run_helper_events_are_in_the_stream(agentstream: dict[str, Any]) -> None:
+def test_completed_run_helper_events_are_in_the_stream(
+    agentstream: dict[str, Any], sees_all_events: dict[str, Any]
+) -> None:
     client, session_id = anon_client()
 
     run_id = with_store(agentstream, lambda store: complete_run(store, anonymous_owner(session_id)))

@@ -37,7 +37,7 @@ async def wait_state(tab: Tab, condition: Any, what: str, timeout_s: float = 20)
 
 @pytest.mark.slow
 async def test_a_browser_eventsource_reconnects_midway_and_sees_every_event_exactly_once(
-    settings: Any, agentstream: dict[str, Any]
+    settings: Any, agentstream: dict[str, Any], sees_all_events: dict[str, Any]
 ) -> None:
     require("Chromium (apt-get install chromium)", CHROMIUM is not None)
     settings.AGENTSTREAM = {**agentstream, "SSE_RETRY_MS": 100}

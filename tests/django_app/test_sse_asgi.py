@@ -23,6 +23,9 @@ from tests.django_app.helpers import complete_run, finish, running, standard_eve
 TIMEOUT = httpx.Timeout(20.0)
 
 
+pytestmark = pytest.mark.usefixtures("sees_all_events")  # internal events, as anonymous callers
+
+
 class Caller:
     def __init__(self) -> None:
         session, self.token = issue_token()

@@ -20,7 +20,7 @@ from agentstream.django_app.models import Event, Run
 from tests.django_app.conftest import anon_client, wait_until
 from tests.django_app.helpers import finish, running, with_store
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("sees_all_events")]
 
 
 def frames(chunks: list[bytes]) -> list[dict[str, str]]:
