@@ -1,15 +1,6 @@
-"""The ``agentstream`` command: the bundled demo project, in one process or as separate ones.
-
-::
-
-    agentstream demo [--host 127.0.0.1] [--port 8000]   API + SSE + workers + projector + dashboard, one process
-    agentstream serve [uvicorn flags]                    the ASGI app (needs REDIS_URL and DATABASE_URL)
-    agentstream worker [runagent flags]                  workers
-    agentstream projector [runprojector flags]           projectors
-    agentstream status [--watch]                         queues, leases, lag, dead letters, runs by status
-    agentstream dead list | retry ID | purge             dead-lettered runs
-    agentstream manage ARGS...                           any management command of the demo project
-"""
+"""The ``agentstream`` command: the bundled demo project, in one process (``demo``) or as the
+production topology's separate processes (``serve``, ``worker``, ``projector``), with ``status``,
+``dead`` and ``manage`` around them. ``USAGE`` below is what ``agentstream --help`` prints."""
 
 from __future__ import annotations
 
@@ -18,14 +9,48 @@ import sys
 
 SETTINGS_MODULE = "agentstream.django_app.demo.settings"
 ASGI_APP = "agentstream.django_app.demo.asgi:application"
-USAGE = __doc__ or ""
+USAGE = """\
+usage: agentstream COMMAND [ARGS...]      (agentstream COMMAND --help describes each)
+
+The bundled Django project, in one process or as the production topology's separate processes:
+
+  agentstream demo [--host H] [--port P]  API + SSE + workers + projector + dashboard in one
+                                          process, on fakeredis and SQLite unless REDIS_URL /
+                                          DATABASE_URL are set
+  agentstream serve [uvicorn options]     the API and the event streams (ASGI)
+  agentstream worker [runagent options]   workers that run the agents
+  agentstream projector [options]         projectors that write the read-models
+                                          (serve, worker, projector: set REDIS_URL, DATABASE_URL)
+  agentstream status [--watch]            queues, leases, projector lag, dead letters, runs
+  agentstream dead list | retry ID | purge
+                                          dead-lettered runs
+  agentstream manage ARGS...              any management command (migrate, check, shell, ...)
+
+Settings: AGENTSTREAM_<KEY> environment variables (README, "Configuration reference")."""
+
+# what each command runs: a management command of the demo project, shown under the user's name
+COMMANDS = {"worker": "runagent", "projector": "runprojector", "status": "agentstatus", "dead": "deadletters"}
 
 
-def _django(argv: list[str]) -> None:
-    """Run a management command of the demo project."""
-    from django.core.management import execute_from_command_line
+def _django(command: str, rest: list[str], shown: str) -> None:
+    """Run a management command of the demo project, its usage and errors named ``agentstream
+    <shown>`` (what the user typed), not the management command's own name."""
+    import django
+    from django.core.management import ManagementUtility
 
-    execute_from_command_line(["agentstream", *argv])
+    django.setup()
+    found = ManagementUtility(["agentstream", command]).fetch_command(command)
+    found.run_from_argv(["agentstream", shown, *rest])
+
+
+def _manage(rest: list[str]) -> None:
+    from django.core.management import ManagementUtility
+
+    ManagementUtility(["agentstream manage", *rest]).execute()
+
+
+def _asks_help(rest: list[str]) -> bool:
+    return any(arg in ("-h", "--help") for arg in rest)
 
 
 def _require_servers(command: str) -> None:
@@ -60,34 +85,27 @@ def main(argv: list[str] | None = None) -> None:
 def _dispatch(args: list[str]) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", SETTINGS_MODULE)
     if not args or args[0] in ("-h", "--help", "help"):
-        print(USAGE.strip())
+        print(USAGE)
         return
     command, rest = args[0], args[1:]
+    if command in ("serve", "worker", "projector") and not _asks_help(rest):
+        _require_servers(command)
     if command == "demo":
         from agentstream.django_app.demo.embedded import main as demo_main
 
         demo_main(rest)
     elif command == "serve":
-        _require_servers(command)
-        _require_noeviction()
+        if not _asks_help(rest):
+            _require_noeviction()
         import uvicorn
 
-        sys.argv = ["agentstream serve", ASGI_APP, *rest]
-        uvicorn.main()
-    elif command == "worker":
-        _require_servers(command)
-        _django(["runagent", *rest])
-    elif command == "projector":
-        _require_servers(command)
-        _django(["runprojector", *rest])
-    elif command == "status":
-        _django(["agentstatus", *rest])
-    elif command == "dead":
-        _django(["deadletters", *rest])
+        uvicorn.main(args=[ASGI_APP, *rest], prog_name="agentstream serve")
+    elif command in COMMANDS:
+        _django(COMMANDS[command], rest, command)
     elif command == "manage":
-        _django(rest)
+        _manage(rest)
     else:
-        sys.exit(f"agentstream: unknown command {command!r}\n\n{USAGE.strip()}")
+        sys.exit(f"agentstream: unknown command {command!r}\n\n{USAGE}")
 
 
 if __name__ == "__main__":

@@ -144,3 +144,35 @@ def test_a_demo_on_a_port_in_use_is_one_line_before_it_prints_or_changes_anythin
     assert "another demo may be running: stop it, or pass --port" in done.stderr
     assert done.stdout == ""  # no banner with a token that would replace the running demo's
     assert not (tmp_path / "agentstream.sqlite3").exists()  # nor migrated a database
+
+
+@pytest.mark.parametrize(
+    ("command", "usage"),
+    [
+        (("worker", "--help"), "usage: agentstream worker "),
+        (("projector", "--help"), "usage: agentstream projector "),
+        (("status", "--help"), "usage: agentstream status "),
+        (("dead", "--help"), "usage: agentstream dead "),
+        (("manage", "migrate", "--help"), "usage: agentstream manage migrate "),
+        (("serve", "--help"), "Usage: agentstream serve "),
+    ],
+)
+def test_each_commands_help_works_without_servers_under_the_name_the_user_typed(
+    command: tuple[str, ...], usage: str, tmp_path: Path
+) -> None:
+    done = agentstream(*command, AGENTSTREAM_DEMO_DIR=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(usage), done.stdout
+    for internal in ("runagent", "runprojector", "agentstatus", "deadletters"):
+        assert f"agentstream {internal}" not in done.stdout
+
+
+def test_the_usage_is_plain_text_with_a_line_per_command() -> None:
+    done = agentstream("--help")
+    assert done.returncode == 0 and done.stdout.startswith("usage: agentstream COMMAND [ARGS...]")
+    assert "``" not in done.stdout and "::" not in done.stdout  # not the module's reST docstring
+
+
+def test_manage_help_names_itself() -> None:
+    done = agentstream("manage", "--help")
+    assert "Type 'agentstream manage help <subcommand>'" in done.stdout
