@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import redis.exceptions
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.db.models import Count
@@ -25,7 +26,19 @@ from agentstream.django_app.models import Run
 @require_GET
 @login_required
 def dashboard(request: HttpRequest) -> HttpResponse:
-    return render(request, "agentstream/dashboard.html", {"api_root": request.GET.get("api", "/api/agents/")})
+    context = {"api_root": request.GET.get("api", "/api/agents/"), "agent_keys": agent_keys()}
+    return render(request, "agentstream/dashboard.html", context)
+
+
+def agent_keys() -> list[str]:
+    """The keys a run may name, as the API checks them: those registered in this process and
+    those workers announced in Redis (or only the first while Redis does not answer)."""
+    from agentstream.django_app.api.agent_keys import known_agent_keys, registered_keys
+
+    try:
+        return sorted(known_agent_keys(api_backend()))
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, TimeoutError):
+        return sorted(registered_keys())
 
 
 @require_GET

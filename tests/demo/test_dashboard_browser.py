@@ -81,3 +81,37 @@ async def test_the_dashboard_streams_a_chat_reply_and_cancels_a_sleepy_run(
             )
             assert visible, f"{testid} is not on screen"
         assert page.errors == []
+
+
+async def test_the_dashboard_offers_the_registered_agents_and_shows_a_refused_request(demo: Demo) -> None:
+    if CHROMIUM is None:
+        if IN_CI:
+            pytest.fail("CI requires chromium for the dashboard test (apt-get install chromium)")
+        pytest.skip("chromium is not installed")
+    async with chromium() as page:
+        await page.send("Page.navigate", url=f"{demo.url}/?token={demo.token}")
+        await page.wait_for("document.querySelector('#agent option') !== null", "the agent list")
+        options = await page.js("[...document.querySelectorAll('#agent option')].map((o) => o.value)")
+        assert options == ["chat-agent", "sleepy-agent", "tool-agent"]  # the registry's, not a fixed list
+
+        # an agent the API does not know: the API's message on the page (it was an unhandled rejection)
+        await page.js(
+            "const agent = document.getElementById('agent'); agent.add(new Option('ghost-agent'));"
+            "agent.value = 'ghost-agent'; document.getElementById('send').click(); true"
+        )
+        shown = await page.wait_for(
+            "(() => { const e = document.getElementById('error'); return e.hidden ? '' : e.textContent })()",
+            "the refusal on the page",
+        )
+        assert "unknown agent_key 'ghost-agent'" in shown and "chat-agent" in shown
+
+        await page.js(
+            "document.getElementById('agent').value = 'chat-agent';"
+            "document.getElementById('params').value = '{not json';"
+            "document.getElementById('send').click(); true"
+        )
+        await page.wait_for(
+            "document.getElementById('error').textContent === 'params must be JSON'", "the params error"
+        )
+        # the browser logs the 400 itself; nothing else (an unhandled rejection was the bug)
+        assert [e for e in page.errors if not e.startswith("Failed to load resource")] == []
