@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
 import re
 import uuid
 import zlib
@@ -40,6 +41,11 @@ def _json_default(value: object) -> object:
     return str(value)
 
 
+log = logging.getLogger("agentstream.projections")
+
+# the key of the note stored for a payload JSON cannot hold
+UNSTORABLE = "unstorable"
+
 _NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
 
@@ -49,6 +55,17 @@ def to_json(value: Any) -> str:
         # PostgreSQL's jsonb refuses NUL; one such payload must not stall the log forever
         text = _NUL_ESCAPE.sub(r"\1\\ufffd", text)
     return text
+
+
+def to_stored_json(value: Any, what: Callable[[], str]) -> str:
+    """``to_json``, or for a value JSON cannot hold (msgpack takes 1,024 levels of nesting,
+    orjson 255) a note saying so, logged: one such event must not stall the projection for ever.
+    The event itself stays whole in Redis (``EventStore.read_run``)."""
+    try:
+        return to_json(value)
+    except orjson.JSONEncodeError as exc:
+        log.warning("%s cannot be stored as JSON (%s); a note is stored in its place", what(), exc)
+        return to_json({UNSTORABLE: f"cannot be stored as JSON: {exc}"})
 
 
 def _copy_escape(text: str) -> str:
@@ -69,9 +86,13 @@ def _copy_value(value: Any) -> str:
     return str(value)
 
 
+def _event_name(e: Event) -> str:
+    return f"the payload of {e.type} seq {e.seq} of {'run ' + e.run_id if e.run_id else 'conversation ' + str(e.conversation_id)}"
+
+
 def _event_copy_line(e: Event) -> str:
     # orjson escapes control characters inside JSON strings, so only backslashes need doubling
-    payload = to_json(e.payload).replace("\\", "\\\\")
+    payload = to_stored_json(e.payload, lambda: _event_name(e)).replace("\\", "\\\\")
     conv = e.conversation_id or "\\N"
     return (
         f"{e.run_id}\t{e.seq}\t{_copy_escape(e.type)}\t{payload}\t{_ts_text(e.ts_ms or 1)}\t{e.attempt}\t"
@@ -113,7 +134,10 @@ class Dialect:
         return when if self.postgres else self.connection.ops.adapt_datetimefield_value(when)
 
     def json(self, value: Any) -> str | None:
-        return None if value is None else to_json(value)
+        return None if value is None else to_stored_json(value, lambda: "a read-model value")
+
+    def event_json(self, e: Event) -> str:
+        return to_stored_json(e.payload, lambda: _event_name(e))
 
 
 def _newer(table: str, column: str, condition: str) -> str:
@@ -288,11 +312,16 @@ class SqlWriter:
                 if e.type == EventType.STATE_CHECKPOINT:
                     state = e.payload.get("state", e.payload)
                     checkpoint_rows.append(
-                        (d.uuid(e.run_id), e.seq, to_json(state), d.ts(e.ts_ms) or d.ts(1))
+                        (
+                            d.uuid(e.run_id),
+                            e.seq,
+                            to_stored_json(state, lambda e=e: _event_name(e)),
+                            d.ts(e.ts_ms) or d.ts(1),
+                        )
                     )
             elif e.conversation_id:
                 conv_rows.append(
-                    (d.uuid(e.conversation_id), e.seq, e.type, to_json(e.payload), d.ts(e.ts_ms) or d.ts(1))
+                    (d.uuid(e.conversation_id), e.seq, e.type, d.event_json(e), d.ts(e.ts_ms) or d.ts(1))
                 )
         ignore = IGNORE
         if d.postgres:
@@ -301,7 +330,7 @@ class SqlWriter:
         else:
             rows = [
                 (
-                    d.uuid(e.run_id), e.seq, e.type, to_json(e.payload), d.ts(e.ts_ms) or d.ts(1),
+                    d.uuid(e.run_id), e.seq, e.type, d.event_json(e), d.ts(e.ts_ms) or d.ts(1),
                     e.attempt, e.visibility.value, d.uuid(e.conversation_id),
                 )
                 for e in run_events

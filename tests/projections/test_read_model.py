@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import random
 import uuid
@@ -229,3 +230,44 @@ def run_id_in(partitions: int, partition: int) -> str:
     while partition_of(run_id := str(uuid.uuid4()), partitions) != partition:
         pass
     return run_id
+
+
+async def test_a_payload_nested_deeper_than_json_allows_is_a_note_not_a_stalled_projector(
+    store: EventStore, database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """msgpack takes 1,024 levels, orjson 255: such an event used to fail every batch it was in."""
+    from agentstream.core.events import NewEvent
+    from agentstream.django_app.models import Event as ArchivedEvent
+    from agentstream.django_app.models import Run
+    from tests.projections.conftest import claim
+
+    deep: Any = "bottom"
+    for _ in range(300):
+        deep = {"d": deep}
+    run_id = (await store.submit(SubmitRequest(AGENT, user_owner(1)))).run_id
+    c = await claim(store, run_id)
+    await store.append_many(
+        run_id,
+        c.attempt,
+        [NewEvent("progress", {"deep": deep}), NewEvent("state.checkpoint", {"state": deep})],
+    )
+    await store.finish(run_id, c.attempt, "run.succeeded", {"output": {"deep": deep}})
+    await asyncio.wait_for(projector_for(store, database).run(burst=True), 30)  # it retried for ever
+
+    run = await in_thread(lambda: Run.objects.using(database).get(id=run_id))
+    assert run.status == "succeeded"
+    assert run.output["unstorable"].startswith("cannot be stored as JSON")
+    archived = await in_thread(
+        lambda: list(
+            ArchivedEvent.objects.using(database).filter(run_id=run_id).values_list("type", "payload")
+        )
+    )
+    assert [kind for kind, _ in archived] == [
+        "run.queued",
+        "run.started",
+        "progress",
+        "state.checkpoint",
+        "run.succeeded",
+    ]
+    assert "unstorable" in archived[2][1] and "unstorable" in archived[4][1]
+    assert "progress seq 3 of run" in caplog.text and "a note is stored in its place" in caplog.text
