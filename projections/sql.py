@@ -92,7 +92,7 @@ def _event_name(e: Event) -> str:
 
 def _event_copy_line(e: Event) -> str:
     # orjson escapes control characters inside JSON strings, so only backslashes need doubling
-    payload = to_stored_json(e.payload, lambda: _event_name(e)).replace("\\", "\\\\")
+    payload = to_stored_json(e.payload, functools.partial(_event_name, e)).replace("\\", "\\\\")
     conv = e.conversation_id or "\\N"
     return (
         f"{e.run_id}\t{e.seq}\t{_copy_escape(e.type)}\t{payload}\t{_ts_text(e.ts_ms or 1)}\t{e.attempt}\t"
@@ -137,7 +137,7 @@ class Dialect:
         return None if value is None else to_stored_json(value, lambda: "a read-model value")
 
     def event_json(self, e: Event) -> str:
-        return to_stored_json(e.payload, lambda: _event_name(e))
+        return to_stored_json(e.payload, functools.partial(_event_name, e))
 
 
 def _newer(table: str, column: str, condition: str) -> str:
@@ -315,7 +315,7 @@ class SqlWriter:
                         (
                             d.uuid(e.run_id),
                             e.seq,
-                            to_stored_json(state, lambda e=e: _event_name(e)),
+                            to_stored_json(state, functools.partial(_event_name, e)),
                             d.ts(e.ts_ms) or d.ts(1),
                         )
                     )
