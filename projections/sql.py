@@ -44,7 +44,7 @@ def _json_default(value: object) -> object:
 log = logging.getLogger("agentstream.projections")
 
 # the key of the note stored for a payload JSON cannot hold
-UNSTORABLE = "unstorable"
+UNSTORABLE = "not_json"
 
 _NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 

@@ -26,7 +26,7 @@ def encode_sse(id: int | str | None, event: str | None, data: Mapping[str, Any] 
         for line in data.splitlines() or [""]:
             parts.append(b"data: " + line.encode() + b"\n")
     else:
-        parts.append(b"data: " + orjson.dumps(data, default=str) + b"\n")
+        parts.append(b"data: " + orjson.dumps(data, default=str, option=orjson.OPT_NON_STR_KEYS) + b"\n")
     parts.append(b"\n")
     return b"".join(parts)
 
@@ -62,7 +62,13 @@ def event_data(event: Event) -> dict[str, Any]:
 
 
 def event_frame(event: Event) -> bytes:
-    return encode_sse(event.seq, event.type, event_data(event))
+    data = event_data(event)
+    try:
+        return encode_sse(event.seq, event.type, data)
+    except orjson.JSONEncodeError as exc:  # nested past JSON's 255 levels (msgpack takes 1,024)
+        return encode_sse(
+            event.seq, event.type, {**data, "payload": {"not_json": f"cannot be sent as JSON: {exc}"}}
+        )
 
 
 @dataclass(frozen=True, slots=True)

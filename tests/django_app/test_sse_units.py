@@ -55,6 +55,21 @@ def test_event_frame_keeps_the_seeds_data_shape() -> None:
     assert data["ts"].startswith("2023-11-14T22:13:20")
 
 
+def test_event_frames_carry_what_the_codec_takes_that_json_does_not() -> None:
+    """Int keys (msgpack keeps them) and nesting past JSON's 255 levels (msgpack takes 1,024)
+    made the frame raise, so the hub could not send the event to anyone."""
+    deep: Any = 0
+    for _ in range(300):
+        deep = [deep]
+    keyed = Event("r", 4, "progress", {"scores": {1: 0.5}}, 1_700_000_000_000)
+    assert orjson.loads(event_frame(keyed).splitlines()[2].removeprefix(b"data: "))["payload"] == {
+        "scores": {"1": 0.5}
+    }
+    frame = event_frame(Event("r", 5, "progress", {"deep": deep}, 1_700_000_000_000))
+    data = orjson.loads(frame.splitlines()[2].removeprefix(b"data: "))
+    assert data["seq"] == 5 and data["payload"]["not_json"].startswith("cannot be sent as JSON")
+
+
 def test_visibility_filter_default_debug_all_and_terminal_always() -> None:
     internal, debug, user = (
         ev(1, "state.checkpoint", Visibility.INTERNAL),

@@ -256,7 +256,7 @@ async def test_a_payload_nested_deeper_than_json_allows_is_a_note_not_a_stalled_
 
     run = await in_thread(lambda: Run.objects.using(database).get(id=run_id))
     assert run.status == "succeeded"
-    assert run.output["unstorable"].startswith("cannot be stored as JSON")
+    assert run.output["not_json"].startswith("cannot be stored as JSON")
     archived = await in_thread(
         lambda: list(
             ArchivedEvent.objects.using(database).filter(run_id=run_id).values_list("type", "payload")
@@ -269,5 +269,5 @@ async def test_a_payload_nested_deeper_than_json_allows_is_a_note_not_a_stalled_
         "state.checkpoint",
         "run.succeeded",
     ]
-    assert "unstorable" in archived[2][1] and "unstorable" in archived[4][1]
+    assert "not_json" in archived[2][1] and "not_json" in archived[4][1]
     assert "progress seq 3 of run" in caplog.text and "a note is stored in its place" in caplog.text
