@@ -16,6 +16,8 @@ retriable), so a flaky HTTP call is retried and a bug is not retried forever (``
 
 from __future__ import annotations
 
+import math
+
 from agentstream.core.errors import AgentStreamError
 
 
@@ -34,8 +36,10 @@ class Retry(AgentFailure):
         self, message: str = "retry requested by the agent", *, delay_s: float | None = None
     ) -> None:
         super().__init__(message)
-        if delay_s is not None and delay_s < 0:
-            raise ValueError(f"Retry(delay_s={delay_s}): the delay must be zero or positive")
+        if delay_s is not None and not 0 <= delay_s < math.inf:  # nan and inf too
+            raise ValueError(
+                f"Retry(delay_s={delay_s}): the delay must be a finite number of seconds, zero or more"
+            )
         self.delay_s = delay_s
 
 

@@ -7,6 +7,7 @@ times a factor in [0.5, 1.0], so workers that failed together do not retry toget
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,7 +54,9 @@ def decide_failure(
     """Retry or fail, for an exception of attempt ``attempt`` (the store caps the attempts)."""
     if isinstance(exc, Retry):
         error = ErrorInfo.from_exception(exc, retriable=True)
-        delay_s = exc.delay_s if exc.delay_s is not None else backoff_delay_s(attempt, base, max_s, rand)
+        delay_s = exc.delay_s
+        if delay_s is None or not math.isfinite(delay_s) or delay_s < 0:  # set after __init__ checked it
+            delay_s = backoff_delay_s(attempt, base, max_s, rand)
         return FailureDecision(True, error, delay_s)
     if isinstance(exc, PermanentFailure):
         return FailureDecision(False, classified or ErrorInfo.from_exception(exc, retriable=False))

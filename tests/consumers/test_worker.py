@@ -202,6 +202,33 @@ async def test_retry_with_a_fixed_delay_waits_that_long(wstore: EventStore) -> N
     assert events[-1].payload["output"] == {"attempt": 2}
 
 
+@pytest.mark.parametrize("delay", ["nan", "inf"])
+async def test_a_retry_delay_that_is_no_number_of_seconds_is_an_error_retried_after_the_backoff(
+    wstore: EventStore, delay: str
+) -> None:
+    """Retry(delay_s=nan/inf) passed the "not negative" check, then crashed the job task when the
+    retry was scheduled: the run waited out its lease and was reclaimed until dead-lettered."""
+    run_id = await submit(wstore, "retry-later", params={"delay_s": float(delay)})
+    await asyncio.wait_for(burst(wstore), 20)
+    events = await wstore.read_run(run_id)
+    retry = next(e for e in events if e.type == "run.retrying")
+    assert retry.payload["error"]["type"] == "ValueError"
+    assert "the delay must be a finite number of seconds" in retry.payload["error"]["message"]
+    assert 0 < retry.payload["delay_s"] <= 2  # the backoff's
+    assert events[-1].payload["output"] == {"attempt": 2}
+
+
+def test_a_retry_delay_set_after_the_check_falls_back_to_the_backoff() -> None:
+    from agentstream.consumers.errors import Retry
+    from agentstream.consumers.outcome import decide_failure
+
+    for bad in (float("nan"), float("inf"), -1.0):
+        exc = Retry("later", delay_s=1.0)
+        exc.delay_s = bad
+        decision = decide_failure(exc, None, attempt=1, base=2.0, max_s=60.0, rand=lambda: 1.0)
+        assert decision.retry and decision.delay_s == 2.0
+
+
 async def test_a_permanent_failure_fails_at_once_without_a_retry(wstore: EventStore) -> None:
     run_id = await submit(wstore, "permanent")
     await burst(wstore)
