@@ -9,7 +9,10 @@
     core EventEncodingError               400 invalid_payload
     core ConfigurationError               500 configuration_error (the message says what to fix)
     Redis unreachable / timed out         503 redis_unavailable
-    database OperationalError             503 database_unavailable
+    database without the agentstream      503 database_not_migrated (run ``manage.py migrate``)
+      tables (PostgreSQL undefined table
+      or column, SQLite "no such table")
+    database OperationalError (the rest)  503 database_unavailable
     DRF errors (validation, auth, ...)    their status; code from DRF
     anything else                         500 server_error (logged, never shown)
 """
@@ -22,7 +25,7 @@ from typing import Any
 
 import redis.exceptions
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.db import OperationalError
+from django.db import OperationalError, ProgrammingError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -66,12 +69,36 @@ _UNAVAILABLE = {
 }
 
 
+NOT_MIGRATED = "the agentstream tables are missing (or out of date): run `manage.py migrate`"
+
+# PostgreSQL's SQLSTATEs for a table or column the query names and the database does not have
+_UNDEFINED = {"42P01", "42703"}  # undefined_table, undefined_column
+# SQLite's words for the same (its errors carry no code); "has no column named" is an INSERT's
+_SQLITE_UNDEFINED = ("no such table", "no such column", "has no column named")
+
+
+def is_not_migrated(exc: BaseException) -> bool:
+    """A query failed because the schema is missing or behind the models: the operator's to fix
+    with ``migrate``, not a database that is down (PostgreSQL says ``ProgrammingError``, SQLite
+    ``OperationalError``; PostgreSQL is told by SQLSTATE, as its messages may be translated)."""
+    if not isinstance(exc, (OperationalError, ProgrammingError)):
+        return False
+    cause = exc.__cause__
+    sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    if sqlstate is not None:
+        return sqlstate in _UNDEFINED
+    return any(words in str(exc) for words in _SQLITE_UNDEFINED)
+
+
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details if details is not None else {}}}
 
 
 def exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response | None:
     """DRF's EXCEPTION_HANDLER for the agentstream views (set on the base viewsets)."""
+    if is_not_migrated(exc):
+        log.error("database_not_migrated: %s", exc)
+        return Response(error_body("database_not_migrated", NOT_MIGRATED), status=503)
     for kind, status_code, code in _CORE:
         if isinstance(exc, kind):
             if status_code >= 500:
