@@ -6,12 +6,12 @@ The default viewsets here use session and anonymous-token authentication; for yo
 
 from __future__ import annotations
 
-from django.urls import URLPattern, URLResolver, path, re_path
+from django.urls import URLPattern, URLResolver, path
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
 
 from agentstream.django_app.api import BaseAgentConversationViewSet, BaseAgentRunViewSet
-from agentstream.django_app.api.notfound import UNKNOWN_PATH, routes_pattern, unknown_path
+from agentstream.django_app.api.notfound import unknown_path_pattern
 from agentstream.django_app.api.schema import ENUM_NAME_OVERRIDES
 from agentstream.django_app.api.sessions import AnonymousSessionViewSet
 from agentstream.django_app.api.stores import (
@@ -73,4 +73,4 @@ urlpatterns: list[URLPattern | URLResolver] = [
     *router.urls,
 ]
 ROUTES = (*(prefix for prefix, _, _ in router.registry), "schema")
-urlpatterns.append(re_path(routes_pattern(list(ROUTES)), unknown_path, {"routes": ROUTES}, name=UNKNOWN_PATH))
+urlpatterns.append(unknown_path_pattern(ROUTES))  # last: any other path under the prefix is a JSON 404

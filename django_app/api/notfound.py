@@ -1,16 +1,20 @@
-"""JSON answers for paths under the API's routes that name no endpoint.
+"""JSON answers for paths under the API's prefix that name no endpoint.
 
 A missing trailing slash is a 308 to the same path with it: unlike Django's ``APPEND_SLASH``
 301, a 308 makes clients send the POST again, body and all (a 301 turns it into a GET, so a
-create became a list). Anything else under a route is a JSON 404 that lists the endpoints.
-Only paths that start with one of the routes are taken, so a project that mounts the API at its
-root keeps its own URLs.
+create became a list). Any other path under the prefix the API is mounted at (``/api/agents/``,
+``/api/agents/rnus/``) is a JSON 404 that lists the endpoints. A project that mounts the API at
+its root keeps its own URLs: there only the paths under the API's routes are taken.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.urls import Resolver404, resolve
+from django.urls import Resolver404, URLPattern, URLResolver, get_resolver, get_urlconf, resolve
+from django.urls.resolvers import RegexPattern
 from django.views.decorators.csrf import csrf_exempt
 
 from agentstream.django_app.api.exceptions import error_body
@@ -18,9 +22,45 @@ from agentstream.django_app.api.exceptions import error_body
 UNKNOWN_PATH = "agentstream-unknown-path"
 
 
-def routes_pattern(routes: list[str]) -> str:
+def routes_pattern(routes: Sequence[str]) -> str:
     names = "|".join(r.replace("-", r"\-") for r in routes)
     return rf"^(?P<rest>(?:{names})(?:[/.].*)?)$"
+
+
+class UnderThePrefix(RegexPattern):
+    """Every path left under the prefix the API is included at, except when that prefix is empty
+    (the API at the site's root): then only the paths under its routes, so that the project's
+    own URLs listed after the include still resolve."""
+
+    def __init__(self, routes: Sequence[str]) -> None:
+        super().__init__(r"^(?P<rest>.*)$", name=UNKNOWN_PATH, is_endpoint=True)
+        self.under_routes = re.compile(routes_pattern(routes))
+
+    def match(self, path: str) -> tuple[str, tuple[object, ...], dict[str, object]] | None:
+        found = super().match(path)
+        if found is None or self.under_routes.match(path) or not _included_at_root(self):
+            return found
+        return None
+
+
+def _included_at_root(pattern: UnderThePrefix) -> bool:
+    """Whether the URLconf being resolved reaches ``pattern`` through empty prefixes only (read
+    when a path matched nothing else, so a 404's cost; ``get_urlconf`` is the request's own)."""
+
+    def holds(patterns: Sequence[URLPattern | URLResolver]) -> bool:
+        return any(
+            entry.pattern is pattern
+            if isinstance(entry, URLPattern)
+            else str(entry.pattern) in ("", "^") and holds(entry.url_patterns)
+            for entry in patterns
+        )
+
+    return holds(get_resolver(get_urlconf()).url_patterns)
+
+
+def unknown_path_pattern(routes: Sequence[str]) -> URLPattern:
+    """The last of the API's URL patterns: the 308s and JSON 404s of this module."""
+    return URLPattern(UnderThePrefix(routes), unknown_path, {"routes": tuple(routes)}, name=UNKNOWN_PATH)
 
 
 @csrf_exempt  # it writes nothing; a POST without its slash must reach the 308, not a CSRF 403
