@@ -11,7 +11,8 @@
         └── StoresNotConfigured       ctx.memory / tasks / ... on a worker without a store backend
 
 Any other exception from an agent is classified by its runtime's ``on_error`` hook (default:
-retriable), so a flaky HTTP call is retried and a bug is not retried forever (``max_attempts``).
+retriable), so a flaky HTTP call is retried and a bug is not retried forever (``max_attempts``);
+``ConfigurationError`` and ``StoresNotConfigured`` fail at once, as they would on every attempt.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agentstream.consumers.errors import PermanentFailure
+from agentstream.consumers.errors import PermanentFailure, StoresNotConfigured
+from agentstream.core.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from agentstream.consumers.context import RunContext
@@ -49,8 +50,8 @@ class ErrorInfo:
     @classmethod
     def from_exception(cls, exc: BaseException, *, retriable: bool | None = None) -> ErrorInfo:
         stack = "".join(traceback.format_exception(exc))[-8000:]  # the tail holds the raise site
-        if retriable is None:
-            retriable = not isinstance(exc, PermanentFailure)
+        if retriable is None:  # a configuration error fails the same way on every attempt
+            retriable = not isinstance(exc, PermanentFailure | ConfigurationError | StoresNotConfigured)
         return cls(type=type(exc).__name__, message=str(exc), retriable=retriable, stack=stack)
 
     def to_payload(self) -> dict[str, Any]:
@@ -66,7 +67,9 @@ class AgentRuntime:
     """Base class of an agent: set ``key`` and implement ``run``; the hooks are optional.
 
     ``on_error`` classifies an exception ``run`` raised (return ``ErrorInfo(retriable=False)`` to
-    fail at once; ``None`` keeps the default: retriable, except ``PermanentFailure``).
+    fail at once; ``None`` keeps the default: retriable, except ``PermanentFailure`` and
+    configuration errors: ``ConfigurationError`` (an LLM provider without its key, say) and
+    ``StoresNotConfigured``).
     ``cancel`` is called after the run's task was cancelled (a cancel request or ``interrupt``),
     before ``run.cancelled`` is written: close sockets, stop sub-processes.
     """

@@ -19,6 +19,7 @@ from agentstream.consumers import (
     RunContext,
     RunResult,
     RuntimeRegistry,
+    get_llm_client,
 )
 
 # In-process tests look at these (subprocess tests read the run's events instead).
@@ -97,6 +98,16 @@ class Permanent(AgentRuntime):
 
     async def run(self, ctx: RunContext) -> RunResult:
         raise PermanentFailure("the prompt is invalid")
+
+
+class Unconfigured(AgentRuntime):
+    """Asks for an LLM provider nobody configured."""
+
+    key = "unconfigured"
+
+    async def run(self, ctx: RunContext) -> RunResult:
+        get_llm_client("no-such-provider")
+        return RunResult()
 
 
 class Classified(AgentRuntime):
@@ -194,6 +205,7 @@ ALL: list[type[AgentRuntime]] = [
     RetryLater,
     Permanent,
     Classified,
+    Unconfigured,
     Ticker,
     Poison,
     Streamer,

@@ -239,6 +239,17 @@ async def test_a_permanent_failure_fails_at_once_without_a_retry(wstore: EventSt
     assert "the prompt is invalid" in error["message"] and "Traceback" in error["stack"]
 
 
+async def test_a_configuration_error_fails_the_run_at_once_saying_what_to_set(wstore: EventStore) -> None:
+    """It fails the same way on every attempt: retrying only delayed the answer by the backoffs."""
+    run_id = await submit(wstore, "unconfigured")
+    await asyncio.wait_for(burst(wstore), 20)
+    events = await wstore.read_run(run_id)
+    assert types(events) == ["run.queued", "run.started", "run.failed"]
+    error = events[-1].payload["error"]
+    assert error["type"] == "ConfigurationError" and error["retriable"] is False
+    assert error["message"].startswith("unknown LLM provider 'no-such-provider'; use one of")
+
+
 async def test_on_error_can_classify_an_error_as_not_retriable(wstore: EventStore) -> None:
     run_id = await submit(wstore, "classified")
     await burst(wstore)
