@@ -79,9 +79,20 @@ def configure_logging(level: str | int = "INFO", log_format: str = "text") -> No
     """Root logging for a process of ours (worker, projector, server): text or JSON on stderr."""
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format {log_format!r} is unknown; use one of {', '.join(LOG_FORMATS)}")
+    level = log_level(level)  # refused here whoever configures the root
+    root = logging.getLogger()
+    if root.handlers:
+        # The project's LOGGING (or an embedder) set the root up: its handlers (Sentry, files...)
+        # and levels stay as they are; ours would only double every line. Say what is not applied.
+        if log_format == "json" and not any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
+            logging.getLogger("agentstream").warning(
+                "LOG_FORMAT='json' is not applied: the root logger already has handlers (Django's "
+                "LOGGING?); give them the formatter agentstream.core.logfmt.JsonFormatter"
+            )
+        return
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
-    logging.basicConfig(level=log_level(level), handlers=[handler])
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def log_level(level: str | int) -> str | int:

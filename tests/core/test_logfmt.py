@@ -77,3 +77,26 @@ def test_a_log_level_is_taken_in_any_case_and_an_unknown_one_is_refused_with_the
         root.handlers, root.level = handlers, level
     with pytest.raises(ValueError, match="DEBUG, INFO, WARNING, ERROR, CRITICAL"):
         configure_logging("loud", "text")
+
+
+def test_json_asked_of_a_root_logger_the_project_set_up_says_it_is_not_applied(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """basicConfig does nothing when the root has handlers (Django's LOGGING): LOG_FORMAT='json'
+    was dropped without a word. The project's handlers stay; a warning says what to do."""
+    root = logging.getLogger()
+    theirs = logging.StreamHandler(sys.stderr)
+    root.addHandler(theirs)
+    try:
+        with caplog.at_level(logging.WARNING, logger="agentstream"):
+            configure_logging("INFO", "json")
+        assert theirs in root.handlers and not any(
+            isinstance(h.formatter, JsonFormatter) for h in root.handlers
+        )
+        assert "LOG_FORMAT='json' is not applied" in caplog.text and "JsonFormatter" in caplog.text
+        caplog.clear()
+        theirs.setFormatter(JsonFormatter())
+        configure_logging("INFO", "json")
+        assert "not applied" not in caplog.text
+    finally:
+        root.removeHandler(theirs)
