@@ -69,6 +69,9 @@ async def _letters_of(store: EventStore, run_id: str) -> list[DeadLetter]:
     return found
 
 
+RETRY_KEY_PREFIX = "retry-of:"
+
+
 async def retry_dead(store: EventStore, run_id: str) -> str:
     """Submit a new run with the dead run's input; returns the new run's id."""
     letters = await _letters_of(store, run_id)
@@ -90,6 +93,11 @@ async def retry_dead(store: EventStore, run_id: str) -> str:
             conversation_id=queued.get("conversation_id") or None,
             max_attempts=int(queued.get("max_attempts") or store.settings.MAX_RETRIES),
             timeout_s=queued.get("timeout_s") or None,
+            # where it answers in its conversation, and how it waits there, as the dead run did
+            policy=queued.get("policy") or None,
+            parent_message_id=queued.get("parent_message_id"),
+            # two operators (or a retried command) replaying one letter make one run
+            idempotency_key=f"{RETRY_KEY_PREFIX}{run_id}",
         )
     )
     for letter in letters:

@@ -73,3 +73,38 @@ async def test_a_replayed_run_keeps_its_timeout(store: EventStore) -> None:
     await store.schedule_retry(run_id, c.attempt, 0, {"type": "Boom", "message": "always"})
     new_id = await retry_dead(store, run_id)
     assert (await claim(store, new_id)).timeout_s == 3600.0
+
+
+async def test_a_replayed_run_keeps_its_place_in_its_conversation_and_a_second_replay_makes_no_second_run(
+    store: EventStore,
+) -> None:
+    """It answered after the conversation's latest run instead of where the dead one stood; and a
+    replay whose letter was not removed (the command died after the submit; two operators at
+    once) queued the run again."""
+    conversation = await store.create_conversation("user:9", agent_key="a")
+    run_id = (
+        await store.submit(
+            SubmitRequest(
+                agent_key="a",
+                owner="user:9",
+                conversation_id=conversation,
+                parent_message_id="ROOT",
+                policy="enqueue",
+                max_attempts=1,
+            )
+        )
+    ).run_id
+    c = await claim(store, run_id)
+    await store.schedule_retry(run_id, c.attempt, 0, {"type": "Boom", "message": "always"})
+    [letter] = await list_dead(store)
+    [(_, fields)] = await store.redis.xrange(store.keys.dead(letter.partition))
+
+    first = await retry_dead(store, run_id)
+    await store.redis.xadd(store.keys.dead(letter.partition), fields)  # as if it was never removed
+    second = await retry_dead(store, run_id)
+
+    assert first == second != run_id
+    [queued] = await store.read_run(first)
+    assert queued.payload["parent_message_id"] == "ROOT" and queued.payload["policy"] == "enqueue"
+    assert queued.payload["conversation_id"] == conversation
+    assert await list_dead(store) == []
