@@ -15,6 +15,10 @@ from django.db.models import Q
 
 from agentstream.core.state import RunStatus
 
+# The statuses of a run that has not ended: /metrics counts these runs on every scrape, from the
+# partial index ``as_run_active_by_agent`` alone (see agentstream.django_app.metrics).
+ACTIVE_STATUSES: tuple[str, ...] = tuple(s.value for s in RunStatus if not s.is_terminal)
+
 # Fields of Run/Conversation set by one kind of event keep the seq of the event that set them, so a
 # late, redelivered or reordered event never overwrites a newer value (see projections.rows).
 
@@ -127,6 +131,12 @@ class Run(models.Model):
             models.Index(fields=["owner", "created_at"], name="as_run_owner_created"),
             models.Index(fields=["owner", "status"], name="as_run_owner_status"),
             models.Index(fields=["conversation", "created_at"], name="as_run_conv_created"),
+            # only the runs not ended (a few among millions): an index-only scan counts them
+            models.Index(
+                fields=["agent_key", "status", "attempt"],
+                condition=Q(status__in=ACTIVE_STATUSES),
+                name="as_run_active_by_agent",
+            ),
         )
 
     def __str__(self) -> str:

@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.db import connection
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from agentstream.core.keys import WORKERS_GROUP
 from agentstream.core.store import SubmitRequest
+from agentstream.django_app import metrics
+from agentstream.django_app.models import Run
 from agentstream.projections.projection import ReadModelProjection
 from agentstream.projections.projector import Projector, ProjectorOptions
 from tests.consumers.helpers import burst
 from tests.django_app.conftest import run, store_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def ended_runs_counted_afresh() -> Iterator[None]:
+    """Each test's first scrape counts the ended runs of its own database (the count is kept per
+    process, and the tests before flushed theirs)."""
+    metrics.ended_runs.forget()
+    yield
+    metrics.ended_runs.forget()
+    metrics.ended_runs.clock = metrics.time.monotonic
 
 
 def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -138,3 +153,56 @@ def test_sse_clients_counts_the_subscribers_of_this_process_hub(agentstream: dic
 
     store_thread.call(unsubscribe_all)
     assert scrape()[("agentstream_sse_clients", ())] == 0
+
+
+def add_runs(agent_key: str, status: str, n: int, attempt: int = 1) -> None:
+    Run.objects.bulk_create(
+        Run(id=uuid.uuid4(), agent_key=agent_key, status=status, attempt=attempt) for _ in range(n)
+    )
+
+
+def runs_of(m: dict[Any, float], agent_key: str, status: str) -> float:
+    return m.get(("agentstream_runs", (("agent_key", agent_key), ("status", status))), 0)
+
+
+def test_a_scrape_counts_the_active_runs_each_time_and_the_ended_ones_every_ttl(
+    agentstream: dict[str, Any],
+) -> None:
+    now_s = [1000.0]
+    metrics.ended_runs.clock = lambda: now_s[0]
+    add_runs("a", "succeeded", 2)
+    add_runs("a", "failed", 1, attempt=3)
+    add_runs("a", "running", 1, attempt=2)
+    m = scrape()
+    assert (runs_of(m, "a", "succeeded"), runs_of(m, "a", "failed"), runs_of(m, "a", "running")) == (2, 1, 1)
+    assert m[("agentstream_run_attempts_after_first", (("agent_key", "a"),))] == 2 + 1
+
+    add_runs("a", "succeeded", 5)
+    add_runs("a", "queued", 4)
+    now_s[0] += metrics.ENDED_RUNS_TTL_S - 1
+    m = scrape()
+    assert runs_of(m, "a", "queued") == 4  # at once
+    assert runs_of(m, "a", "succeeded") == 2  # the count kept, not a scan of the table
+
+    now_s[0] += 1
+    m = scrape()
+    assert (runs_of(m, "a", "succeeded"), runs_of(m, "a", "queued")) == (7, 4)
+
+
+def test_the_active_runs_are_counted_from_their_partial_index(agentstream: dict[str, Any]) -> None:
+    """The count on every scrape reads the index of the few runs not ended, never the table (the
+    query's status list must imply the index's condition, or the planner cannot take it)."""
+    add_runs("a", "succeeded", 50)
+    add_runs("a", "queued", 2)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SET enable_seqscan = off")  # a table this small is cheaper to scan
+            try:
+                cursor.execute("EXPLAIN " + metrics.ACTIVE_RUNS_SQL)
+                plan = " ".join(row[0] for row in cursor.fetchall())
+            finally:
+                cursor.execute("RESET enable_seqscan")
+        else:
+            cursor.execute("EXPLAIN QUERY PLAN " + metrics.ACTIVE_RUNS_SQL)
+            plan = " ".join(str(row[-1]) for row in cursor.fetchall())
+    assert "as_run_active_by_agent" in plan, plan
