@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from agentstream.consumers.errors import RegistryError
@@ -81,20 +81,23 @@ def load_registry(paths: Sequence[str], registry: RuntimeRegistry = default_regi
     return registry
 
 
-def run_worker_process(config: WorkerConfig) -> None:
-    """The body of one worker process (also a spawned child's target)."""
+def run_worker_process(config: WorkerConfig, on_serving: Callable[[Worker], None] | None = None) -> None:
+    """The body of one worker process (also a spawned child's target). ``on_serving`` is given
+    the worker once it exists, on its event loop's thread (the DEBUG reloader stops it there)."""
     configure_logging(config.log_level, config.settings.LOG_FORMAT)
     use_tracer(tracer_for(tracer_name(config.settings), config.settings))
     configure_llm(config.settings)  # get_llm_client() in agents reads MODEL_PROVIDER etc. from here
     registry = load_registry([*config.settings.RUNTIME_REGISTRY, *config.registry_paths])
     freeze_startup_heap()  # a full collection of the start-up heap paused every run (core/gctune.py)
     try:
-        run_async(serve(config, registry))
+        run_async(serve(config, registry, on_serving))
     finally:
         current_tracer().flush()  # spans an exporter still buffers (Langfuse batches them)
 
 
-async def serve(config: WorkerConfig, registry: RuntimeRegistry) -> Worker:
+async def serve(
+    config: WorkerConfig, registry: RuntimeRegistry, on_serving: Callable[[Worker], None] | None = None
+) -> Worker:
     client = redis_from_url(config.settings.REDIS_URL)
     store = EventStore(client, config.settings, pipeline_scripts=True)
     stores = load_callable(config.stores, "the worker's stores factory")() if config.stores else None
@@ -115,6 +118,8 @@ async def serve(config: WorkerConfig, registry: RuntimeRegistry) -> Worker:
         raise SystemExit(2) from None
     if config.metrics_port is not None:
         start_metrics(worker, config.metrics_port)
+    if on_serving is not None:
+        on_serving(worker)
     try:
         await worker.run()
     except ConfigurationError as exc:  # e.g. an evicting Redis found once it answered: no restart loop

@@ -19,7 +19,7 @@ from agentstream.core.state import RunStatus
 from agentstream.core.store import EventStore, SubmitRequest, redis_from_url
 from tests.conftest import delete_prefix
 from tests.consumers import agents
-from tests.consumers.helpers import wait_terminal
+from tests.consumers.helpers import wait_for_event, wait_terminal
 from tests.consumers.processes import ROOT
 from tests.services import REDIS_UP, REDIS_URL, require
 
@@ -116,6 +116,33 @@ async def test_runagent_in_debug_reloads_on_a_code_change_and_keeps_serving(
     assert (await wait_terminal(rstore, second, timeout_s=20)).status is RunStatus.SUCCEEDED
     assert proc.poll() is None
     assert "Traceback" not in log.read_text()
+
+
+async def test_runagent_in_debug_hands_its_runs_back_on_a_code_change(
+    rstore: EventStore, runagent: Any
+) -> None:
+    """The reloader ended the process with the run in it: the run waited out its lease and its
+    reclaim spent an attempt (with max_attempts=1 one save failed it). Now the worker hands it
+    back first, and the reloaded process starts it again at once."""
+    proc, log = runagent("--concurrency", "2", debug=True)
+    wait_for_log(log, " serving ")
+    run_id = await submit(rstore, "sleeper", params={"sleep_s": 60}, max_attempts=1)
+    await wait_for_event(rstore, run_id, "assistant.delta", timeout_s=20)
+    deadline = time.monotonic() + 30
+    while log.read_text().count(" serving ") < 2:
+        os.utime(agents.__file__)
+        assert time.monotonic() < deadline, log.read_text()
+        await asyncio.sleep(0.5)
+    deadline = time.monotonic() + 20
+    while [e.type for e in await rstore.read_run(run_id)].count("run.started") < 2:
+        assert time.monotonic() < deadline, (await rstore.read_run(run_id), log.read_text())
+        await asyncio.sleep(0.1)
+    state = await rstore.run_state(run_id)
+    assert state is not None and state.status is RunStatus.RUNNING, state
+    assert (
+        await rstore.redis.hget(rstore.keys.run_state(run_id), "given") == b"1"
+    )  # handed back, not reclaimed
+    assert proc.poll() is None and "Traceback" not in log.read_text()
 
 
 @pytest.mark.parametrize(
