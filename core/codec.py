@@ -137,9 +137,22 @@ def _find_unencodable(value: object, path: str) -> str | None:
 
 
 def decode_payload(data: bytes) -> dict[str, Any]:
-    value = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    try:
+        value = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except TypeError:  # unhashable type: a map key that was a tuple (packed as an array)
+        value = _lists(msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=False))
     if not isinstance(value, dict):
         raise CorruptEntry(f"payload is a {type(value).__name__}, not a map")
+    return value
+
+
+def _lists(value: Any) -> Any:
+    """A value decoded with arrays as tuples, with its arrays as lists again but where a map key
+    (a tuple there, as the encoder was given): the slow path for payloads with such keys."""
+    if isinstance(value, tuple):
+        return [_lists(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
     return value
 
 

@@ -41,6 +41,15 @@ def test_common_python_values_encode_to_their_obvious_form() -> None:
     assert decoded == {"when": when.isoformat(), "id": str(ident), "tags": ["a", "b"]}
 
 
+def test_a_payload_with_a_tuple_key_reads_back_with_its_lists_still_lists() -> None:
+    """The encoder takes a tuple key (an array in msgpack), which did not decode: the event was
+    written, then skipped by every read and a CorruptEntry to the SSE hub."""
+    payload = {"grid": {(0, 1): [1, [2, 3]]}, "rows": [[1], {"a": [2]}]}
+    event = decode_entry(entry(p=encode_payload("progress", payload)))
+    assert event.payload == {"grid": {(0, 1): [1, [2, 3]]}, "rows": [[1], {"a": [2]}]}
+    assert isinstance(event.payload["rows"][1]["a"], list)
+
+
 def test_an_unencodable_payload_names_the_event_type_and_the_key() -> None:
     with pytest.raises(EventEncodingError, match=r"tool\.result: payload\['result'\]\['handle'\]"):
         encode_payload("tool.result", {"result": {"handle": object()}})
