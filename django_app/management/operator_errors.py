@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from agentstream.django_app.api.exceptions import is_not_migrated
 from agentstream.django_app.conf import runtime_settings
 
 MIGRATE = "run `agentstream manage migrate` (your project: `manage.py migrate`)"
@@ -35,7 +36,7 @@ def operator_errors(database: str = "default") -> Iterator[None]:
         ) from None
     except (OperationalError, ProgrammingError) as exc:
         where = _database(database)
-        if _missing_table(exc):
+        if is_not_migrated(exc):
             raise CommandError(
                 f"the database {where} has no agentstream tables ({_reason(exc)}): {MIGRATE}"
             ) from None
@@ -61,11 +62,6 @@ def _reason(exc: BaseException) -> str:
     if isinstance(cause, OSError) and cause.strerror:
         return str(cause.strerror)  # a DNS failure: "Name or service not known"
     return str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
-
-
-def _missing_table(exc: Exception) -> bool:
-    text = str(exc)
-    return "no such table" in text or ("relation" in text and "does not exist" in text)
 
 
 def _database(alias: str) -> str:
