@@ -1,20 +1,159 @@
 """The process's tracer (``TRACER`` setting): workers set it at start, attempts, LLM clients and
-tools read it. Tests and embedders pass their own with ``use_tracer``."""
+tools read it. Tests and embedders pass their own with ``use_tracer``.
+
+Tracing never fails a run: ``use_tracer`` wraps the tracer in a ``GuardedTracer``, whose spans
+catch what the tracer (or its exporter) raises on a span's start, in its methods and on its end,
+log it once per kind of failure, and go on without that span. What the traced code raises, a
+cancel included, passes through a span unchanged, whatever the tracer does with it.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
 
 from agentstream.core.errors import ConfigurationError
 from agentstream.core.settings import Settings
-from agentstream.core.tracing import TRACERS, NoopTracer, Tracer
+from agentstream.core.tracing import NOOP_SPAN, TRACERS, AttributeValue, NoopTracer, Span, SpanKind, Tracer
+
+log = logging.getLogger("agentstream.tracing")
+
+
+class GuardedTracer:
+    """``inner`` made harmless: an ``Exception`` it raises is logged at WARNING, once per place and
+    type of exception (a failing exporter would otherwise log once per span, thousands a second),
+    and the span goes on as a no-op. ``BaseException`` (a cancel, ``KeyboardInterrupt``) is not
+    caught."""
+
+    def __init__(self, inner: Tracer) -> None:
+        self.inner = inner
+        self._reported: set[tuple[str, type[Exception]]] = set()
+
+    @property
+    def capture_content(self) -> bool:
+        try:
+            return self.inner.capture_content
+        except Exception as exc:
+            self.failed("capture_content", exc)
+            return False
+
+    @capture_content.setter
+    def capture_content(self, value: bool) -> None:
+        self.inner.capture_content = value
+
+    def span(
+        self,
+        name: str,
+        *,
+        kind: SpanKind = "internal",
+        traceparent: str | None = None,
+        attributes: Mapping[str, AttributeValue] | None = None,
+    ) -> contextlib.AbstractContextManager[Span]:
+        return _GuardedSpanContext(self, name, kind, traceparent, attributes)
+
+    def flush(self) -> None:
+        try:
+            self.inner.flush()
+        except Exception as exc:
+            self.failed("flush", exc)
+
+    def failed(self, what: str, exc: Exception) -> None:
+        if (what, type(exc)) in self._reported:
+            return
+        self._reported.add((what, type(exc)))
+        log.warning(
+            "tracing: %s of %s raised %s: %s; the run goes on, untraced where the tracer fails "
+            "(logged once per kind of failure)",
+            what,
+            type(self.inner).__name__,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+
+
+class _GuardedSpanContext(contextlib.AbstractContextManager[Span]):
+    """The inner tracer's span context, entered and exited under guard."""
+
+    def __init__(
+        self,
+        guard: GuardedTracer,
+        name: str,
+        kind: SpanKind,
+        traceparent: str | None,
+        attributes: Mapping[str, AttributeValue] | None,
+    ) -> None:
+        self._guard = guard
+        self._args = (name, kind, traceparent, attributes)
+        self._inner: contextlib.AbstractContextManager[Span] | None = None
+
+    def __enter__(self) -> Span:
+        name, kind, traceparent, attributes = self._args
+        try:
+            inner = self._guard.inner.span(name, kind=kind, traceparent=traceparent, attributes=attributes)
+            span = inner.__enter__()
+        except Exception as exc:
+            self._guard.failed("opening a span", exc)
+            return NOOP_SPAN
+        self._inner = inner
+        return _GuardedSpan(self._guard, span)
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:  # never suppresses: what passed through goes on, even if the inner span swallowed it
+        inner, self._inner = self._inner, None
+        if inner is not None:
+            try:
+                inner.__exit__(exc_type, exc, tb)
+            except Exception as raised:
+                if raised is not exc:  # not what passed through, re-raised: the tracer's own
+                    self._guard.failed("closing a span", raised)
+
+
+class _GuardedSpan:
+    def __init__(self, guard: GuardedTracer, inner: Span) -> None:
+        self._guard = guard
+        self._inner = inner
+
+    def set_attribute(self, key: str, value: AttributeValue) -> None:
+        try:
+            self._inner.set_attribute(key, value)
+        except Exception as exc:
+            self._guard.failed("set_attribute", exc)
+
+    def record_error(self, message: str) -> None:
+        try:
+            self._inner.record_error(message)
+        except Exception as exc:
+            self._guard.failed("record_error", exc)
+
+    def record_warning(self, message: str) -> None:
+        try:
+            self._inner.record_warning(message)
+        except Exception as exc:
+            self._guard.failed("record_warning", exc)
+
+    def record_content(self, *, input: Any = None, output: Any = None) -> None:
+        try:
+            self._inner.record_content(input=input, output=output)
+        except Exception as exc:
+            self._guard.failed("record_content", exc)
+
 
 _tracer: Tracer = NoopTracer()
 
 
 def use_tracer(tracer: Tracer) -> None:
+    """Make ``tracer`` the process's, in a ``GuardedTracer`` (its ``inner`` is ``tracer``); a
+    ``NoopTracer`` as it is, which attempts recognise to open no span at all."""
     global _tracer
-    _tracer = tracer
+    _tracer = (
+        tracer if type(tracer) is NoopTracer or isinstance(tracer, GuardedTracer) else GuardedTracer(tracer)
+    )
 
 
 def current_tracer() -> Tracer:

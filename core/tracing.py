@@ -70,7 +70,7 @@ class _NoopSpan:
         pass
 
 
-_NOOP_SPAN = _NoopSpan()
+NOOP_SPAN: Span = _NoopSpan()  # what a span that cannot be traced is
 
 
 class NoopTracer:
@@ -85,7 +85,7 @@ class NoopTracer:
         traceparent: str | None = None,
         attributes: Mapping[str, AttributeValue] | None = None,
     ) -> Iterator[Span]:
-        yield _NOOP_SPAN
+        yield NOOP_SPAN
 
     def flush(self) -> None:
         pass
