@@ -161,15 +161,12 @@ class Round(NamedTuple):
     redis_waiting_us: float | None  # per run: how long Redis was runnable but waiting for a core
 
 
-async def idle_burst_cpu_s(redis_url: str, processes: int, log: Path, concurrency: int) -> float:
-    """CPU of burst workers that find no job: their start-up (Python, Django, the agents) and exit.
-
-    One process's start-up costs as much CPU as a few thousand no-op runs: a round's CPU less
-    this is what its runs cost.
-    """
-    before = children_cpu_s()
-    proc = start_workers(
-        f"bench{uuid.uuid4().hex[:8]}",
+def start_noop_burst(
+    prefix: str, redis_url: str, processes: int, concurrency: int, log: Path
+) -> subprocess.Popen[bytes]:
+    """Burst workers of the no-op agent: they drain ``prefix``'s queues, then exit."""
+    return start_workers(
+        prefix,
         redis_url,
         processes,
         burst=True,
@@ -177,6 +174,16 @@ async def idle_burst_cpu_s(redis_url: str, processes: int, log: Path, concurrenc
         concurrency=concurrency,
         log=log,
     )
+
+
+async def idle_burst_cpu_s(redis_url: str, processes: int, log: Path, concurrency: int) -> float:
+    """CPU of burst workers that find no job: their start-up (Python, Django, the agents) and exit.
+
+    One process's start-up costs as much CPU as a few thousand no-op runs: a round's CPU less
+    this is what its runs cost.
+    """
+    before = children_cpu_s()
+    proc = start_noop_burst(f"bench{uuid.uuid4().hex[:8]}", redis_url, processes, concurrency, log)
     if await asyncio.to_thread(proc.wait, 120) != 0:
         raise RuntimeError(f"idle burst workers exited with {proc.returncode}; see {log}")
     return children_cpu_s() - before
@@ -193,15 +200,7 @@ async def throughput_round(
         run_ids = await submit_all(store, n, NoOp.key)
         cpu_before = children_cpu_s()
         redis_before = RedisClock.read(await client.info())
-        proc = start_workers(
-            prefix,
-            redis_url,
-            processes,
-            burst=True,
-            registry="benchmarks.e2e:register",
-            concurrency=concurrency,
-            log=log,
-        )
+        proc = start_noop_burst(prefix, redis_url, processes, concurrency, log)
         await asyncio.to_thread(proc.wait, 600)
         redis_after = RedisClock.read(await client.info())
         runs_cpu_s = children_cpu_s() - cpu_before - idle_cpu_s
