@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import Resolver404, URLPattern, URLResolver, get_resolver, get_urlconf, resolve
-from django.urls.resolvers import RegexPattern
+from django.urls.resolvers import RegexPattern, RoutePattern
 from django.views.decorators.csrf import csrf_exempt
 
 from agentstream.django_app.api.exceptions import error_body
@@ -28,9 +28,10 @@ def routes_pattern(routes: Sequence[str]) -> str:
 
 
 class UnderThePrefix(RegexPattern):
-    """Every path left under the prefix the API is included at, except when that prefix is empty
-    (the API at the site's root): then only the paths under its routes, so that the project's
-    own URLs listed after the include still resolve."""
+    """Every path left under the prefix the API is included at, unless a URL pattern listed after
+    that include may take paths under the same prefix (the API at the site's root, or a project's
+    own ``path("api/", ...)`` after ``path("api/", include(...))``): then only the paths under the
+    API's routes, so that the project's own URLs still resolve."""
 
     def __init__(self, routes: Sequence[str]) -> None:
         super().__init__(r"^(?P<rest>.*)$", name=UNKNOWN_PATH, is_endpoint=True)
@@ -38,24 +39,42 @@ class UnderThePrefix(RegexPattern):
 
     def match(self, path: str) -> tuple[str, tuple[object, ...], dict[str, object]] | None:
         found = super().match(path)
-        if found is None or self.under_routes.match(path) or not _included_at_root(self):
+        if found is None or self.under_routes.match(path):
             return found
-        return None
+        # read when a path matched nothing else, so a 404's cost; get_urlconf is the request's own
+        return None if _shared_after(get_resolver(get_urlconf()).url_patterns, self) is not False else found
 
 
-def _included_at_root(pattern: UnderThePrefix) -> bool:
-    """Whether the URLconf being resolved reaches ``pattern`` through empty prefixes only (read
-    when a path matched nothing else, so a 404's cost; ``get_urlconf`` is the request's own)."""
+def _shared_after(patterns: Sequence[URLPattern | URLResolver], target: UnderThePrefix) -> bool | None:
+    """Whether a pattern listed after the includes that lead to ``target`` may take a path under
+    their prefix (None: ``target`` is not in ``patterns``)."""
+    for i, entry in enumerate(patterns):
+        if isinstance(entry, URLPattern):
+            if entry.pattern is target:
+                return False
+            continue
+        inner = _shared_after(entry.url_patterns, target)
+        if inner is None:
+            continue
+        prefix = str(entry.pattern)
+        if not (isinstance(entry.pattern, RoutePattern) and prefix and "<" not in prefix):
+            # the site's root (every path is under it), a regex or a converter: only the routes
+            return inner or prefix in ("", "^") or bool(patterns[i + 1 :])
+        return inner or any(_may_take(later, prefix) for later in patterns[i + 1 :])
+    return None
 
-    def holds(patterns: Sequence[URLPattern | URLResolver]) -> bool:
-        return any(
-            entry.pattern is pattern
-            if isinstance(entry, URLPattern)
-            else str(entry.pattern) in ("", "^") and holds(entry.url_patterns)
-            for entry in patterns
-        )
 
-    return holds(get_resolver(get_urlconf()).url_patterns)
+def _may_take(entry: URLPattern | URLResolver, prefix: str) -> bool:
+    """Whether ``entry`` may resolve a path that starts with ``prefix`` (a route string); a regex
+    or a converter may match anything, so it may."""
+    own = str(entry.pattern)
+    if not isinstance(entry.pattern, RoutePattern) or "<" in own:
+        return True
+    if own.startswith(prefix):
+        return True
+    if isinstance(entry, URLResolver) and prefix.startswith(own):
+        return any(_may_take(inner, prefix[len(own) :]) for inner in entry.url_patterns)
+    return False
 
 
 def unknown_path_pattern(routes: Sequence[str]) -> URLPattern:

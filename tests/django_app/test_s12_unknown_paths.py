@@ -92,3 +92,37 @@ def test_an_api_mounted_at_the_root_leaves_the_projects_own_urls_alone(
     elsewhere = client.get("/nope/")
     assert elsewhere.status_code == 404 and not elsewhere["Content-Type"].startswith("application/json")
     assert json.loads(client.get("/runs.json").content)["error"]["code"] == "not_found"
+
+
+def test_the_projects_own_urls_after_the_api_under_the_same_prefix_still_resolve(
+    agentstream: dict[str, Any], settings: Any
+) -> None:
+    settings.ROOT_URLCONF = "tests.django_app.shared_prefix_urls"
+    client = Client()
+    for where in ("/api/orders/", "/api/billing/", "/api/legacy/", "/about/"):
+        assert client.get(where).content == b"the project's own api", where
+    assert client.get("/api/runs").status_code == 308
+    assert error_of(client.get("/api/runs/x/nope/"))["code"] == "not_found"
+    elsewhere = client.get("/api/nope/")  # the project's URLs may take it: Django's own 404
+    assert elsewhere.status_code == 404 and not elsewhere["Content-Type"].startswith("application/json")
+
+
+class RegexPrefixUrls:
+    from tests.django_app.shared_prefix_urls import regex_prefix as urlpatterns
+
+
+def test_the_projects_own_urls_after_an_api_under_a_regex_prefix_still_resolve(
+    agentstream: dict[str, Any], settings: Any
+) -> None:
+    settings.ROOT_URLCONF = RegexPrefixUrls
+    client = Client()
+    assert client.get("/v2/orders/").content == b"the project's own api"
+    assert client.get("/v2/runs").status_code == 308
+
+
+def test_a_catch_all_prefix_is_kept_when_nothing_after_the_api_shares_it(settings: Any) -> None:
+    """The demo lists its dashboard (at the root) after the API: a path under api/agents/ is
+    still the API's JSON 404."""
+    settings.ROOT_URLCONF = "agentstream.django_app.demo.urls"
+    assert resolve(f"{API}nope/deeper/").url_name == UNKNOWN_PATH
+    assert resolve(API).url_name == UNKNOWN_PATH
