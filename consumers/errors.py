@@ -17,9 +17,11 @@ retriable), so a flaky HTTP call is retried and a bug is not retried forever (``
 
 from __future__ import annotations
 
-import math
-
 from agentstream.core.errors import AgentStreamError
+
+# the longest Retry delay: a run's due time is kept in milliseconds (Lua numbers, a zset score),
+# and a delay past ~10**305 s overflowed their conversion and crashed the retry's scheduling
+MAX_RETRY_DELAY_S = 100 * 365 * 24 * 3600.0
 
 
 class ConsumerError(AgentStreamError):
@@ -37,9 +39,10 @@ class Retry(AgentFailure):
         self, message: str = "retry requested by the agent", *, delay_s: float | None = None
     ) -> None:
         super().__init__(message)
-        if delay_s is not None and not 0 <= delay_s < math.inf:  # nan and inf too
+        if delay_s is not None and not 0 <= delay_s <= MAX_RETRY_DELAY_S:  # nan and inf too
             raise ValueError(
-                f"Retry(delay_s={delay_s}): the delay must be a finite number of seconds, zero or more"
+                f"Retry(delay_s={delay_s}): the delay must be a finite number of seconds, zero or more "
+                f"and at most {MAX_RETRY_DELAY_S:.0f} (100 years)"
             )
         self.delay_s = delay_s
 

@@ -7,13 +7,12 @@ times a factor in [0.5, 1.0], so workers that failed together do not retry toget
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from agentstream.consumers.errors import PermanentFailure, Retry
+from agentstream.consumers.errors import MAX_RETRY_DELAY_S, PermanentFailure, Retry
 from agentstream.consumers.runtime import ErrorInfo
 
 
@@ -55,7 +54,7 @@ def decide_failure(
     if isinstance(exc, Retry):
         error = ErrorInfo.from_exception(exc, retriable=True)
         delay_s = exc.delay_s
-        if delay_s is None or not math.isfinite(delay_s) or delay_s < 0:  # set after __init__ checked it
+        if delay_s is None or not 0 <= delay_s <= MAX_RETRY_DELAY_S:  # set after __init__ checked it
             delay_s = backoff_delay_s(attempt, base, max_s, rand)
         return FailureDecision(True, error, delay_s)
     if isinstance(exc, PermanentFailure):

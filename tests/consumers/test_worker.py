@@ -202,12 +202,13 @@ async def test_retry_with_a_fixed_delay_waits_that_long(wstore: EventStore) -> N
     assert events[-1].payload["output"] == {"attempt": 2}
 
 
-@pytest.mark.parametrize("delay", ["nan", "inf"])
+@pytest.mark.parametrize("delay", ["nan", "inf", "1e306"])
 async def test_a_retry_delay_that_is_no_number_of_seconds_is_an_error_retried_after_the_backoff(
     wstore: EventStore, delay: str
 ) -> None:
     """Retry(delay_s=nan/inf) passed the "not negative" check, then crashed the job task when the
-    retry was scheduled: the run waited out its lease and was reclaimed until dead-lettered."""
+    retry was scheduled: the run waited out its lease and was reclaimed until dead-lettered. A
+    finite delay too long for a millisecond due time (1e306 s: OverflowError) did the same."""
     run_id = await submit(wstore, "retry-later", params={"delay_s": float(delay)})
     await asyncio.wait_for(burst(wstore), 20)
     events = await wstore.read_run(run_id)
@@ -222,7 +223,7 @@ def test_a_retry_delay_set_after_the_check_falls_back_to_the_backoff() -> None:
     from agentstream.consumers.errors import Retry
     from agentstream.consumers.outcome import decide_failure
 
-    for bad in (float("nan"), float("inf"), -1.0):
+    for bad in (float("nan"), float("inf"), -1.0, 1e306):
         exc = Retry("later", delay_s=1.0)
         exc.delay_s = bad
         decision = decide_failure(exc, None, attempt=1, base=2.0, max_s=60.0, rand=lambda: 1.0)
