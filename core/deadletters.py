@@ -72,6 +72,10 @@ async def _letters_of(store: EventStore, run_id: str) -> list[DeadLetter]:
 RETRY_KEY_PREFIX = "retry-of:"
 
 
+def _replay_policy(policy: object) -> str | None:
+    return "enqueue" if policy == "interrupt" else (str(policy) if policy else None)
+
+
 async def retry_dead(store: EventStore, run_id: str) -> str:
     """Submit a new run with the dead run's input; returns the new run's id."""
     letters = await _letters_of(store, run_id)
@@ -93,8 +97,10 @@ async def retry_dead(store: EventStore, run_id: str) -> str:
             conversation_id=queued.get("conversation_id") or None,
             max_attempts=int(queued.get("max_attempts") or store.settings.MAX_RETRIES),
             timeout_s=queued.get("timeout_s") or None,
-            # where it answers in its conversation, and how it waits there, as the dead run did
-            policy=queued.get("policy") or None,
+            # where it answers in its conversation, and how it waits there, as the dead run did;
+            # but it waits its turn: 'interrupt' (the user's double text, then) would cancel the
+            # run the conversation is running now, at the operator's replay
+            policy=_replay_policy(queued.get("policy")),
             parent_message_id=queued.get("parent_message_id"),
             # two operators (or a retried command) replaying one letter make one run
             idempotency_key=f"{RETRY_KEY_PREFIX}{run_id}",

@@ -108,3 +108,35 @@ async def test_a_replayed_run_keeps_its_place_in_its_conversation_and_a_second_r
     assert queued.payload["parent_message_id"] == "ROOT" and queued.payload["policy"] == "enqueue"
     assert queued.payload["conversation_id"] == conversation
     assert await list_dead(store) == []
+
+
+async def test_replaying_a_run_submitted_to_interrupt_does_not_cancel_the_conversations_active_run(
+    store: EventStore,
+) -> None:
+    """The replay kept the dead run's policy: one submitted with 'interrupt' (the user's double
+    text, then) cancelled whatever run its conversation was running when the operator replayed it."""
+    conversation = await store.create_conversation("user:9", agent_key="a")
+
+    async def submit(policy: str, max_attempts: int = 3) -> str:
+        request = SubmitRequest(
+            agent_key="a",
+            owner="user:9",
+            conversation_id=conversation,
+            policy=policy,
+            max_attempts=max_attempts,
+        )
+        return (await store.submit(request)).run_id
+
+    dead = await submit("interrupt", max_attempts=1)
+    c = await claim(store, dead)
+    await store.schedule_retry(dead, c.attempt, 0, {"type": "Boom", "message": "always"})
+    active = await submit("enqueue")
+    await claim(store, active)
+
+    replayed = await retry_dead(store, dead)
+
+    state = await store.run_state(active)
+    assert state is not None and state.status == "running" and not state.cancel_requested
+    assert [e.type for e in await store.read_run(active)] == ["run.queued", "run.started"]
+    [queued] = await store.read_run(replayed)
+    assert queued.payload["policy"] == "enqueue"  # after the active run, where it waits its turn
