@@ -18,8 +18,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from agentstream.django_app.api.exceptions import is_not_migrated
 from agentstream.django_app.conf import runtime_settings
+from agentstream.django_app.dberrors import is_not_migrated
 
 MIGRATE = "run `agentstream manage migrate` (your project: `manage.py migrate`)"
 
