@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any, ClassVar
@@ -40,6 +40,7 @@ from agentstream.core.logfmt import run_fields
 from agentstream.core.settings import load_callable
 from agentstream.core.state import RunStatus
 from agentstream.projections.projection import Projection
+from agentstream.projections.sql import UNSTORABLE, to_json
 
 NAME = "run_finished"
 TABLE = "agentstream_runnotice"
@@ -199,7 +200,19 @@ def _finished(event: Event) -> RunFinished:
 
 
 def _dump(item: RunFinished) -> str:
-    return orjson.dumps(asdict(item), default=str).decode()
+    """The outbox's copy, as the read-model stores a payload: int keys as strings, and a payload
+    JSON cannot hold (msgpack nests to 1,024 levels, orjson to 255) as a note, so that one such
+    run cannot stall the projection for ever (shallow: ``asdict`` would deep-copy the payload)."""
+    data = {f.name: getattr(item, f.name) for f in fields(item)}
+    try:
+        return to_json(data)
+    except orjson.JSONEncodeError as exc:
+        log.warning(
+            "the payload of run %s's %s cannot be stored as JSON (%s); its run_finished notice "
+            "holds a note in its place", item.run_id, item.status.value, exc,
+            extra=run_fields(item.run_id, attempt=item.attempt),
+        )  # fmt: skip
+        return to_json({**data, "payload": {UNSTORABLE: f"cannot be stored as JSON: {exc}"}})
 
 
 def _load(text: str) -> RunFinished:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from agentstream.core.errors import ConfigurationError
+from agentstream.core.events import EventType
 from agentstream.core.settings import Settings
 from agentstream.core.state import RunStatus
 from agentstream.core.store import EventStore, SubmitRequest, redis_from_url
@@ -400,3 +401,28 @@ async def test_with_no_hook_and_no_receiver_the_notices_are_confirmed_in_one_go(
     await notifier(store, database, hook=None).run(burst=True)
     rows = await notified_at(database)
     assert rows and all(done for _, done in rows)
+
+
+async def test_a_run_whose_output_json_cannot_hold_is_notified_and_does_not_stall_the_projection(
+    store: EventStore, database: str, calls: list[RunFinished]
+) -> None:
+    """msgpack keeps int keys and 1,024 levels of nesting, orjson neither: the outbox row is
+    written anyway (int keys as strings, a too-deep payload as a note) and the hook still hears."""
+    from tests.projections.conftest import AGENT, claim
+
+    deep: dict[str, Any] = {}
+    inner = deep
+    for _ in range(300):
+        inner["a"] = {}
+        inner = inner["a"]
+    run_ids = []
+    for output in ({1: "one", 2: "two"}, deep):
+        run_id = (await store.submit(SubmitRequest(AGENT, "user:1"))).run_id
+        c = await claim(store, run_id)
+        await store.finish(run_id, c.attempt, EventType.RUN_SUCCEEDED, {"output": output})
+        run_ids.append(run_id)
+    projector = notifier(store, database)
+    await asyncio.wait_for(projector.run(burst=True), 30)  # it retried the batch for ever
+    assert projector.failures == 0
+    assert sorted(c.run_id for c in calls) == sorted(run_ids)
+    assert all(done for _, done in await notified_at(database))
