@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import msgpack
-
-from agentstream.core.codec import decode_entry
+from agentstream.core.codec import decode_entry, decode_payload
 from agentstream.core.errors import CorruptEntry
 from agentstream.core.events import SCHEMA_VERSION, Event, Visibility, event_of
 from agentstream.core.ids import is_valid_id
@@ -53,9 +51,7 @@ def decode_log_entry(fields: Mapping[bytes, bytes]) -> Event:
         return _checked(decode_entry(fields))
     try:
         raw = fields.get(b"p")
-        payload = msgpack.unpackb(raw, raw=False, strict_map_key=False) if raw is not None else {}
-        if not isinstance(payload, dict):
-            raise CorruptEntry(f"payload is a {type(payload).__name__}, not a map")
+        payload = decode_payload(raw) if raw is not None else {}
         seq = int(fields[b"s"])
         event_type = _type(fields[b"t"])
         ts_ms = int(fields.get(b"ts", b"0"))
