@@ -159,3 +159,52 @@ def test_runagent_with_processes_refuses_a_bad_configuration_once_instead_of_res
     assert proc.wait(30) == 2, log.read_text()  # a supervisor restarting in a loop never exits
     assert log.read_text().count(message) == 1, log.read_text()
     assert "Traceback" not in log.read_text()
+
+
+class StoppableWorker:
+    """What HandBackOnReload asks of a worker: ``stop(grace=...)``."""
+
+    def __init__(self, on_stop: Any = None) -> None:
+        self.stops: list[bool] = []
+        self.on_stop = on_stop
+
+    def stop(self, *, grace: bool = True) -> None:
+        self.stops.append(grace)
+        if self.on_stop:
+            self.on_stop()
+
+
+async def test_a_template_change_leaves_the_worker_serving() -> None:
+    """Django reloads no process for a template (its receiver answers True): stopping the worker
+    then left the process up with no worker until the next .py change."""
+    from agentstream.django_app.management.commands.runagent import HandBackOnReload
+
+    hand_back = HandBackOnReload(wait_s=5)
+    worker = StoppableWorker()
+    hand_back.on_serving(worker)  # type: ignore[arg-type]
+    started = time.monotonic()
+    for path in ("app/templates/page.html", "locale/de/LC_MESSAGES/django.mo"):
+        await asyncio.to_thread(hand_back.file_changed, None, Path(path))
+    assert worker.stops == [] and time.monotonic() - started < 1
+
+
+async def test_a_code_change_stops_the_worker_and_waits_for_its_hand_back() -> None:
+    from agentstream.django_app.management.commands.runagent import HandBackOnReload
+
+    hand_back = HandBackOnReload(wait_s=5)
+    worker = StoppableWorker(on_stop=hand_back.stopped.set)  # what work() does once run() returns
+    hand_back.on_serving(worker)  # type: ignore[arg-type]
+    await asyncio.to_thread(hand_back.file_changed, None, Path("app/agents.py"))
+    assert worker.stops == [False] and hand_back.stopped.is_set()
+
+
+async def test_a_code_change_before_the_worker_serves_stops_it_as_it_starts() -> None:
+    """It waited the whole hand-back time while the worker started and claimed runs, which the
+    restart then killed."""
+    from agentstream.django_app.management.commands.runagent import HandBackOnReload
+
+    hand_back = HandBackOnReload(wait_s=0.2)
+    await asyncio.to_thread(hand_back.file_changed, None, Path("app/agents.py"))
+    worker = StoppableWorker()
+    hand_back.on_serving(worker)  # type: ignore[arg-type]
+    assert worker.stops == [False]

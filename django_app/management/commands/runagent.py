@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import functools
 import threading
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings as django_settings
@@ -82,26 +83,43 @@ def run_reloading(config: WorkerConfig) -> None:
     a code change (``sys.exit(3)``): first the worker stops and hands its runs back, so they start
     again at once on the new code, their attempt not spent, instead of waiting out their lease
     and being reclaimed (a spent attempt each: a few saves failed a run)."""
-    serving: list[tuple[asyncio.AbstractEventLoop, Worker]] = []
-    stopped = threading.Event()
+    hand_back = HandBackOnReload()
+    autoreload.file_changed.connect(hand_back.file_changed, weak=False)
+    autoreload.run_with_reloader(hand_back.work, config)
 
-    def on_serving(worker: Worker) -> None:
-        serving.append((asyncio.get_running_loop(), worker))
 
-    def hand_back(sender: Any, file_path: Any, **kwargs: Any) -> None:  # Django's file_changed
-        for loop, worker in serving:
+class HandBackOnReload:
+    """The worker of a reloading process, stopped (its runs handed back) when a code change is
+    about to restart the process."""
+
+    def __init__(self, wait_s: float = RELOAD_HAND_BACK_S) -> None:
+        self.wait_s = wait_s
+        self.serving: list[tuple[asyncio.AbstractEventLoop, Worker]] = []
+        self.reloading = threading.Event()
+        self.stopped = threading.Event()
+
+    def work(self, config: WorkerConfig) -> None:
+        """The reloader's main function (its own thread)."""
+        try:
+            run_worker_process(config, self.on_serving)
+        finally:
+            self.stopped.set()
+
+    def on_serving(self, worker: Worker) -> None:
+        self.serving.append((asyncio.get_running_loop(), worker))
+        if self.reloading.is_set():  # the code changed while it started: it claims nothing
+            worker.stop(grace=False)
+
+    def file_changed(self, sender: Any, file_path: Any, **kwargs: Any) -> None:
+        """Django's ``file_changed`` receiver, in the reloader's thread; returning (None) lets
+        the reload go on."""
+        if Path(file_path).suffix != ".py":
+            return  # a template or a translation: Django's own receivers reload no process for it
+        self.reloading.set()
+        for loop, worker in self.serving:
             with contextlib.suppress(RuntimeError):  # its loop is closed: nothing to hand back
                 loop.call_soon_threadsafe(functools.partial(worker.stop, grace=False))
-        stopped.wait(RELOAD_HAND_BACK_S)  # returning None lets the reload go on
-
-    def work(config: WorkerConfig) -> None:
-        try:
-            run_worker_process(config, on_serving)
-        finally:
-            stopped.set()
-
-    autoreload.file_changed.connect(hand_back, weak=False)
-    autoreload.run_with_reloader(work, config)
+        self.stopped.wait(self.wait_s)
 
 
 def check_worker_config(config: WorkerConfig) -> None:
