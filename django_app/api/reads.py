@@ -17,7 +17,7 @@ from agentstream.core.state import RunState
 from agentstream.django_app.api.backend import StoreThread
 from agentstream.django_app.api.snapshots import conversation_deleted
 from agentstream.django_app.models import Conversation, Event, Run
-from agentstream.django_app.sse.framing import iso_ts
+from agentstream.django_app.sse.framing import iso_ts, sendable
 
 
 def _ms(ms: int) -> dt.datetime | None:
@@ -56,9 +56,10 @@ def run_from_state(state: RunState, queued: StreamEvent | None, row: Run | None)
         "agent_key": state.agent_key,
         "status": state.status.value,
         "input": base.get("input") or {"messages": p.get("messages", []), "params": p.get("params", {})},
-        "output": state.output if state.output is not None else base.get("output"),
-        "error": state.error if state.error is not None else base.get("error"),
-        "usage": state.usage or base.get("usage") or {},
+        # an agent's values, not yet through the projector's JSON
+        "output": sendable(state.output) if state.output is not None else base.get("output"),
+        "error": sendable(state.error) if state.error is not None else base.get("error"),
+        "usage": sendable(state.usage) if state.usage else base.get("usage") or {},
         "attempt": state.attempt,
         "max_attempts": state.max_attempts,
         "idempotency_key": p.get("idempotency_key", base.get("idempotency_key")),

@@ -41,7 +41,7 @@ from agentstream.django_app.api.serializers import (
 )
 from agentstream.django_app.api.snapshots import run_snapshot
 from agentstream.django_app.models import Event, Run
-from agentstream.django_app.sse.framing import VisibilityFilter, event_data
+from agentstream.django_app.sse.framing import VisibilityFilter, event_data, sendable
 from agentstream.django_app.sse.views import EventStreamRenderer, event_stream, stream_parameters
 
 EVENTS_LIMIT = 5000  # ?events=true on one run: more than this, use the stream
@@ -176,7 +176,7 @@ class BaseAgentRunViewSet(AgentViewSet):
                     if wanted.wants(event):
                         if len(shown) == EVENTS_LIMIT:
                             return shown, True
-                        shown.append(event_data(event))
+                        shown.append({**event_data(event), "payload": sendable(event.payload)})
                 if len(page) < EVENTS_PAGE:
                     return shown, False
                 after = page[-1].seq

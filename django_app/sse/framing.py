@@ -66,9 +66,22 @@ def event_frame(event: Event) -> bytes:
     try:
         return encode_sse(event.seq, event.type, data)
     except orjson.JSONEncodeError as exc:  # nested past JSON's 255 levels (msgpack takes 1,024)
-        return encode_sse(
-            event.seq, event.type, {**data, "payload": {"not_json": f"cannot be sent as JSON: {exc}"}}
-        )
+        return encode_sse(event.seq, event.type, {**data, "payload": not_json(exc)})
+
+
+def not_json(exc: Exception) -> dict[str, str]:
+    """What is sent in place of a value JSON cannot hold (the projections store the same key)."""
+    return {"not_json": f"cannot be sent as JSON: {exc}"}
+
+
+def sendable(value: Any) -> Any:
+    """``value`` if JSON can hold it (str or int keys, 255 levels: msgpack takes tuple keys and
+    1,024), else the ``not_json`` note, so that one odd value is no 500 of a whole response."""
+    try:
+        orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError as exc:
+        return not_json(exc)
+    return value
 
 
 @dataclass(frozen=True, slots=True)

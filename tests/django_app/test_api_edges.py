@@ -182,3 +182,30 @@ def test_a_run_of_a_deleted_conversation_is_404_before_the_projector_too(agentst
         assert client.get(f"{RUNS}{run_id}/events/").status_code == 404
         project(agentstream)
     assert client.get(RUNS).json()["results"] == []
+
+
+def test_values_json_cannot_hold_read_as_a_note_not_a_500(agentstream: dict[str, Any]) -> None:
+    """msgpack takes tuple keys and 1,024 levels; the API's JSON does not. Before the projector
+    (which stores the same note), the run's output and ?events=true were a 500 for the whole
+    response."""
+    from tests.django_app.helpers import finish, running
+
+    client, session_id = anon_client()
+    deep: Any = 0
+    for _ in range(300):
+        deep = [deep]
+
+    async def make(store: Any) -> str:
+        c = await running(store, anonymous_owner(session_id))
+        await store.append_many(
+            c.run_id, c.attempt, [NewEvent("progress", {"deep": deep}), NewEvent("progress", {"n": 1})]
+        )
+        await finish(store, c, output={(0, 1): "cell"})
+        return str(c.run_id)
+
+    run_id = with_store(agentstream, make)
+    body = client.get(f"{RUNS}{run_id}/", {"events": "true"}).json()
+    assert body["status"] == "succeeded"
+    assert body["output"]["not_json"].startswith("cannot be sent as JSON")
+    progress = [e["payload"] for e in body["events"] if e["type"] == "progress"]
+    assert progress[0]["not_json"].startswith("cannot be sent as JSON") and progress[1] == {"n": 1}
