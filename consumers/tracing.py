@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -56,10 +56,14 @@ class GuardedTracer:
         return _GuardedSpanContext(self, name, kind, traceparent, attributes)
 
     def flush(self) -> None:
+        self.guarded("flush", self.inner.flush)
+
+    def guarded(self, what: str, call: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+        """``call(*args, **kwargs)``; what it raises (an ``Exception``) is ``failed(what, ...)``."""
         try:
-            self.inner.flush()
+            call(*args, **kwargs)
         except Exception as exc:
-            self.failed("flush", exc)
+            self.failed(what, exc)
 
     def failed(self, what: str, exc: Exception) -> None:
         if (what, type(exc)) in self._reported:
@@ -120,28 +124,16 @@ class _GuardedSpan:
         self._inner = inner
 
     def set_attribute(self, key: str, value: AttributeValue) -> None:
-        try:
-            self._inner.set_attribute(key, value)
-        except Exception as exc:
-            self._guard.failed("set_attribute", exc)
+        self._guard.guarded("set_attribute", self._inner.set_attribute, key, value)
 
     def record_error(self, message: str) -> None:
-        try:
-            self._inner.record_error(message)
-        except Exception as exc:
-            self._guard.failed("record_error", exc)
+        self._guard.guarded("record_error", self._inner.record_error, message)
 
     def record_warning(self, message: str) -> None:
-        try:
-            self._inner.record_warning(message)
-        except Exception as exc:
-            self._guard.failed("record_warning", exc)
+        self._guard.guarded("record_warning", self._inner.record_warning, message)
 
     def record_content(self, *, input: Any = None, output: Any = None) -> None:
-        try:
-            self._inner.record_content(input=input, output=output)
-        except Exception as exc:
-            self._guard.failed("record_content", exc)
+        self._guard.guarded("record_content", self._inner.record_content, input=input, output=output)
 
 
 _tracer: Tracer = NoopTracer()
