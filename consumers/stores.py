@@ -25,6 +25,8 @@ import orjson
 from agentstream.core.errors import InvalidRecord
 from agentstream.core.events import Event, EventType
 from agentstream.core.records import (
+    MAX_PRIORITY,
+    MIN_PRIORITY,
     StoreKind,
     StoreRecord,
     TaskStatus,
@@ -44,12 +46,11 @@ Recorder = Callable[[str, Mapping[str, Any]], Awaitable[Event]]
 
 _NO_VERSION = Version(0, "", 0)  # a Task built from the fields just written needs none
 DONE_STATUSES = frozenset({TaskStatus.COMPLETE, TaskStatus.CANCELLED})
+
+
 # what the tables hold (PostgreSQL: text without NUL, a 32-bit priority, JSON nested < 255 levels
 # for the projector's encoder): a write refused here is never recorded, since a recorded event
 # the tables cannot take would fail the write-through and stall the projection that applies it
-MIN_PRIORITY, MAX_PRIORITY = -(2**31), 2**31 - 1
-
-
 def checked_key(what: str, key: object) -> str:
     """``check_key``, and no NUL: PostgreSQL text cannot hold one (a read would fail too)."""
     found = check_key(what, key)

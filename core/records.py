@@ -115,6 +115,10 @@ def cosine(a: Sequence[float], b: Sequence[float]) -> float | None:
     return math.fsum(x * y for x, y in zip(a, b, strict=True)) / (na * nb)
 
 
+# a task's priority is an integer column of the task table (32 bits)
+MIN_PRIORITY, MAX_PRIORITY = -(2**31), 2**31 - 1
+
+
 def task_fields(
     *,
     title: str,

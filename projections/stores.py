@@ -23,13 +23,22 @@ from typing import Any, ClassVar
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from agentstream.core.events import Event
-from agentstream.core.records import STORE_TYPES, StoreKind, StoreRecord, Version, latest, norm, record_of
+from agentstream.core.records import (
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    STORE_TYPES,
+    StoreKind,
+    StoreRecord,
+    Version,
+    latest,
+    norm,
+    record_of,
+)
 from agentstream.projections.projection import Projection
 from agentstream.projections.sql import Dialect, to_json
 
 NAME = "stores"
 log = logging.getLogger("agentstream.projector")
-MIN_PRIORITY, MAX_PRIORITY = -(2**31), 2**31 - 1  # the task table's integer column
 
 BASE_COLUMNS = ("owner", "deleted", "version_us", "version_run", "version_seq", "updated_at")
 
