@@ -40,7 +40,7 @@ from agentstream.core.logfmt import run_fields
 from agentstream.core.settings import load_callable
 from agentstream.core.state import RunStatus
 from agentstream.projections.projection import Projection
-from agentstream.projections.sql import UNSTORABLE, to_json
+from agentstream.projections.sql import to_json, unstorable
 
 NAME = "run_finished"
 TABLE = "agentstream_runnotice"
@@ -212,7 +212,7 @@ def _dump(item: RunFinished) -> str:
             "holds a note in its place", item.run_id, item.status.value, exc,
             extra=run_fields(item.run_id, attempt=item.attempt),
         )  # fmt: skip
-        return to_json({**data, "payload": {UNSTORABLE: f"cannot be stored as JSON: {exc}"}})
+        return to_json({**data, "payload": unstorable(exc)})
 
 
 def _load(text: str) -> RunFinished:

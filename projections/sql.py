@@ -65,7 +65,12 @@ def to_stored_json(value: Any, what: Callable[[], str]) -> str:
         return to_json(value)
     except orjson.JSONEncodeError as exc:
         log.warning("%s cannot be stored as JSON (%s); a note is stored in its place", what(), exc)
-        return to_json({UNSTORABLE: f"cannot be stored as JSON: {exc}"})
+        return to_json(unstorable(exc))
+
+
+def unstorable(exc: Exception) -> dict[str, str]:
+    """The note stored in place of a value JSON cannot hold."""
+    return {UNSTORABLE: f"cannot be stored as JSON: {exc}"}
 
 
 def _copy_escape(text: str) -> str:
